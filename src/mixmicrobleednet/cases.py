@@ -1,0 +1,34 @@
+"""Cases: one subject and the paths of its channels; found in an input folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import layout
+
+
+class CaseError(Exception):
+    """A problem with one case's input: reported for that case, the others go on."""
+
+
+@dataclass(frozen=True)
+class Case:
+    subject: str
+    channel_paths: dict[str, Path]  # channel -> expected file (may not exist: checked on load)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [self.channel_paths[c].name for c in layout.CHANNELS]
+
+
+def discover_cases(input_dir: Path) -> list[Case]:
+    """Every `sub-*_space-*_desc-masked_T1.nii.gz` in `input_dir` starts a case (seed layout)."""
+    cases = []
+    for path in sorted(input_dir.iterdir()):
+        parsed = layout.parse_input_name(path.name)
+        if parsed is None or parsed["channel"] != layout.CASE_CHANNEL:
+            continue
+        paths = {c: input_dir / layout.input_name(parsed["subject"], c, parsed["space"]) for c in layout.CHANNELS}
+        cases.append(Case(parsed["subject"], paths))
+    return cases

@@ -1,0 +1,94 @@
+"""`mixmicrobleednet predict|phantoms|train|evaluate`: the command line over the package."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import DEFAULT_MODEL_DIR
+
+log = logging.getLogger("mixmicrobleednet")
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                        help="auto: CUDA when a GPU is visible, else CPU (default: auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mixmicrobleednet", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser("predict", help="segment microbleeds in a folder of cases (seed layout)")
+    predict.add_argument("-i", "--input", type=Path, required=True,
+                         help="folder with sub-<id>_space-<space>_desc-masked_{T1,T2,T2S}.nii.gz")
+    predict.add_argument("-o", "--output", type=Path, required=True, help="output folder (created)")
+    predict.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
+                         help=f"nnU-Net v2 model folder (default: {DEFAULT_MODEL_DIR})")
+    _add_device(predict)
+    predict.add_argument("--fast", action="store_true", help="no mirroring test-time augmentation (8x fewer passes)")
+
+    phantoms = commands.add_parser("phantoms", help="write synthetic microbleed phantoms with labels")
+    phantoms.add_argument("--out", type=Path, required=True)
+    phantoms.add_argument("--n", type=int, required=True, help="number of cases (cohorts take turns)")
+    phantoms.add_argument("--seed", type=int, required=True)
+
+    train = commands.add_parser("train", help="train fold 'all' with nnU-Net v2 on labelled cases")
+    train.add_argument("--data", type=Path, required=True, help="seed-layout folder with sub-<id>_space-T2S_CMB.nii.gz labels")
+    train.add_argument("--out", type=Path, required=True, help="model folder to write")
+    train.add_argument("--config", choices=("compact", "mixmicrobleednet-v1"), default="compact")
+    _add_device(train)
+    train.add_argument("--epochs", type=int, help="override the configuration's number of epochs")
+    train.add_argument("--iterations-per-epoch", type=int, help="override the configuration's iterations per epoch")
+    train.add_argument("--work", type=Path, help="nnU-Net raw/preprocessed/results folder (default: beside --out)")
+
+    evaluate = commands.add_parser("evaluate", help="VALDO Task 2 measures of predictions against labels")
+    evaluate.add_argument("--labels", type=Path, required=True, help="folder with sub-<id>_space-T2S_CMB.nii.gz")
+    evaluate.add_argument("--predictions", type=Path, required=True,
+                          help="folder with sub-<id>_space-T2S_prediction.nii.gz (or its images/ subfolder)")
+    evaluate.add_argument("--out", type=Path, help="write per-case CSV and summary JSON here")
+    evaluate.add_argument("--cohorts", type=Path, help="phantoms.csv (subject,cohort) for per-cohort results")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.command == "predict":
+        from .model import ModelError, PredictionSettings
+        from .pipeline import predict_folder
+
+        try:
+            results = predict_folder(args.input, args.output, args.model, device=args.device,
+                                     settings=PredictionSettings(use_mirroring=not args.fast))
+        except ModelError as exc:
+            log.error("%s", exc)
+            return 2
+        failed = [r for r in results if r.error_messages]
+        return 1 if failed or not results else 0
+    if args.command == "phantoms":
+        from .phantoms import generate
+
+        generate(args.out, args.n, args.seed)
+        return 0
+    if args.command == "train":
+        from .train import train
+
+        train(args.data, args.out, args.config, device=args.device, work_dir=args.work, epochs=args.epochs,
+              iterations_per_epoch=args.iterations_per_epoch)
+        return 0
+    if args.command == "evaluate":
+        from .evaluate import evaluate_folders
+
+        summary = evaluate_folders(args.labels, args.predictions, args.out, args.cohorts)
+        print(summary.to_string())
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Read and check channel images, align T1/T2 onto the T2* grid, write images atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import layout
+from .cases import Case, CaseError
+
+log = logging.getLogger(__name__)
+
+#: Grids that differ by less than this are the same grid written with rounding: the original
+#: container copied the T2* header into T1/T2 unconditionally; we do so only within these bounds.
+ORIGIN_TOLERANCE_VOXELS = 0.05
+SPACING_TOLERANCE = 1e-4  # relative
+DIRECTION_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class ChannelStack:
+    """All channels of a case on the T2* grid, in network channel order."""
+
+    subject: str
+    array: np.ndarray  # float32, (channel, z, y, x)
+    reference: sitk.Image  # the T2* image: its grid is the grid of every output
+    alignment: dict[str, str]  # channel -> what was done to put it on the T2* grid
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in self.reference.GetSpacing()[::-1])
+
+
+def read_channel(path: Path, channel: str) -> sitk.Image:
+    """Read one channel and check that it is a usable 3D scalar image."""
+    if not path.is_file():
+        raise CaseError(f"missing {channel} channel: expected file {path.name}")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        raise CaseError(f"{path.name}: not a readable image ({first_line})") from None
+    if image.GetDimension() != 3:
+        raise CaseError(f"{path.name}: {image.GetDimension()}D image, expected a 3D volume")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise CaseError(f"{path.name}: {image.GetNumberOfComponentsPerPixel()} components per voxel, expected 1")
+    array = sitk.GetArrayViewFromImage(image)
+    non_finite = _count_non_finite(path, array)
+    if non_finite:
+        raise CaseError(f"{path.name}: {non_finite} NaN or infinite voxels")
+    if not array.any():
+        raise CaseError(f"{path.name}: every voxel is zero (empty {channel} channel)")
+    return image
+
+
+def _count_non_finite(path: Path, array: np.ndarray) -> int:
+    # ITK's NIfTI reader turns NaN and inf into 0, which would hide them: read float NIfTI data
+    # again with nibabel, which keeps them.
+    if path.name.endswith((".nii", ".nii.gz")):
+        import nibabel
+
+        nifti = nibabel.load(str(path))
+        if np.issubdtype(nifti.get_data_dtype(), np.floating):
+            array = np.asanyarray(nifti.dataobj)
+    return int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+
+
+def same_grid(image: sitk.Image, reference: sitk.Image) -> bool:
+    """True when `image` is on the reference grid up to rounding of the header."""
+    spacing = np.array(reference.GetSpacing())
+    return (
+        image.GetSize() == reference.GetSize()
+        and np.allclose(image.GetSpacing(), spacing, rtol=SPACING_TOLERANCE, atol=0)
+        and np.allclose(image.GetDirection(), reference.GetDirection(), rtol=0, atol=DIRECTION_TOLERANCE)
+        and bool(np.all(np.abs(np.subtract(image.GetOrigin(), reference.GetOrigin())) <= ORIGIN_TOLERANCE_VOXELS * spacing))
+    )
+
+
+def align_to_reference(image: sitk.Image, reference: sitk.Image) -> tuple[sitk.Image, str]:
+    """Put a registered channel on the T2* grid: copy the header when only rounding differs,
+    else resample (linear) in world space."""
+    if same_grid(image, reference):
+        aligned = sitk.Image(image)
+        aligned.CopyInformation(reference)
+        return aligned, "T2S header copied (grids equal up to rounding)"
+    resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    detail = (f"size {image.GetSize()} spacing {tuple(round(s, 4) for s in image.GetSpacing())} "
+              f"origin {tuple(round(o, 3) for o in image.GetOrigin())}")
+    return resampled, f"resampled onto the T2S grid (was {detail})"
+
+
+def load_case(case: Case) -> ChannelStack:
+    """Read every channel of a case, check it and align it on the T2* grid."""
+    images = {channel: read_channel(case.channel_paths[channel], channel) for channel in layout.CHANNELS}
+    reference = images[layout.REFERENCE_CHANNEL]
+    arrays, alignment = [], {}
+    for channel in layout.CHANNELS:
+        if channel == layout.REFERENCE_CHANNEL:
+            aligned, alignment[channel] = reference, "reference grid"
+        else:
+            aligned, alignment[channel] = align_to_reference(images[channel], reference)
+            if alignment[channel].startswith("resampled"):
+                log.warning("%s: %s %s", case.subject, channel, alignment[channel])
+        arrays.append(sitk.GetArrayFromImage(aligned).astype(np.float32, copy=False))
+    return ChannelStack(case.subject, np.stack(arrays), reference, alignment)
+
+
+def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """An image with exactly the reference grid (size, spacing, origin, direction)."""
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
+
+
+def write_image_atomic(image: sitk.Image, path: Path) -> None:
+    """Write under a temporary name in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    temporary = path.with_name(f".{path.name[: -len(suffix)]}.partial{suffix}")
+    try:
+        sitk.WriteImage(image, str(temporary), useCompression=True)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

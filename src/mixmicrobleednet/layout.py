@@ -1,0 +1,59 @@
+"""The one registry of names: channels, file patterns and output names.
+
+Everything that spells a file name asks this module, so the input contract (the VALDO 2021 /
+seed layout) and the output contract cannot drift apart between modules.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+#: Input channels in the order the network sees them (nnU-Net channel 0, 1, 2).
+CHANNELS: tuple[str, ...] = ("T1", "T2", "T2S")
+#: The channel whose grid every other channel and every output lives on.
+REFERENCE_CHANNEL = "T2S"
+#: The channel whose file starts a case (as in the seed: "every T1 file starts a case").
+CASE_CHANNEL = "T1"
+
+NIFTI = ".nii.gz"
+_INPUT_RE = re.compile(
+    r"^sub-(?P<subject>[A-Za-z0-9]+)_space-(?P<space>[A-Za-z0-9]+)_desc-masked_(?P<channel>T1|T2|T2S)\.nii\.gz$"
+)
+
+
+def parse_input_name(name: str) -> dict[str, str] | None:
+    """Subject, space and channel of an input file name, or None when it is not one."""
+    match = _INPUT_RE.match(name)
+    return match.groupdict() if match else None
+
+
+def input_name(subject: str, channel: str, space: str = REFERENCE_CHANNEL) -> str:
+    return f"sub-{subject}_space-{space}_desc-masked_{channel}{NIFTI}"
+
+
+def label_name(subject: str) -> str:
+    """Reference microbleed mask of a training or phantom case (VALDO naming)."""
+    return f"sub-{subject}_space-{REFERENCE_CHANNEL}_CMB{NIFTI}"
+
+
+def parse_label_name(name: str) -> str | None:
+    match = re.match(rf"^sub-([A-Za-z0-9]+)_space-{REFERENCE_CHANNEL}_CMB\.nii\.gz$", name)
+    return match.group(1) if match else None
+
+
+IMAGES_DIR = "images"
+RESULTS_JSON = "results.json"
+
+
+def prediction_name(subject: str) -> str:
+    return f"sub-{subject}_space-{REFERENCE_CHANNEL}_prediction{NIFTI}"
+
+
+def parse_prediction_name(name: str) -> str | None:
+    match = re.match(rf"^sub-([A-Za-z0-9]+)_space-{REFERENCE_CHANNEL}_prediction\.nii\.gz$", name)
+    return match.group(1) if match else None
+
+
+def prediction_path(output_dir: Path, subject: str) -> Path:
+    return output_dir / IMAGES_DIR / prediction_name(subject)

@@ -1,0 +1,338 @@
+"""Synthetic microbleed phantoms in the seed's layout.
+
+Anatomy comes from the ICBM152 2009a template (T1, grey- and white-matter maps) that ships inside
+nilearn, so nothing is downloaded. Each case warps the template with a random similarity
+transform, samples it on one of three VALDO-like acquisition grids, gives it T1/T2/T2* tissue
+contrast, adds mimics (veins, symmetric basal-ganglia iron, sulcal CSF that the template already
+has), microbleeds that bloom (largest and darkest on T2*, smaller on T2, faint on T1), a bias field,
+Rician noise, brain masking, and a random intensity scale and dtype.
+
+Microbleeds are rendered directly on the T2* grid with sub-voxel sampling, so thick slices get
+partial volume; the label is the T2* extent (VALDO raters annotated on T2*).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from . import layout
+from .imaging import write_image_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """One cohort's T2* acquisition: voxel spacing as (slice, row, column) in mm."""
+
+    name: str
+    spacing_zyx: tuple[float, float, float]
+    noise: float  # Rician sigma relative to white-matter signal
+
+
+#: Three acquisitions with the voxel sizes of the VALDO 2021 Task 2 cohorts.
+COHORTS: dict[str, Acquisition] = {
+    a.name: a
+    for a in (
+        Acquisition("highres3d", (0.8, 0.49, 0.49), noise=0.045),
+        Acquisition("thickslice", (3.5, 0.45, 0.45), noise=0.035),
+        Acquisition("lowres", (3.0, 1.0, 1.0), noise=0.025),
+    )
+}
+
+# Relative signal of (white matter, grey matter, CSF) per channel, roughly 3T values.
+_TISSUE_SIGNAL = {"T1": (1.0, 0.62, 0.22), "T2": (0.45, 0.62, 1.0), "T2S": (0.55, 0.70, 0.92)}
+# How far each channel's microbleed extends relative to T2* (blooming) and how dark its core is.
+_BLOOM_RADIUS = {"T1": 0.5, "T2": 0.7, "T2S": 1.0}
+_BLEED_CONTRAST = {"T1": 0.12, "T2": 0.55, "T2S": 0.85}
+# Iron or calcification in the globus pallidus: darker on T2*, a little on T2, none on T1.
+_IRON_CONTRAST = {"T1": 0.0, "T2": 0.25, "T2S": 0.55}
+# Veins and flow voids: dark on T2* and T2, slightly on T1.
+_VESSEL_CONTRAST = {"T1": 0.15, "T2": 0.6, "T2S": 0.6}
+
+# Template-space (LPS, mm) places for microbleeds and mimics, from MNI coordinates.
+_DEEP_CENTRES = [(-12, 18, 6), (12, 18, 6), (-25, -2, 0), (25, -2, 0), (-14, -10, 12), (14, -10, 12)]
+_INFRATENTORIAL_CENTRES = [(0, 28, -35), (-22, 60, -35), (22, 60, -35)]
+_PALLIDUM_CENTRES = [(-19, 3, -1), (19, 3, -1)]
+_LOCATION_WEIGHTS = {"lobar": 0.6, "deep": 0.25, "infratentorial": 0.15}
+
+_TEMPLATE_FILES = {
+    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
+
+
+@dataclass(frozen=True)
+class Microbleed:
+    centre_lps: tuple[float, float, float]  # world mm on the T2* grid (LPS, as SimpleITK)
+    diameter_mm: float  # on T2*
+    location: str
+
+
+def _template_dir() -> Path:
+    import nilearn.datasets
+
+    return Path(nilearn.datasets.__file__).parent / "data"
+
+
+class _Template:
+    """Tissue maps on the 1 mm template grid, plus mimic maps drawn per case."""
+
+    def __init__(self) -> None:
+        folder = _template_dir()
+        images = {k: sitk.ReadImage(str(folder / f), sitk.sitkFloat32) for k, f in _TEMPLATE_FILES.items()}
+        self.reference = images["t1"]
+        brain = sitk.GetArrayFromImage(images["t1"]) > 0
+        self.brain = ndimage.binary_fill_holes(brain)
+        self.gm = sitk.GetArrayFromImage(images["gm"]) / 255.0
+        self.wm = sitk.GetArrayFromImage(images["wm"]) / 255.0
+        self.csf = np.clip(self.brain - self.gm - self.wm, 0, 1) * self.brain
+        # A microbleed centre needs brain tissue around it, not CSF or the brain's edge.
+        self.tissue_core = ndimage.binary_erosion(self.brain, iterations=4) & (self.gm + self.wm > 0.8)
+        self.lobar = self.tissue_core & (self.gm > 0.35)
+        surface = np.argwhere(self.brain & ~ndimage.binary_erosion(self.brain))
+        self.surface_lps = self.index_to_lps(surface[:: max(1, len(surface) // 4000)])
+        self.centre_lps = self.surface_lps.mean(0)
+
+    def index_to_lps(self, idx_zyx: np.ndarray) -> np.ndarray:
+        return np.array([self.reference.TransformContinuousIndexToPhysicalPoint(i[::-1].tolist()) for i in idx_zyx])
+
+    def lps_to_index(self, point: tuple[float, float, float]) -> np.ndarray:
+        return np.array(self.reference.TransformPhysicalPointToContinuousIndex(point))[::-1]
+
+    def as_image(self, array: np.ndarray) -> sitk.Image:
+        image = sitk.GetImageFromArray(array.astype(np.float32))
+        image.CopyInformation(self.reference)
+        return image
+
+
+def _soft_inside(distance: np.ndarray, radius: float, edge: float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(np.clip((distance - radius) / edge, -50, 50)))
+
+
+def _draw_mimics(template: _Template, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Vein and pallidal-iron fraction maps on the template grid."""
+    shape = template.brain.shape
+    iron = np.zeros(shape, np.float32)
+    if rng.random() < 0.6:
+        zz, yy, xx = np.indices(shape, dtype=np.float32)
+        semi = np.array([5.0, 4.0, 3.0]) * rng.uniform(0.7, 1.2)
+        for centre in _PALLIDUM_CENTRES:
+            c = template.lps_to_index(centre)
+            d = np.sqrt(((zz - c[0]) / semi[0]) ** 2 + ((yy - c[1]) / semi[1]) ** 2 + ((xx - c[2]) / semi[2]) ** 2)
+            iron = np.maximum(iron, _soft_inside(d, 1.0, 0.15))
+        iron *= rng.uniform(0.5, 1.0)
+    vessels = np.zeros(shape, np.float32)
+    candidates = np.argwhere(template.tissue_core)
+    for _ in range(rng.integers(3, 9)):
+        start = candidates[rng.integers(len(candidates))].astype(float)
+        direction = rng.normal(size=3)
+        points = [start]
+        for _ in range(int(rng.uniform(20, 60) / 0.5)):
+            direction = direction / np.linalg.norm(direction) + rng.normal(scale=0.15, size=3)
+            points.append(points[-1] + 0.5 * direction / np.linalg.norm(direction))
+        points = np.array(points)
+        radius = rng.uniform(0.5, 1.1)
+        lo = np.maximum(np.floor(points.min(0) - 3).astype(int), 0)
+        hi = np.minimum(np.ceil(points.max(0) + 3).astype(int), np.array(shape) - 1)
+        box = np.stack(np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(lo, hi)], indexing="ij"), -1)
+        dist, _ = cKDTree(points).query(box.reshape(-1, 3))
+        frac = np.clip(radius + 0.5 - dist, 0, 1).reshape(box.shape[:3]).astype(np.float32)
+        sl = tuple(slice(a, b + 1) for a, b in zip(lo, hi))
+        vessels[sl] = np.maximum(vessels[sl], frac * template.brain[sl])
+    return vessels, iron
+
+
+def _choose_microbleeds(template: _Template, rng: np.random.Generator, count: int) -> list[tuple[np.ndarray, float, str]]:
+    """Centres (template index), T2* diameters and location classes, not touching each other."""
+    chosen: list[tuple[np.ndarray, float, str]] = []
+    deep_idx = np.argwhere(template.tissue_core)
+    deep_pts = template.index_to_lps(deep_idx[rng.choice(len(deep_idx), size=min(20000, len(deep_idx)), replace=False)])
+    pools = {"lobar": np.argwhere(template.lobar)}
+    for name, centres in (("deep", _DEEP_CENTRES), ("infratentorial", _INFRATENTORIAL_CENTRES)):
+        near = np.min(np.linalg.norm(deep_pts[:, None, :] - np.array(centres)[None], axis=2), axis=1) < 9
+        pools[name] = np.array([template.lps_to_index(p) for p in deep_pts[near]])
+    names = list(_LOCATION_WEIGHTS)
+    weights = np.array([_LOCATION_WEIGHTS[n] for n in names])
+    attempts = 0
+    while len(chosen) < count and attempts < count * 50:
+        attempts += 1
+        location = names[rng.choice(len(names), p=weights / weights.sum())]
+        pool = pools[location]
+        centre = pool[rng.integers(len(pool))].astype(float) + rng.uniform(-0.5, 0.5, 3)
+        # Most microbleeds are small: log-uniform 2-10 mm.
+        diameter = float(np.exp(rng.uniform(np.log(2.0), np.log(10.0))))
+        if any(np.linalg.norm(centre - c) < (diameter + d) / 2 + 3 for c, d, _ in chosen):
+            continue
+        chosen.append((centre, diameter, location))
+    return chosen
+
+
+def _random_transform(template: _Template, rng: np.random.Generator) -> sitk.Transform:
+    """Output(subject) space → template space: similarity with small per-axis scaling."""
+    centre = template.centre_lps
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(centre.tolist())
+    angles = np.deg2rad(rng.uniform(-8, 8, 3))
+    rotation = sitk.Euler3DTransform(centre.tolist(), *angles.tolist())
+    scale = np.diag(rng.uniform(0.92, 1.08, 3))
+    matrix = np.array(rotation.GetMatrix()).reshape(3, 3) @ scale
+    affine.SetMatrix(matrix.ravel().tolist())
+    affine.SetTranslation(rng.uniform(-5, 5, 3).tolist())
+    return affine
+
+
+def _render_bleeds(shape, grid: sitk.Image, bleeds: list[Microbleed], radius_factor: float) -> np.ndarray:
+    """Partial-volume fraction of microbleed (scaled by radius_factor) per voxel of `grid`."""
+    frac = np.zeros(shape, np.float32)
+    spacing = np.array(grid.GetSpacing())[::-1]
+    # Sub-samples per voxel: about every 0.25 mm, so 3.5 mm slices get partial volume right.
+    sub = [np.linspace(-0.5, 0.5, int(np.ceil(s / 0.25)) + 1)[:-1] + 0.5 / (int(np.ceil(s / 0.25))) for s in spacing]
+    for bleed in bleeds:
+        radius = bleed.diameter_mm / 2 * radius_factor
+        centre = np.array(grid.TransformPhysicalPointToContinuousIndex(bleed.centre_lps))[::-1]
+        reach = np.ceil((radius + 1.0) / spacing).astype(int) + 1
+        lo = np.maximum(np.round(centre).astype(int) - reach, 0)
+        hi = np.minimum(np.round(centre).astype(int) + reach, np.array(shape) - 1)
+        if np.any(hi < lo):
+            continue
+        axes = [np.arange(a, b + 1)[:, None] + s[None, :] for a, b, s in zip(lo, hi, sub)]
+        # Squared distance in mm, separable over the three axes, averaged over sub-samples.
+        dz = ((axes[0] - centre[0]) * spacing[0]) ** 2
+        dy = ((axes[1] - centre[1]) * spacing[1]) ** 2
+        dx = ((axes[2] - centre[2]) * spacing[2]) ** 2
+        d = np.sqrt(dz[:, None, None, :, None, None] + dy[None, :, None, None, :, None] + dx[None, None, :, None, None, :])
+        inside = _soft_inside(d, radius, 0.15).mean(axis=(3, 4, 5))
+        sl = tuple(slice(a, b + 1) for a, b in zip(lo, hi))
+        frac[sl] = np.maximum(frac[sl], inside)
+    return frac
+
+
+def _bias_field(shape, rng: np.random.Generator) -> np.ndarray:
+    axes = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
+    z, y, x = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
+    log_field = np.zeros(shape, np.float32)
+    for term in (z, y, x, z * y, y * x, z * x, z * z, y * y, x * x):
+        log_field += rng.normal(scale=0.08) * term
+    return np.exp(log_field)
+
+
+def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: np.random.Generator,
+              template: _Template | None = None) -> tuple[dict[str, sitk.Image], sitk.Image, list[Microbleed]]:
+    """One phantom: channel images on their grids, the T2* label and the microbleeds drawn."""
+    template = template or _Template()
+    transform = _random_transform(template, rng)
+    inverse = transform.GetInverse()
+
+    # T2* grid: axial, covering the warped brain with a margin.
+    warped = np.array([inverse.TransformPoint(p.tolist()) for p in template.surface_lps])
+    lo, hi = warped.min(0) - 4, warped.max(0) + 4
+    spacing_xyz = np.array(acquisition.spacing_zyx[::-1]) * rng.uniform(0.97, 1.03)
+    size = np.ceil((hi - lo) / spacing_xyz).astype(int)
+    grid = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
+    grid.SetSpacing(spacing_xyz.tolist())
+    grid.SetOrigin(lo.tolist())
+
+    vessels, iron = _draw_mimics(template, rng)
+
+    def on_grid(array: np.ndarray) -> np.ndarray:
+        return sitk.GetArrayFromImage(sitk.Resample(template.as_image(array), grid, transform, sitk.sitkLinear, 0.0))
+
+    wm, gm, csf = on_grid(template.wm), on_grid(template.gm), on_grid(template.csf)
+    brain = on_grid(template.brain.astype(np.float32)) > 0.5
+    vessels, iron = on_grid(vessels), on_grid(iron)
+
+    bleeds = [
+        Microbleed(tuple(inverse.TransformPoint(template.index_to_lps(c[None])[0].tolist())), d, loc)
+        for c, d, loc in _choose_microbleeds(template, rng, n_microbleeds)
+    ]
+    shape = wm.shape
+    t2s_fraction = _render_bleeds(shape, grid, bleeds, 1.0)
+    label = (t2s_fraction >= 0.5).astype(np.uint8)
+    # A microbleed smaller than a thick slice is still annotated: its most affected voxel.
+    for bleed in bleeds:
+        single = _render_bleeds(shape, grid, [bleed], 1.0)
+        if not (label & (single >= 0.5)).any() and single.max() > 0:
+            label[np.unravel_index(np.argmax(single), shape)] = 1
+    label *= brain
+
+    scale = rng.uniform(200, 3000)
+    dtype = rng.choice(["int16", "uint16", "float32"])
+    channels: dict[str, sitk.Image] = {}
+    for channel in layout.CHANNELS:
+        s_wm, s_gm, s_csf = _TISSUE_SIGNAL[channel]
+        signal = s_wm * wm + s_gm * gm + s_csf * csf
+        signal *= 1 - _IRON_CONTRAST[channel] * iron
+        signal *= 1 - _VESSEL_CONTRAST[channel] * vessels
+        bleed_fraction = t2s_fraction if channel == "T2S" else _render_bleeds(shape, grid, bleeds, _BLOOM_RADIUS[channel])
+        signal *= 1 - _BLEED_CONTRAST[channel] * bleed_fraction
+        signal *= _bias_field(shape, rng)
+        sigma = acquisition.noise * s_wm * rng.uniform(0.8, 1.25)
+        noisy = np.sqrt((signal + rng.normal(scale=sigma, size=shape)) ** 2 + rng.normal(scale=sigma, size=shape) ** 2)
+        values = (noisy * brain * scale).astype(np.float32)
+        if dtype != "float32":
+            values = np.clip(np.round(values), 0, np.iinfo(dtype).max).astype(dtype)
+        image = sitk.GetImageFromArray(values)
+        image.CopyInformation(grid)
+        if channel != layout.REFERENCE_CHANNEL:
+            # Registered T1/T2 carry the T2* grid only up to rounding, as real exported files do.
+            image.SetOrigin((np.array(grid.GetOrigin()) + rng.uniform(-5e-5, 5e-5, 3)).tolist())
+            image.SetSpacing((np.array(grid.GetSpacing()) * (1 + rng.uniform(-1e-6, 1e-6, 3))).tolist())
+        channels[channel] = image
+    label_image = sitk.GetImageFromArray(label)
+    label_image.CopyInformation(grid)
+    return channels, label_image, bleeds
+
+
+def draw_microbleed_count(rng: np.random.Generator) -> int:
+    """Most scans have few microbleeds (VALDO: median 1), some none, a few dozens."""
+    kind = rng.random()
+    if kind < 0.2:
+        return 0
+    if kind < 0.7:
+        return int(rng.integers(1, 4))
+    if kind < 0.9:
+        return int(rng.integers(4, 11))
+    return int(rng.integers(11, 36))
+
+
+def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None) -> list[dict]:
+    """Write `n` phantoms (cohorts in turn) with their labels, phantoms.csv and microbleeds.csv."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cohorts = cohorts or list(COHORTS)
+    template = _Template()
+    cases, lesion_rows = [], []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        acquisition = COHORTS[cohorts[i % len(cohorts)]]
+        subject = f"s{seed}c{i:03d}"
+        channels, label, bleeds = make_case(subject, acquisition, draw_microbleed_count(rng), rng, template)
+        for channel, image in channels.items():
+            write_image_atomic(image, out_dir / layout.input_name(subject, channel))
+        write_image_atomic(label, out_dir / layout.label_name(subject))
+        cases.append({"subject": subject, "cohort": acquisition.name, "n_microbleeds": len(bleeds),
+                      "size_xyz": "x".join(map(str, label.GetSize())),
+                      "spacing_xyz": "x".join(f"{s:.3f}" for s in label.GetSpacing())})
+        lesion_rows += [{"subject": subject, "x_lps": b.centre_lps[0], "y_lps": b.centre_lps[1], "z_lps": b.centre_lps[2],
+                         "diameter_mm": round(b.diameter_mm, 3), "location": b.location} for b in bleeds]
+        log.info("phantom %s (%s): %d microbleeds, grid %s", subject, acquisition.name, len(bleeds), cases[-1]["size_xyz"])
+    _write_csv(out_dir / "phantoms.csv", cases)
+    _write_csv(out_dir / "microbleeds.csv", lesion_rows,
+               ["subject", "x_lps", "y_lps", "z_lps", "diameter_mm", "location"])
+    return cases
+
+
+def _write_csv(path: Path, rows: list[dict], header: list[str] | None = None) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header or list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,67 @@
+"""Compare an output folder with the expected one (test.sh): `python -m mixmicrobleednet.regression EXPECTED ACTUAL`.
+
+results.json must be equal; every expected image must exist with the same grid, pixel type and
+number of microbleeds. Voxels may differ only at a few mask borders, because float sums differ
+between CPU instruction sets (AVX2 vs AVX-512): at most MAX_DIFFERING_FRACTION of the masks' voxels.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+MAX_DIFFERING_FRACTION = 0.01
+
+
+def _grid(image: sitk.Image) -> tuple:
+    return (image.GetSize(), np.round(image.GetSpacing(), 6).tolist(), np.round(image.GetOrigin(), 4).tolist(),
+            np.round(image.GetDirection(), 6).tolist(), image.GetPixelIDTypeAsString())
+
+
+def compare(expected_dir: Path, actual_dir: Path) -> list[str]:
+    """Differences as sentences; empty when the outputs match."""
+    problems = []
+    for json_file in sorted(expected_dir.rglob("*.json")):
+        actual = actual_dir / json_file.relative_to(expected_dir)
+        if not actual.is_file():
+            problems.append(f"missing {actual.relative_to(actual_dir)}")
+        elif json.loads(actual.read_text()) != json.loads(json_file.read_text()):
+            problems.append(f"{json_file.name} differs:\n{actual.read_text()}")
+    for image_file in sorted(p for p in expected_dir.rglob("*") if p.name.endswith((".nii.gz", ".mha"))):
+        actual_file = actual_dir / image_file.relative_to(expected_dir)
+        if not actual_file.is_file():
+            problems.append(f"missing {actual_file.relative_to(actual_dir)}")
+            continue
+        expected, actual = sitk.ReadImage(str(image_file)), sitk.ReadImage(str(actual_file))
+        if _grid(expected) != _grid(actual):
+            problems.append(f"{image_file.name}: grid or type {_grid(actual)} != expected {_grid(expected)}")
+            continue
+        e, a = sitk.GetArrayViewFromImage(expected) > 0, sitk.GetArrayViewFromImage(actual) > 0
+        count_e, count_a = ndimage.label(e, np.ones((3, 3, 3)))[1], ndimage.label(a, np.ones((3, 3, 3)))[1]
+        differing = int((e != a).sum())
+        union = max(int((e | a).sum()), 1)
+        print(f"{image_file.name}: {count_a} microbleeds (expected {count_e}), {differing} differing voxels "
+              f"of {union} in the masks")
+        if count_e != count_a:
+            problems.append(f"{image_file.name}: {count_a} microbleeds, expected {count_e}")
+        if differing / union > MAX_DIFFERING_FRACTION:
+            problems.append(f"{image_file.name}: {differing} voxels differ ({differing / union:.1%} of the masks)")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    expected_dir, actual_dir = (Path(a) for a in (argv or sys.argv[1:]))
+    problems = compare(expected_dir, actual_dir)
+    for problem in problems:
+        print(f"DIFFERENCE: {problem}")
+    print("outputs match the expected results" if not problems else f"{len(problems)} difference(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

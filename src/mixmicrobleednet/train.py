@@ -1,0 +1,298 @@
+"""Train a MixMicrobleedNet model with nnU-Net v2 from cases in the seed layout.
+
+Steps: seed layout → nnU-Net raw dataset (T1/T2 aligned on T2* as at inference) → plans for the
+chosen configuration → nnU-Net preprocessing → nnUNetTrainer on fold `all` → an exported model
+folder (dataset.json, plans.json, fold_all/checkpoint_final.pth with weights only) that
+`mixmicrobleednet predict --model` loads.
+
+nnU-Net v2 (2.8) reads its folders from environment variables each time it needs them, so this
+module points them at a work folder for the duration of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import layout
+from .cases import Case
+from .imaging import load_case
+
+log = logging.getLogger(__name__)
+
+DATASET_ID = 501
+DATASET_NAME = f"Dataset{DATASET_ID:03d}_MixMicrobleedNet"
+PLANS_NAME = "nnUNetPlans"
+LABELS = {"background": 0, "CMB": 1}
+FILE_ENDING = ".nii.gz"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """One network and schedule: the nnU-Net configuration written into the plans."""
+
+    name: str
+    spacing: tuple[float, float, float]  # z, y, x in mm
+    patch_size: tuple[int, int, int]
+    features_per_stage: tuple[int, ...]
+    strides: tuple[tuple[int, int, int], ...]
+    batch_size: int
+    epochs: int
+    iterations_per_epoch: int
+    val_iterations_per_epoch: int
+    oversample_foreground: float
+
+    @property
+    def configuration(self) -> str:
+        return f"3d_{self.name.replace('-', '_')}"
+
+
+CONFIGS: dict[str, TrainingConfig] = {
+    # The paper's 3d_fullres, values from the v1 plans (../shared/reference): stage 1 of
+    # nnUNetPlansv2.1, 0.8 x 0.488 x 0.488 mm, patch 96x192x128, 6 stages of 32..320 features.
+    "mixmicrobleednet-v1": TrainingConfig(
+        name="mixmicrobleednet-v1", spacing=(0.80000001, 0.48828101, 0.48828101), patch_size=(96, 192, 128),
+        features_per_stage=(32, 64, 128, 256, 320, 320),
+        strides=((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2)),
+        batch_size=2, epochs=1000, iterations_per_epoch=250, val_iterations_per_epoch=50,
+        oversample_foreground=0.33,
+    ),
+    # Small enough to train on a 2-core CPU in about an hour; microbleeds are 2-10 mm, so a
+    # 1.2 x 0.8 x 0.8 mm grid still gives even the smallest ones a few voxels.
+    "compact": TrainingConfig(
+        name="compact", spacing=(1.2, 0.8, 0.8), patch_size=(32, 64, 64),
+        features_per_stage=(8, 16, 32, 64, 80),
+        strides=((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2)),
+        batch_size=2, epochs=36, iterations_per_epoch=100, val_iterations_per_epoch=10,
+        oversample_foreground=0.5,
+    ),
+}
+
+
+def configuration_plans(config: TrainingConfig, median_shape: list[int]) -> dict:
+    """The nnU-Net v2 plans entry for one configuration (same keys as ExperimentPlanner writes)."""
+    n_stages = len(config.features_per_stage)
+    return {
+        "data_identifier": f"{PLANS_NAME}_{config.configuration}",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": config.batch_size,
+        "patch_size": list(config.patch_size),
+        "median_image_size_in_voxels": median_shape,
+        "spacing": list(config.spacing),
+        # Z-score inside the brain mask: the inputs are brain-masked ("desc-masked").
+        "normalization_schemes": ["ZScoreNormalization"] * len(layout.CHANNELS),
+        "use_mask_for_norm": [True] * len(layout.CHANNELS),
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {
+                "n_stages": n_stages,
+                "features_per_stage": list(config.features_per_stage),
+                "conv_op": "torch.nn.modules.conv.Conv3d",
+                "kernel_sizes": [[3, 3, 3]] * n_stages,
+                "strides": [list(s) for s in config.strides],
+                "n_conv_per_stage": [2] * n_stages,
+                "n_conv_per_stage_decoder": [2] * (n_stages - 1),
+                "conv_bias": True,
+                "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+                "dropout_op": None,
+                "dropout_op_kwargs": None,
+                "nonlin": "torch.nn.LeakyReLU",
+                "nonlin_kwargs": {"inplace": True},
+            },
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+        },
+        "batch_dice": True,
+    }
+
+
+def make_plans(config: TrainingConfig, median_spacing: list[float], median_shape: list[int]) -> dict:
+    return {
+        "dataset_name": DATASET_NAME,
+        "plans_name": PLANS_NAME,
+        "original_median_spacing_after_transp": median_spacing,
+        "original_median_shape_after_transp": median_shape,
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {config.configuration: configuration_plans(config, median_shape)},
+        "experiment_planner_used": f"mixmicrobleednet.train ({config.name})",
+        "label_manager": "LabelManager",
+        # Only CT normalisation reads these; kept so the plans have nnU-Net's full shape.
+        "foreground_intensity_properties_per_channel": {
+            str(i): {"max": 0.0, "mean": 0.0, "median": 0.0, "min": 0.0, "percentile_00_5": 0.0,
+                     "percentile_99_5": 0.0, "std": 1.0} for i in range(len(layout.CHANNELS))
+        },
+    }
+
+
+def build_network(plans: dict, configuration: str, deep_supervision: bool = False):
+    """The PyTorch network nnU-Net builds for these plans (used by training, import and tests)."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    arch = plans["configurations"][configuration]["architecture"]
+    return get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                  len(layout.CHANNELS), len(LABELS), allow_init=True,
+                                  deep_supervision=deep_supervision)
+
+
+def training_cases(data_dir: Path) -> list[tuple[Case, Path]]:
+    """Cases of the seed layout that have a label file beside them."""
+    from .cases import discover_cases
+
+    pairs = []
+    for case in discover_cases(data_dir):
+        label = data_dir / layout.label_name(case.subject)
+        if label.is_file():
+            pairs.append((case, label))
+        else:
+            log.warning("%s: no label %s, not used for training", case.subject, label.name)
+    if not pairs:
+        raise ValueError(f"{data_dir}: no cases with labels (expected {layout.label_name('<id>')} beside the inputs)")
+    return pairs
+
+
+def write_raw_dataset(pairs: list[tuple[Case, Path]], raw_dir: Path) -> dict:
+    """nnU-Net raw layout, T1/T2 on the T2* grid exactly as `predict` aligns them."""
+    images_dir, labels_dir = raw_dir / "imagesTr", raw_dir / "labelsTr"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    spacings, shapes = [], []
+    for case, label_path in pairs:
+        stack = load_case(case)
+        for index, channel in enumerate(layout.CHANNELS):
+            image = sitk.GetImageFromArray(stack.array[index])
+            image.CopyInformation(stack.reference)
+            sitk.WriteImage(image, str(images_dir / f"{case.subject}_{index:04d}{FILE_ENDING}"), True, 1)
+        label = sitk.ReadImage(str(label_path), sitk.sitkUInt8)
+        label.CopyInformation(stack.reference)
+        sitk.WriteImage(label, str(labels_dir / f"{case.subject}{FILE_ENDING}"), True, 1)
+        spacings.append(stack.spacing_zyx)
+        shapes.append(stack.array.shape[1:])
+        log.info("raw dataset: %s (%s)", case.subject, "; ".join(f"{k}: {v}" for k, v in stack.alignment.items()))
+    dataset_json = {
+        "channel_names": {str(i): c for i, c in enumerate(layout.CHANNELS)},
+        "labels": LABELS,
+        "numTraining": len(pairs),
+        "file_ending": FILE_ENDING,
+        "name": "MixMicrobleedNet",
+        "description": "Cerebral microbleeds on T1, T2, T2* (seed layout converted by mixmicrobleednet train)",
+    }
+    (raw_dir / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    # The part of nnU-Net's dataset fingerprint that the trainer copies; our plans are written
+    # from the configuration, not derived from intensity statistics.
+    return {"spacings": [list(s) for s in spacings], "shapes_before_crop": [list(map(int, s)) for s in shapes]}
+
+
+def _set_nnunet_folders(work_dir: Path) -> dict[str, str]:
+    folders = {
+        "nnUNet_raw": str(work_dir / "nnUNet_raw"),
+        "nnUNet_preprocessed": str(work_dir / "nnUNet_preprocessed"),
+        "nnUNet_results": str(work_dir / "nnUNet_results"),
+    }
+    os.environ.update(folders)
+    os.environ.setdefault("nnUNet_compile", "false")
+    return folders
+
+
+def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: str = "auto",
+          work_dir: Path | None = None, epochs: int | None = None, iterations_per_epoch: int | None = None,
+          num_processes: int = 2) -> Path:
+    """Train fold `all` on every labelled case in `data_dir`; export the model folder to `out_dir`."""
+    from .model import resolve_device
+
+    config = CONFIGS[config_name]
+    work_dir = Path(work_dir or out_dir.parent / f"{out_dir.name}.nnunet-work")
+    folders = _set_nnunet_folders(work_dir)
+    os.environ.setdefault("nnUNet_n_proc_DA", str(max(1, num_processes - 1)))
+    torch_device = resolve_device(device)
+    started = time.time()
+
+    raw_dir = Path(folders["nnUNet_raw"]) / DATASET_NAME
+    if raw_dir.exists():
+        shutil.rmtree(raw_dir)
+    fingerprint = write_raw_dataset(training_cases(data_dir), raw_dir)
+
+    preprocessed_dir = Path(folders["nnUNet_preprocessed"]) / DATASET_NAME
+    preprocessed_dir.mkdir(parents=True, exist_ok=True)
+    (preprocessed_dir / "dataset_fingerprint.json").write_text(json.dumps(fingerprint, indent=2))
+    plans = make_plans(config, [float(v) for v in np.median(fingerprint["spacings"], 0)],
+                       [int(v) for v in np.median(fingerprint["shapes_before_crop"], 0)])
+    (preprocessed_dir / f"{PLANS_NAME}.json").write_text(json.dumps(plans, indent=2))
+    shutil.copy(raw_dir / "dataset.json", preprocessed_dir / "dataset.json")
+
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    log.info("preprocessing %s to %s mm", config.configuration, config.spacing)
+    DefaultPreprocessor(verbose=False).run(DATASET_NAME, config.configuration, PLANS_NAME, num_processes)
+
+    dataset_json = json.loads((raw_dir / "dataset.json").read_text())
+    trainer = nnUNetTrainer({**plans, "continue_training": False}, config.configuration, "all", dataset_json, device=torch_device)
+    trainer.num_epochs = epochs or config.epochs
+    trainer.num_iterations_per_epoch = iterations_per_epoch or config.iterations_per_epoch
+    trainer.num_val_iterations_per_epoch = min(config.val_iterations_per_epoch, trainer.num_iterations_per_epoch)
+    trainer.oversample_foreground_percent = config.oversample_foreground
+    log.info("training %s: %d epochs x %d iterations on %s", config.name, trainer.num_epochs,
+             trainer.num_iterations_per_epoch, torch_device)
+    trainer.run_training()
+
+    export_model(Path(trainer.output_folder_base), out_dir)
+    hours = (time.time() - started) / 3600
+    _write_training_record(out_dir, config, trainer, data_dir, hours, torch_device)
+    log.info("model written to %s (%.2f h)", out_dir, hours)
+    return out_dir
+
+
+def export_model(results_dir: Path, out_dir: Path) -> None:
+    """Copy an nnU-Net results folder's fold `all` as a lean model folder (weights only)."""
+    import torch
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("dataset.json", "plans.json"):
+        shutil.copy(results_dir / name, out_dir / name)
+    checkpoint = torch.load(results_dir / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    lean = {k: checkpoint[k] for k in ("network_weights", "init_args", "trainer_name",
+                                       "inference_allowed_mirroring_axes", "current_epoch")}
+    (out_dir / "fold_all").mkdir(exist_ok=True)
+    torch.save(lean, out_dir / "fold_all" / "checkpoint_final.pth")
+    for extra in ("progress.png",):
+        if (results_dir / "fold_all" / extra).is_file():
+            shutil.copy(results_dir / "fold_all" / extra, out_dir / "fold_all" / extra)
+
+
+def _write_training_record(out_dir: Path, config: TrainingConfig, trainer, data_dir: Path, hours: float, device) -> None:
+    import platform
+
+    import torch
+
+    record = {
+        "config": config.name,
+        "configuration": config.configuration,
+        "epochs": trainer.num_epochs,
+        "iterations_per_epoch": trainer.num_iterations_per_epoch,
+        "training_hours": round(hours, 3),
+        "device": str(device),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.platform(),
+        "torch": torch.__version__,
+        "training_data": str(data_dir),
+        "final_train_loss": float(trainer.logger.local_logger.my_fantastic_logging["train_losses"][-1]),
+        "final_val_loss": float(trainer.logger.local_logger.my_fantastic_logging["val_losses"][-1]),
+        "final_pseudo_dice": float(trainer.logger.local_logger.my_fantastic_logging["mean_fg_dice"][-1]),
+    }
+    (out_dir / "training.json").write_text(json.dumps(record, indent=2))

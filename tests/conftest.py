@@ -1,0 +1,64 @@
+"""Shared test data: small synthetic volumes and a random-weight model with the compact plans."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from mixmicrobleednet import layout
+from mixmicrobleednet.train import CONFIGS, DATASET_NAME, FILE_ENDING, LABELS, build_network, make_plans
+
+
+def make_image(array: np.ndarray, spacing_xyz=(0.8, 0.8, 1.2), origin=(-10.0, 5.0, 2.0), direction=None) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing_xyz)
+    image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(direction)
+    return image
+
+
+def brain_volume(shape=(20, 40, 36), seed=0) -> np.ndarray:
+    """A noisy ellipsoid 'brain' with a dark dot, float32."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.indices(shape)
+    centre = np.array(shape) / 2
+    inside = ((zz - centre[0]) / (shape[0] * 0.45)) ** 2 + ((yy - centre[1]) / (shape[1] * 0.45)) ** 2 \
+        + ((xx - centre[2]) / (shape[2] * 0.45)) ** 2 < 1
+    volume = (100 + 10 * rng.standard_normal(shape)) * inside
+    volume[tuple(int(c) for c in centre)] = 5
+    return volume.astype(np.float32)
+
+
+def write_case(folder: Path, subject: str, shape=(20, 40, 36), spacing_xyz=(0.8, 0.8, 1.2), seed=0) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for i, channel in enumerate(layout.CHANNELS):
+        paths[channel] = folder / layout.input_name(subject, channel)
+        sitk.WriteImage(make_image(brain_volume(shape, seed + i), spacing_xyz), str(paths[channel]))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory) -> Path:
+    """An nnU-Net v2 model folder (compact plans) with random weights: for plumbing, not accuracy."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("random_model")
+    config = CONFIGS["compact"]
+    plans = make_plans(config, list(config.spacing), [20, 40, 36])
+    dataset = {"channel_names": {str(i): c for i, c in enumerate(layout.CHANNELS)}, "labels": LABELS,
+               "numTraining": 0, "file_ending": FILE_ENDING, "name": DATASET_NAME}
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    torch.manual_seed(0)
+    network = build_network(plans, config.configuration)
+    (folder / "fold_all").mkdir()
+    torch.save({"network_weights": network.state_dict(), "init_args": {"configuration": config.configuration},
+                "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)},
+               folder / "fold_all" / "checkpoint_final.pth")
+    return folder

@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from mixmicrobleednet import layout
+from mixmicrobleednet.cases import Case, CaseError, discover_cases
+from mixmicrobleednet.imaging import align_to_reference, load_case, read_channel, same_grid, write_image_atomic
+
+from conftest import brain_volume, make_image, write_case
+
+
+def test_input_names_round_trip():
+    name = layout.input_name("101", "T2S")
+    assert name == "sub-101_space-T2S_desc-masked_T2S.nii.gz"
+    assert layout.parse_input_name(name) == {"subject": "101", "space": "T2S", "channel": "T2S"}
+    assert layout.parse_input_name("sub-101_space-T2S_desc-masked_FLAIR.nii.gz") is None
+    assert layout.parse_prediction_name(layout.prediction_name("101")) == "101"
+
+
+def test_every_t1_starts_a_case(tmp_path):
+    write_case(tmp_path, "a1")
+    write_case(tmp_path, "b2")
+    (tmp_path / layout.input_name("c3", "T2S")).write_bytes(b"")  # no T1: not a case
+    (tmp_path / "notes.txt").write_text("x")
+    cases = discover_cases(tmp_path)
+    assert [c.subject for c in cases] == ["a1", "b2"]
+    assert cases[0].channel_paths["T2"] == tmp_path / "sub-a1_space-T2S_desc-masked_T2.nii.gz"
+
+
+def test_missing_channel_is_a_case_error(tmp_path):
+    paths = write_case(tmp_path, "a1")
+    paths["T2"].unlink()
+    with pytest.raises(CaseError, match="missing T2 channel.*sub-a1_space-T2S_desc-masked_T2.nii.gz"):
+        load_case(discover_cases(tmp_path)[0])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_text("not an image"), "not a readable image"),
+    (lambda p: sitk.WriteImage(sitk.Image(10, 10, sitk.sitkFloat32) + 1, str(p)), "2D image"),
+    (lambda p: sitk.WriteImage(sitk.GetImageFromArray(np.ones((2, 4, 5, 6), np.float32), isVector=False), str(p)),
+     "4D image"),
+    (lambda p: sitk.WriteImage(make_image(np.where(brain_volume() > 50, np.nan, 1).astype(np.float32)), str(p)),
+     "NaN or infinite voxels"),
+    (lambda p: sitk.WriteImage(make_image(np.full((4, 5, 6), np.inf, np.float32)), str(p)), "NaN or infinite"),
+    (lambda p: sitk.WriteImage(make_image(np.zeros((4, 5, 6), np.int16)), str(p)), "every voxel is zero"),
+])
+def test_bad_channel_files_name_file_and_problem(tmp_path, make, message):
+    path = tmp_path / "sub-x_space-T2S_desc-masked_T1.nii.gz"
+    make(path)
+    with pytest.raises(CaseError, match=message) as error:
+        read_channel(path, "T1")
+    assert path.name in str(error.value)
+
+
+def test_rounding_differences_copy_the_t2s_header():
+    reference = make_image(brain_volume())
+    t1 = make_image(brain_volume(seed=3), spacing_xyz=(0.8 * (1 + 1e-7), 0.8, 1.2), origin=(-10.00002, 5.0, 2.00001))
+    assert same_grid(t1, reference)
+    aligned, action = align_to_reference(t1, reference)
+    assert action.startswith("T2S header copied")
+    assert aligned.GetOrigin() == reference.GetOrigin() and aligned.GetSpacing() == reference.GetSpacing()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(aligned), sitk.GetArrayFromImage(t1))
+
+
+def test_shifted_or_resized_channels_are_resampled_in_world_space():
+    """A bright voxel at a known world position lands at that position on the T2* grid."""
+    reference = make_image(np.ones((20, 40, 36), np.float32), spacing_xyz=(0.8, 0.8, 1.2), origin=(0.0, 0.0, 0.0))
+    moved = np.zeros((10, 20, 18), np.float32)
+    moved[4, 8, 6] = 1000  # world = origin + index * spacing
+    t1 = make_image(moved, spacing_xyz=(1.6, 1.6, 2.4), origin=(-3.2, 1.6, 2.4))
+    world = t1.TransformIndexToPhysicalPoint((6, 8, 4))
+    assert not same_grid(t1, reference)
+    aligned, action = align_to_reference(t1, reference)
+    assert action.startswith("resampled onto the T2S grid")
+    assert aligned.GetSize() == reference.GetSize() and aligned.GetOrigin() == reference.GetOrigin()
+    array = sitk.GetArrayFromImage(aligned)
+    peak = np.unravel_index(np.argmax(array), array.shape)
+    assert np.allclose(reference.TransformIndexToPhysicalPoint([int(i) for i in peak[::-1]]), world)
+
+
+def test_rotated_channel_is_resampled():
+    reference = make_image(brain_volume())
+    rotated = make_image(brain_volume(), direction=(0, 1, 0, -1, 0, 0, 0, 0, 1))
+    assert align_to_reference(rotated, reference)[1].startswith("resampled")
+
+
+def test_load_case_stacks_channels_in_network_order(tmp_path):
+    write_case(tmp_path, "a1", shape=(6, 8, 10))
+    stack = load_case(discover_cases(tmp_path)[0])
+    assert stack.array.shape == (3, 6, 8, 10) and stack.array.dtype == np.float32
+    assert np.allclose(stack.spacing_zyx, (1.2, 0.8, 0.8))
+    assert set(stack.alignment) == set(layout.CHANNELS)
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = tmp_path / "out" / "mask.nii.gz"
+    write_image_atomic(make_image(np.ones((3, 4, 5), np.uint8)), path)
+    assert path.is_file() and [p.name for p in path.parent.iterdir()] == ["mask.nii.gz"]
+
+    def broken_write(image, filename, *args, **kwargs):
+        open(filename, "wb").write(b"half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sitk, "WriteImage", broken_write)
+    with pytest.raises(RuntimeError):
+        write_image_atomic(make_image(np.zeros((3, 4, 5), np.uint8)), path)
+    # the earlier file is intact and no partial file is left behind
+    assert [p.name for p in path.parent.iterdir()] == ["mask.nii.gz"]
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(path))).all()

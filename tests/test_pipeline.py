@@ -1,0 +1,123 @@
+"""The predict path end to end on small volumes with a random-weight model (plumbing, not accuracy)."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from mixmicrobleednet import layout
+from mixmicrobleednet.cli import main
+from mixmicrobleednet.model import Model, ModelError, PredictionSettings, resolve_device
+from mixmicrobleednet.pipeline import predict_folder
+
+from conftest import write_case
+
+FAST = PredictionSettings(use_mirroring=False)
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    """Three cases on three different grids, like the three VALDO cohorts (scaled down)."""
+    folder = tmp_path / "input"
+    write_case(folder, "hr1", shape=(24, 40, 36), spacing_xyz=(0.49, 0.49, 0.8), seed=1)
+    write_case(folder, "ts2", shape=(8, 44, 40), spacing_xyz=(0.45, 0.45, 3.5), seed=2)
+    write_case(folder, "lr3", shape=(9, 24, 20), spacing_xyz=(1.0, 1.0, 3.0), seed=3)
+    return folder
+
+
+def _assert_on_t2s_grid(mask_path, t2s_path):
+    mask, t2s = sitk.ReadImage(str(mask_path)), sitk.ReadImage(str(t2s_path))
+    assert mask.GetSize() == t2s.GetSize()
+    assert mask.GetSpacing() == t2s.GetSpacing()
+    assert mask.GetOrigin() == t2s.GetOrigin()
+    assert mask.GetDirection() == t2s.GetDirection()
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    assert set(np.unique(sitk.GetArrayViewFromImage(mask))) <= {0, 1}
+
+
+def test_one_mask_per_case_on_its_t2s_grid_and_model_loaded_once(cohort, tmp_path, random_model, monkeypatch, caplog):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    loads = []
+    original = nnUNetPredictor.initialize_from_trained_model_folder
+    monkeypatch.setattr(nnUNetPredictor, "initialize_from_trained_model_folder",
+                        lambda self, *a, **k: loads.append(1) or original(self, *a, **k))
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        results = predict_folder(cohort, out, random_model, device="cpu", settings=FAST)
+    assert len(loads) == 1
+    assert sum("model loaded once" in r.message for r in caplog.records) == 1
+    assert [r.subject for r in results] == ["hr1", "lr3", "ts2"]
+    for subject in ("hr1", "lr3", "ts2"):
+        _assert_on_t2s_grid(layout.prediction_path(out, subject), cohort / layout.input_name(subject, "T2S"))
+    report = json.loads((out / "results.json").read_text())
+    assert report[0] == {
+        "outputs": [{"type": "metaio_image", "filename": ["images/sub-hr1_space-T2S_prediction.nii.gz"]}],
+        "inputs": [{"type": "metaio_image", "filename": [layout.input_name("hr1", c) for c in layout.CHANNELS]}],
+        "error_messages": [],
+    }
+
+
+def test_each_case_gets_its_own_mask(tmp_path, random_model):
+    """The seed reused one temporary file name for every case; here case two must not be case one."""
+    folder = tmp_path / "input"
+    write_case(folder, "a1", shape=(10, 30, 30), seed=1)
+    write_case(folder, "b2", shape=(12, 26, 34), seed=5)
+    model = Model(random_model, "cpu", FAST)
+    from mixmicrobleednet.pipeline import run_cases, segmenter
+    from mixmicrobleednet.cases import discover_cases
+
+    run_cases(discover_cases(folder), segmenter(model, threshold=0.0), tmp_path / "out")
+    sizes = {s: sitk.ReadImage(str(layout.prediction_path(tmp_path / "out", s))).GetSize() for s in ("a1", "b2")}
+    assert sizes == {"a1": (30, 30, 10), "b2": (34, 26, 12)}
+
+
+def test_broken_cases_get_errors_and_the_others_finish(cohort, tmp_path, random_model):
+    write_case(cohort, "nochan", seed=4)
+    (cohort / layout.input_name("nochan", "T2")).unlink()
+    write_case(cohort, "notimg", seed=5)
+    (cohort / layout.input_name("notimg", "T2S")).write_text("garbage")
+    write_case(cohort, "nan", seed=6)
+    bad = np.ones((4, 5, 6), np.float32)
+    bad[1, 1, 1] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(bad), str(cohort / layout.input_name("nan", "T1")))
+    write_case(cohort, "flat", seed=7)
+    sitk.WriteImage(sitk.Image(12, 12, sitk.sitkFloat32) + 3, str(cohort / layout.input_name("flat", "T2")))
+    write_case(cohort, "zero", seed=8)
+    sitk.WriteImage(sitk.Image(12, 12, 5, sitk.sitkInt16), str(cohort / layout.input_name("zero", "T1")))
+    out = tmp_path / "out"
+
+    code = main(["predict", "-i", str(cohort), "-o", str(out), "--model", str(random_model), "--device", "cpu", "--fast"])
+
+    assert code == 1
+    report = {entry["inputs"][0]["filename"][0].split("_")[0]: entry for entry in json.loads((out / "results.json").read_text())}
+    errors = {subject: " ".join(entry["error_messages"]) for subject, entry in report.items()}
+    assert errors["sub-hr1"] == errors["sub-ts2"] == errors["sub-lr3"] == ""
+    assert "missing T2 channel" in errors["sub-nochan"] and "sub-nochan_space-T2S_desc-masked_T2.nii.gz" in errors["sub-nochan"]
+    assert "sub-notimg_space-T2S_desc-masked_T2S.nii.gz: not a readable image" in errors["sub-notimg"]
+    assert "sub-nan_space-T2S_desc-masked_T1.nii.gz: 1 NaN or infinite voxels" in errors["sub-nan"]
+    assert "sub-flat_space-T2S_desc-masked_T2.nii.gz: 2D image" in errors["sub-flat"]
+    assert "every voxel is zero" in errors["sub-zero"]
+    written = sorted(p.name for p in (out / "images").iterdir())
+    assert written == sorted(layout.prediction_name(s) for s in ("hr1", "lr3", "ts2"))
+
+
+def test_cli_exit_codes(tmp_path, random_model, cohort):
+    args = ["predict", "-i", str(cohort), "-o", str(tmp_path / "o"), "--device", "cpu", "--fast"]
+    assert main(args + ["--model", str(random_model)]) == 0
+    assert main(args + ["--model", str(tmp_path / "nowhere")]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", "-i", str(empty), "-o", str(tmp_path / "e"), "--model", str(random_model)]) == 1
+
+
+def test_device_selection(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ModelError, match="no CUDA GPU"):
+        resolve_device("cuda")
