@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/docker-engine.sh
+scripts/setup-venv.sh  # so .venv/bin/mixmicrobleednet works after the main job too
 [ "${1:-}" = --no-build ] || ./build.sh --cpu --offline
 image=mixmicrobleednet:cpu
 out=$(mktemp -d /tmp/mixmicrobleednet-test.XXXXXX)

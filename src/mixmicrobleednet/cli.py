@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import DEFAULT_MODEL_DIR
+from .phantoms import COHORTS
 
 log = logging.getLogger("mixmicrobleednet")
 
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     phantoms.add_argument("--out", type=Path, required=True)
     phantoms.add_argument("--n", type=int, required=True, help="number of cases (cohorts take turns)")
     phantoms.add_argument("--seed", type=int, required=True)
+    phantoms.add_argument("--cohort", action="append", choices=tuple(COHORTS),
+                          help="acquisition(s) to use, in turn (default: all three)")
 
     train = commands.add_parser("train", help="train fold 'all' with nnU-Net v2 on labelled cases")
     train.add_argument("--data", type=Path, required=True, help="seed-layout folder with sub-<id>_space-T2S_CMB.nii.gz labels")
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "phantoms":
         from .phantoms import generate
 
-        generate(args.out, args.n, args.seed)
+        generate(args.out, args.n, args.seed, args.cohort)
         return 0
     if args.command == "train":
         from .train import train

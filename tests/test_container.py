@@ -1,0 +1,95 @@
+"""The CPU image, locked down as Grand-Challenge runs it, on phantoms of the three VALDO grids.
+
+Needs a Docker engine and the image mixmicrobleednet:cpu (./test.sh builds both); run-tests.sh
+runs these after test.sh. Select them out with `-m "not docker"` on machines without Docker.
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from mixmicrobleednet import layout
+from mixmicrobleednet.phantoms import generate
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+IMAGE = "mixmicrobleednet:cpu"
+REPO = Path(__file__).resolve().parents[1]
+LOCKED = ["--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp", "--security-opt", "no-new-privileges"]
+
+
+def docker(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def image():
+    if docker("image", "inspect", IMAGE).returncode != 0:
+        pytest.fail(f"{IMAGE} is not built: run ./test.sh (or ./build.sh --cpu --offline) first")
+    return IMAGE
+
+
+@pytest.fixture(scope="module")
+def cohorts(tmp_path_factory):
+    """One phantom per acquisition: 0.8x0.49x0.49, 3.5x0.45x0.45 and 3x1x1 mm."""
+    folder = tmp_path_factory.mktemp("cohorts")
+    generate(folder, 3, seed=4)
+    for label in folder.glob("*_CMB.nii.gz"):
+        label.unlink()
+    return folder
+
+
+def run_container(image, input_dir: Path, output_dir: Path) -> subprocess.CompletedProcess:
+    output_dir.mkdir(mode=0o777)
+    output_dir.chmod(0o777)
+    return docker("run", *LOCKED, "-v", f"{input_dir}:/input:ro", "-v", f"{output_dir}:/output", image, "--fast")
+
+
+def assert_masks_on_t2s_grids(input_dir: Path, output_dir: Path, subjects):
+    for subject in subjects:
+        mask = sitk.ReadImage(str(layout.prediction_path(output_dir, subject)))
+        t2s = sitk.ReadImage(str(input_dir / layout.input_name(subject, "T2S")))
+        assert (mask.GetSize(), mask.GetSpacing(), mask.GetOrigin(), mask.GetDirection()) == \
+               (t2s.GetSize(), t2s.GetSpacing(), t2s.GetOrigin(), t2s.GetDirection())
+        assert mask.GetPixelID() == sitk.sitkUInt8
+
+
+def test_runs_as_non_root(image):
+    assert docker("run", "--rm", "--entrypoint", "id", image, "-u").stdout.strip() != "0"
+
+
+def test_three_cohorts_then_broken_cases_container_and_cli_agree(image, cohorts, tmp_path):
+    subjects = ["s4c000", "s4c001", "s4c002"]
+    clean = run_container(image, cohorts, tmp_path / "clean")
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    assert clean.stderr.count("model loaded once") == 1
+    assert_masks_on_t2s_grids(cohorts, tmp_path / "clean", subjects)
+
+    broken = tmp_path / "broken-input"
+    shutil.copytree(cohorts, broken)
+    (broken / layout.input_name("nochannel", "T1")).write_bytes((cohorts / layout.input_name("s4c002", "T1")).read_bytes())
+    (broken / layout.input_name("nochannel", "T2S")).write_bytes((cohorts / layout.input_name("s4c002", "T2S")).read_bytes())
+    for channel in layout.CHANNELS:
+        (broken / layout.input_name("garbage", channel)).write_text("this is not an image")
+    container = run_container(image, broken, tmp_path / "container")
+    assert container.returncode == 1
+    report = json.loads((tmp_path / "container" / "results.json").read_text())
+    errors = {e["inputs"][0]["filename"][0]: e["error_messages"] for e in report}
+    assert errors[layout.input_name("nochannel", "T1")] == ["missing T2 channel: expected file sub-nochannel_space-T2S_desc-masked_T2.nii.gz"]
+    assert "sub-garbage_space-T2S_desc-masked_T1.nii.gz: not a readable image" in errors[layout.input_name("garbage", "T1")][0]
+    assert "missing T2 channel" in container.stderr and "not a readable image" in container.stderr
+    assert_masks_on_t2s_grids(cohorts, tmp_path / "container", subjects)
+
+    cli = subprocess.run([str(REPO / ".venv" / "bin" / "mixmicrobleednet"), "predict", "-i", str(broken),
+                          "-o", str(tmp_path / "cli"), "--fast", "--model", str(REPO / "weights")],
+                         capture_output=True, text=True)
+    assert cli.returncode == 1
+    assert json.loads((tmp_path / "cli" / "results.json").read_text()) == report
+    for subject in subjects:
+        from_cli = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.prediction_path(tmp_path / "cli", subject))))
+        from_container = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.prediction_path(tmp_path / "clean", subject))))
+        np.testing.assert_array_equal(from_cli, from_container)

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from mixmicrobleednet import layout
+from mixmicrobleednet.imaging import same_grid
+from mixmicrobleednet.phantoms import COHORTS, Microbleed, _render_bleeds, _Template, make_case
+
+
+@pytest.fixture(scope="module")
+def template():
+    return _Template()
+
+
+@pytest.fixture(scope="module")
+def lowres_case(template):
+    rng = np.random.default_rng(11)
+    return make_case("t1", COHORTS["lowres"], 6, rng, template)
+
+
+def test_channels_share_the_t2s_grid_up_to_rounding(lowres_case):
+    channels, label, _ = lowres_case
+    t2s = channels["T2S"]
+    assert np.allclose(t2s.GetSpacing()[::-1], COHORTS["lowres"].spacing_zyx, rtol=0.05)
+    for channel in ("T1", "T2"):
+        assert same_grid(channels[channel], t2s)
+        assert channels[channel].GetOrigin() != t2s.GetOrigin()  # differs, but only by rounding
+    assert label.GetSize() == t2s.GetSize() and label.GetOrigin() == t2s.GetOrigin()
+
+
+def test_brain_masked_with_tissue_contrast(lowres_case):
+    channels, _, _ = lowres_case
+    arrays = {c: sitk.GetArrayFromImage(i).astype(float) for c, i in channels.items()}
+    brain = arrays["T1"] > 0
+    assert 0.2 < brain.mean() < 0.8 and not arrays["T2S"][~brain].any()
+    # T1: white matter brighter than CSF; T2: the reverse (CSF bright)
+    bright_t1 = arrays["T1"] > np.percentile(arrays["T1"][brain], 90)
+    assert arrays["T2"][bright_t1].mean() < np.percentile(arrays["T2"][brain], 50)
+
+
+def test_microbleeds_bloom_and_are_labelled(lowres_case):
+    channels, label, bleeds = lowres_case
+    labels, n = ndimage.label(sitk.GetArrayFromImage(label), np.ones((3, 3, 3)))
+    assert len(bleeds) == 6 and n == 6
+    t2s = sitk.GetArrayFromImage(channels["T2S"]).astype(float)
+    t1 = sitk.GetArrayFromImage(channels["T1"]).astype(float)
+    for bleed in bleeds:
+        index = channels["T2S"].TransformPhysicalPointToIndex(bleed.centre_lps)[::-1]
+        assert labels[index] > 0
+        ring = ndimage.binary_dilation(labels == labels[index], iterations=3) & (labels == 0) & (t2s > 0)
+        lesion = labels == labels[index]
+        # darker on T2* than around it, and relatively more than on T1 (faint there)
+        contrast_t2s = t2s[lesion].mean() / t2s[ring].mean()
+        contrast_t1 = t1[lesion].mean() / t1[ring].mean()
+        assert contrast_t2s < 0.85 and contrast_t2s < contrast_t1
+
+
+def test_thick_slices_get_partial_volume():
+    grid = sitk.Image([30, 30, 10], sitk.sitkFloat32)
+    grid.SetSpacing((0.45, 0.45, 3.5))
+    centre = grid.TransformContinuousIndexToPhysicalPoint((15, 15, 5.5))  # between two slices
+    fraction = _render_bleeds((10, 30, 30), grid, [Microbleed(centre, 3.0, "lobar")], 1.0)
+    assert 0.2 < fraction[5, 15, 15] < 0.6 and fraction[5, 15, 15] == pytest.approx(fraction[6, 15, 15], abs=0.05)
+    assert fraction[2].max() == 0
+
+
+def test_cli_writes_the_seed_layout(tmp_path):
+    from mixmicrobleednet.cli import main
+
+    assert main(["phantoms", "--out", str(tmp_path), "--n", "1", "--seed", "5"]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    subject = "s5c000"
+    assert names == sorted([layout.input_name(subject, c) for c in layout.CHANNELS]
+                           + [layout.label_name(subject), "microbleeds.csv", "phantoms.csv"])

@@ -1,0 +1,56 @@
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mixmicrobleednet.train import CONFIGS, build_network, make_plans
+
+REFERENCE_PLANS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mixmicrobleednet_v1_plans.pkl"
+
+
+def test_v1_configuration_matches_the_reference_plans():
+    """The paper's 3d_fullres (stage 1 of the v1 plans) and the network it builds (~30.8 M parameters)."""
+    if not REFERENCE_PLANS.is_file():
+        pytest.fail(f"reference plans not found at {REFERENCE_PLANS} (shared/ beside the checkout)")
+    with open(REFERENCE_PLANS, "rb") as f:  # our own reference file, trusted
+        reference = pickle.load(f)
+    stage = reference["plans_per_stage"][1]
+    config = CONFIGS["mixmicrobleednet-v1"]
+    assert list(config.patch_size) == list(stage["patch_size"])
+    assert np.allclose(config.spacing, stage["current_spacing"])
+    assert config.batch_size == stage["batch_size"]
+    assert [list(s) for s in config.strides[1:]] == [list(s) for s in stage["pool_op_kernel_sizes"]]
+    assert config.features_per_stage == tuple(min(32 * 2 ** i, 320) for i in range(len(config.features_per_stage)))
+    assert reference["use_mask_for_norm"] == {0: True, 1: True, 2: True}
+
+    plans = make_plans(config, list(config.spacing), [192, 391, 319])
+    network = build_network(plans, config.configuration)
+    parameters = sum(p.numel() for p in network.parameters())
+    assert parameters == pytest.approx(30.8e6, rel=0.01), parameters
+
+
+def test_compact_network_is_small():
+    config = CONFIGS["compact"]
+    network = build_network(make_plans(config, list(config.spacing), [100, 200, 200]), config.configuration)
+    assert sum(p.numel() for p in network.parameters()) < 2e6  # trains on a 2-core CPU
+
+
+@pytest.mark.slow
+def test_train_pipeline_end_to_end_exports_a_model_that_predicts(tmp_path):
+    """Two lowres phantoms, one epoch of two iterations: checks the plumbing, trains no real model."""
+    from mixmicrobleednet.model import Model, PredictionSettings
+    from mixmicrobleednet.phantoms import generate
+    from mixmicrobleednet.pipeline import predict_folder
+    from mixmicrobleednet.train import train
+
+    data = tmp_path / "data"
+    generate(data, 2, seed=9, cohorts=["lowres"])
+    model_dir = train(data, tmp_path / "model", "compact", device="cpu", epochs=1, iterations_per_epoch=2)
+    assert sorted(p.name for p in model_dir.iterdir()) == ["dataset.json", "fold_all", "plans.json", "training.json"]
+    import torch
+
+    checkpoint = torch.load(model_dir / "fold_all" / "checkpoint_final.pth", weights_only=False)
+    assert "optimizer_state" not in checkpoint and "network_weights" in checkpoint
+    results = predict_folder(data, tmp_path / "out", model_dir, "cpu", PredictionSettings(use_mirroring=False))
+    assert [r.error_messages for r in results] == [[], []]
