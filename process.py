@@ -17,7 +17,7 @@ from pandas import DataFrame
 import SimpleITK
 
 from mixmicrobleednet import DEFAULT_MODEL_DIR, Model, PredictionSettings, layout
-from mixmicrobleednet.cases import discover_cases
+from mixmicrobleednet.cases import InputFolderError, discover_cases
 from mixmicrobleednet.imaging import ChannelStack
 from mixmicrobleednet.model import ModelError
 from mixmicrobleednet.pipeline import run_cases, segment, write_results
@@ -63,7 +63,11 @@ def main(argv=None) -> int:
     except ModelError as exc:
         logging.error("%s", exc)
         return 2
-    algorithm.process()
+    try:
+        algorithm.process()
+    except InputFolderError as exc:
+        logging.error("%s", exc)
+        return 2
     if not algorithm.results:
         logging.error("no cases found in %s", INPUT_DIR)
         return 1

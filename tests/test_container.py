@@ -40,6 +40,7 @@ def cohorts(tmp_path_factory):
     generate(folder, 3, seed=4)
     for label in folder.glob("*_CMB.nii.gz"):
         label.unlink()
+    folder.chmod(0o755)  # pytest makes 0700 folders; the image's user is not their owner
     return folder
 
 
@@ -62,6 +63,14 @@ def test_runs_as_non_root(image):
     assert docker("run", "--rm", "--entrypoint", "id", image, "-u").stdout.strip() != "0"
 
 
+def test_unreadable_input_folder_is_a_clear_error(image, tmp_path):
+    hidden = tmp_path / "hidden"
+    hidden.mkdir(mode=0o700)
+    result = run_container(image, hidden, tmp_path / "out")
+    assert result.returncode == 2
+    assert "cannot read the input folder /input: Permission denied" in result.stderr
+
+
 def test_three_cohorts_then_broken_cases_container_and_cli_agree(image, cohorts, tmp_path):
     subjects = ["s4c000", "s4c001", "s4c002"]
     clean = run_container(image, cohorts, tmp_path / "clean")
@@ -71,6 +80,7 @@ def test_three_cohorts_then_broken_cases_container_and_cli_agree(image, cohorts,
 
     broken = tmp_path / "broken-input"
     shutil.copytree(cohorts, broken)
+    broken.chmod(0o755)
     (broken / layout.input_name("nochannel", "T1")).write_bytes((cohorts / layout.input_name("s4c002", "T1")).read_bytes())
     (broken / layout.input_name("nochannel", "T2S")).write_bytes((cohorts / layout.input_name("s4c002", "T2S")).read_bytes())
     for channel in layout.CHANNELS:

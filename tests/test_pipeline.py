@@ -121,3 +121,7 @@ def test_device_selection(monkeypatch):
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(ModelError, match="no CUDA GPU"):
         resolve_device("cuda")
+
+
+def test_unreadable_input_folder(tmp_path, random_model):
+    assert main(["predict", "-i", str(tmp_path / "missing"), "-o", str(tmp_path / "o"), "--model", str(random_model)]) == 2

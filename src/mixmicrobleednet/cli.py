@@ -62,13 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command == "predict":
+        from .cases import InputFolderError
         from .model import ModelError, PredictionSettings
         from .pipeline import predict_folder
 
         try:
             results = predict_folder(args.input, args.output, args.model, device=args.device,
                                      settings=PredictionSettings(use_mirroring=not args.fast))
-        except ModelError as exc:
+        except (InputFolderError, ModelError) as exc:
             log.error("%s", exc)
             return 2
         failed = [r for r in results if r.error_messages]
