@@ -25,19 +25,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from scipy import ndimage
-
 from . import layout
+from .lesions import label_microbleeds
 
 log = logging.getLogger(__name__)
-
-_CONNECTIVITY = np.ones((3, 3, 3), bool)
 
 
 def case_measures(reference: np.ndarray, prediction: np.ndarray, voxel_volume_mm3: float) -> dict:
     reference, prediction = reference > 0, prediction > 0
-    ref_labels, n_ref = ndimage.label(reference, _CONNECTIVITY)
-    pred_labels, n_pred = ndimage.label(prediction, _CONNECTIVITY)
+    ref_labels, n_ref = label_microbleeds(reference)
+    pred_labels, n_pred = label_microbleeds(prediction)
     detected = len(np.unique(ref_labels[prediction & reference]))
     true_predicted = len(np.unique(pred_labels[prediction & reference]))
     overlap = int((reference & prediction).sum())

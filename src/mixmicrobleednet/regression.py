@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
+
+from .lesions import label_microbleeds
 
 MAX_DIFFERING_FRACTION = 0.01
 
@@ -42,7 +43,7 @@ def compare(expected_dir: Path, actual_dir: Path) -> list[str]:
             problems.append(f"{image_file.name}: grid or type {_grid(actual)} != expected {_grid(expected)}")
             continue
         e, a = sitk.GetArrayViewFromImage(expected) > 0, sitk.GetArrayViewFromImage(actual) > 0
-        count_e, count_a = ndimage.label(e, np.ones((3, 3, 3)))[1], ndimage.label(a, np.ones((3, 3, 3)))[1]
+        count_e, count_a = label_microbleeds(e)[1], label_microbleeds(a)[1]
         differing = int((e != a).sum())
         union = max(int((e | a).sum()), 1)
         print(f"{image_file.name}: {count_a} microbleeds (expected {count_e}), {differing} differing voxels "

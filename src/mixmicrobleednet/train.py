@@ -23,8 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import layout
-from .cases import Case
-from .imaging import load_case
+from .cases import Case, discover_cases
+from .imaging import image_like, load_case
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +154,6 @@ def build_network(plans: dict, configuration: str, deep_supervision: bool = Fals
 
 def training_cases(data_dir: Path) -> list[tuple[Case, Path]]:
     """Cases of the seed layout that have a label file beside them."""
-    from .cases import discover_cases
-
     pairs = []
     for case in discover_cases(data_dir):
         label = data_dir / layout.label_name(case.subject)
@@ -176,10 +174,9 @@ def write_raw_dataset(pairs: list[tuple[Case, Path]], raw_dir: Path) -> dict:
     spacings, shapes = [], []
     for case, label_path in pairs:
         stack = load_case(case)
-        for index, channel in enumerate(layout.CHANNELS):
-            image = sitk.GetImageFromArray(stack.array[index])
-            image.CopyInformation(stack.reference)
-            sitk.WriteImage(image, str(images_dir / f"{case.subject}_{index:04d}{FILE_ENDING}"), True, 1)
+        for index in range(len(layout.CHANNELS)):
+            sitk.WriteImage(image_like(stack.array[index], stack.reference),
+                            str(images_dir / f"{case.subject}_{index:04d}{FILE_ENDING}"), True, 1)
         label = sitk.ReadImage(str(label_path), sitk.sitkUInt8)
         label.CopyInformation(stack.reference)
         sitk.WriteImage(label, str(labels_dir / f"{case.subject}{FILE_ENDING}"), True, 1)
