@@ -107,3 +107,11 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     # the earlier file is intact and no partial file is left behind
     assert [p.name for p in path.parent.iterdir()] == ["mask.nii.gz"]
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(path))).all()
+
+
+def test_unreadable_file_message_names_the_file_not_its_folder(tmp_path):
+    path = tmp_path / "sub-x_space-T2S_desc-masked_T1.nii.gz"
+    path.write_text("not an image")
+    with pytest.raises(CaseError) as error:
+        read_channel(path, "T1")
+    assert str(tmp_path) not in str(error.value)

@@ -43,8 +43,10 @@ def read_channel(path: Path, channel: str) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-        raise CaseError(f"{path.name}: not a readable image ({first_line})") from None
+        # ITK's last message line says why; it names the file by its full path, which differs
+        # between a container's /input and the host, so keep the file name only.
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        raise CaseError(f"{path.name}: not a readable image ({reason.replace(str(path), path.name)})") from None
     if image.GetDimension() != 3:
         raise CaseError(f"{path.name}: {image.GetDimension()}D image, expected a 3D volume")
     if image.GetNumberOfComponentsPerPixel() != 1:
