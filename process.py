@@ -1,9 +1,10 @@
 """Container entry point: the seed's evalutils processor, delegating every stage to the package.
 
 Reads the seed layout from /input (sub-*_space-*_desc-masked_{T1,T2,T2S}.nii.gz), writes
-/output/images/sub-<id>_space-T2S_prediction.nii.gz and /output/results.json. The model is opened
-once at start-up; the exit code is non-zero when any case failed or none was found.
-Options after the image name: --device auto|cuda|cpu, --fast (no mirroring).
+/output/images/sub-<id>_space-T2S_{prediction.nii.gz,lesions.csv,qc.png}, /output/results.json and
+/output/summary.csv. The model is opened once at start-up; the exit code is non-zero when any case
+failed or none was found. Options after the image name are those of `mixmicrobleednet predict`
+(--device, --fast, --threshold, --min-size-mm3, --save-probabilities, --no-qc).
 """
 
 import argparse
@@ -11,16 +12,16 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 from evalutils import SegmentationAlgorithm
 from pandas import DataFrame
 
-import SimpleITK
-
 from mixmicrobleednet import DEFAULT_MODEL_DIR, Model, PredictionSettings, layout
 from mixmicrobleednet.cases import InputFolderError, discover_cases
+from mixmicrobleednet.cli import add_prediction_options, settings_from_args
 from mixmicrobleednet.imaging import ChannelStack
 from mixmicrobleednet.model import ModelError
-from mixmicrobleednet.pipeline import run_cases, segment, write_results
+from mixmicrobleednet.pipeline import OutputSettings, model_predictor, run_cases, write_reports
 
 INPUT_DIR = Path("/input")
 OUTPUT_DIR = Path("/output")
@@ -28,11 +29,13 @@ OUTPUT_DIR = Path("/output")
 
 class MixMicrobleedNet(SegmentationAlgorithm):
     def __init__(self, input_dir: Path = INPUT_DIR, output_dir: Path = OUTPUT_DIR, model_dir: Path = DEFAULT_MODEL_DIR,
-                 device: str = "auto", settings: PredictionSettings = PredictionSettings()):
+                 device: str = "auto", prediction: PredictionSettings = PredictionSettings(),
+                 settings: OutputSettings = OutputSettings()):
         super().__init__(input_path=input_dir, output_path=output_dir / layout.IMAGES_DIR,
                          output_file=output_dir / layout.RESULTS_JSON, validators={})
         self.output_dir = output_dir
-        self.model = Model(model_dir, device, settings)
+        self.settings = settings
+        self.predict_probabilities = model_predictor(Model(model_dir, device, prediction))
 
     def load(self):
         # Our discovery instead of evalutils' loaders: an unreadable T1 still makes a case, which
@@ -41,25 +44,26 @@ class MixMicrobleedNet(SegmentationAlgorithm):
 
     def process_cases(self, file_loader_key=None):
         cases = list(self._cases[self._index_key]["case"])
-        self.results = run_cases(cases, lambda stack: self.predict(input_image=stack), self.output_dir)
+        self.results = run_cases(cases, lambda stack: self.predict(input_image=stack), self.output_dir, self.settings)
         self._case_results = [r.as_json() for r in self.results]
 
-    def predict(self, *, input_image: ChannelStack) -> SimpleITK.Image:
-        """One case's channels, aligned on the T2* grid → its microbleed mask on that grid."""
-        return segment(input_image, self.model)
+    def predict(self, *, input_image: ChannelStack) -> np.ndarray:
+        """One case's channels, aligned on the T2* grid → microbleed probability on that grid
+        (the pipeline turns it into the mask, the lesion table and the QC picture)."""
+        return self.predict_probabilities(input_image)
 
     def save(self):
-        write_results(self.results, self.output_dir)
+        write_reports(self.results, self.output_dir)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="MixMicrobleedNet container: /input → /output")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    parser.add_argument("--fast", action="store_true", help="no mirroring test-time augmentation")
+    add_prediction_options(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    prediction, settings = settings_from_args(args)
     try:
-        algorithm = MixMicrobleedNet(device=args.device, settings=PredictionSettings(use_mirroring=not args.fast))
+        algorithm = MixMicrobleedNet(device=args.device, prediction=prediction, settings=settings)
     except ModelError as exc:
         logging.error("%s", exc)
         return 2

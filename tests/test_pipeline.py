@@ -46,7 +46,7 @@ def test_one_mask_per_case_on_its_t2s_grid_and_model_loaded_once(cohort, tmp_pat
                         lambda self, *a, **k: loads.append(1) or original(self, *a, **k))
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO):
-        results = predict_folder(cohort, out, random_model, device="cpu", settings=FAST)
+        results = predict_folder(cohort, out, random_model, device="cpu", prediction=FAST)
     assert len(loads) == 1
     assert sum("model loaded once" in r.message for r in caplog.records) == 1
     assert [r.subject for r in results] == ["hr1", "lr3", "ts2"]
@@ -66,10 +66,11 @@ def test_each_case_gets_its_own_mask(tmp_path, random_model):
     write_case(folder, "a1", shape=(10, 30, 30), seed=1)
     write_case(folder, "b2", shape=(12, 26, 34), seed=5)
     model = Model(random_model, "cpu", FAST)
-    from mixmicrobleednet.pipeline import run_cases, segmenter
+    from mixmicrobleednet.lesions import LesionSettings
+    from mixmicrobleednet.pipeline import OutputSettings, model_predictor, run_cases
     from mixmicrobleednet.cases import discover_cases
 
-    run_cases(discover_cases(folder), segmenter(model, threshold=0.0), tmp_path / "out")
+    run_cases(discover_cases(folder), model_predictor(model), tmp_path / "out", OutputSettings(LesionSettings(threshold=0.0)))
     sizes = {s: sitk.ReadImage(str(layout.prediction_path(tmp_path / "out", s))).GetSize() for s in ("a1", "b2")}
     assert sizes == {"a1": (30, 30, 10), "b2": (34, 26, 12)}
 
@@ -100,7 +101,7 @@ def test_broken_cases_get_errors_and_the_others_finish(cohort, tmp_path, random_
     assert "sub-nan_space-T2S_desc-masked_T1.nii.gz: 1 NaN or infinite voxels" in errors["sub-nan"]
     assert "sub-flat_space-T2S_desc-masked_T2.nii.gz: 2D image" in errors["sub-flat"]
     assert "every voxel is zero" in errors["sub-zero"]
-    written = sorted(p.name for p in (out / "images").iterdir())
+    written = sorted(p.name for p in (out / "images").glob("*_prediction.nii.gz"))
     assert written == sorted(layout.prediction_name(s) for s in ("hr1", "lr3", "ts2"))
 
 
@@ -125,3 +126,73 @@ def test_device_selection(monkeypatch):
 
 def test_unreadable_input_folder(tmp_path, random_model):
     assert main(["predict", "-i", str(tmp_path / "missing"), "-o", str(tmp_path / "o"), "--model", str(random_model)]) == 2
+
+
+def test_every_output_on_the_t2s_grid_and_tables_agree_with_the_mask(cohort, tmp_path, random_model):
+    import pandas as pd
+
+    from mixmicrobleednet.lesions import LESION_COLUMNS, label_microbleeds
+
+    write_case(cohort, "nochan", seed=4)
+    (cohort / layout.input_name("nochan", "T2")).unlink()
+    out = tmp_path / "out"
+    # A random network's probabilities hover around 0.5: a low threshold gives some "microbleeds".
+    code = main(["predict", "-i", str(cohort), "-o", str(out), "--model", str(random_model), "--device", "cpu",
+                 "--fast", "--save-probabilities", "--threshold", "0.45"])
+    assert code == 1
+    summary = pd.read_csv(out / layout.SUMMARY_CSV).set_index("subject")
+    assert list(summary.index) == ["hr1", "lr3", "nochan", "ts2"]
+    assert summary.loc["nochan", "status"] == "error" and "missing T2 channel" in summary.loc["nochan", "message"]
+    assert (summary.drop("nochan")["status"] == "ok").all() and (summary["runtime_s"] >= 0).all()
+    for subject in ("hr1", "lr3", "ts2"):
+        t2s_path = cohort / layout.input_name(subject, "T2S")
+        mask_path = layout.prediction_path(out, subject)
+        probability_path = layout.case_output_path(out, subject, "probability")
+        _assert_on_t2s_grid(mask_path, t2s_path)
+        probability = sitk.ReadImage(str(probability_path))
+        t2s = sitk.ReadImage(str(t2s_path))
+        assert (probability.GetSize(), probability.GetSpacing(), probability.GetOrigin(), probability.GetDirection()) == \
+               (t2s.GetSize(), t2s.GetSpacing(), t2s.GetOrigin(), t2s.GetDirection())
+        assert probability.GetPixelID() == sitk.sitkFloat32
+        p = sitk.GetArrayFromImage(probability)
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_path)))
+        assert 0 <= p.min() and p.max() <= 1
+        np.testing.assert_array_equal(mask, (p > 0.45).astype(np.uint8))  # min size 0: every component stays
+        table = pd.read_csv(layout.case_output_path(out, subject, "lesions"))
+        assert list(table.columns) == LESION_COLUMNS
+        assert len(table) == label_microbleeds(mask)[1] == summary.loc[subject, "microbleed_count"]
+        assert table["voxel_count"].sum() == mask.sum()
+        assert layout.case_output_path(out, subject, "qc").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((out / "results.json").read_text())
+    assert report[0]["outputs"][0]["filename"] == ["images/sub-hr1_space-T2S_prediction.nii.gz",
+                                                   "images/sub-hr1_space-T2S_probability.nii.gz"]
+    assert not [p for p in out.rglob("*") if "partial" in p.name]
+
+
+def test_the_next_case_is_read_while_the_current_one_is_predicted(tmp_path, random_model):
+    """Reading runs one case ahead in a thread, yet every case gets its own channels."""
+    import threading
+
+    from mixmicrobleednet.cases import discover_cases
+    from mixmicrobleednet.pipeline import run_cases
+
+    folder = tmp_path / "input"
+    for number in range(3):
+        write_case(folder, f"c{number}", shape=(6 + number, 20, 22), seed=number)
+    seen, readers = [], set()
+    import mixmicrobleednet.pipeline as pipeline
+
+    original = pipeline.load_case
+
+    def spying_load(case):
+        readers.add(threading.current_thread().name)
+        return original(case)
+
+    pipeline.load_case = spying_load
+    try:
+        run_cases(discover_cases(folder), lambda stack: seen.append((stack.subject, stack.array.shape))
+                  or np.zeros(stack.array.shape[1:], np.float32), tmp_path / "out")
+    finally:
+        pipeline.load_case = original
+    assert seen == [("c0", (3, 6, 20, 22)), ("c1", (3, 7, 20, 22)), ("c2", (3, 8, 20, 22))]
+    assert all(name.startswith("reader") for name in readers)

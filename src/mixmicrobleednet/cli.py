@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import DEFAULT_MODEL_DIR
+from .lesions import DEFAULT_THRESHOLD
 from .phantoms import COHORTS
 
 log = logging.getLogger("mixmicrobleednet")
@@ -16,6 +17,44 @@ log = logging.getLogger("mixmicrobleednet")
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="auto: CUDA when a GPU is visible, else CPU (default: auto)")
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1): {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")
+    return value
+
+
+def add_prediction_options(parser: argparse.ArgumentParser) -> None:
+    """The options that `predict` and the container (process.py) share."""
+    _add_device(parser)
+    parser.add_argument("--fast", action="store_true", help="no mirroring test-time augmentation (8x fewer passes)")
+    parser.add_argument("--threshold", type=_probability, default=DEFAULT_THRESHOLD,
+                        help="microbleed probability above which a voxel is a microbleed voxel (default: 0.5, "
+                             "nnU-Net's argmax, as the seed)")
+    parser.add_argument("--min-size-mm3", type=_non_negative, default=0.0,
+                        help="drop microbleeds smaller than this volume in mm³ (default: 0, keep all)")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also write the microbleed probability map (float32, T2* grid)")
+    parser.add_argument("--no-qc", action="store_true", help="do not draw the QC picture per case")
+
+
+def settings_from_args(args: argparse.Namespace):
+    """(PredictionSettings, OutputSettings) from the options of add_prediction_options."""
+    from .lesions import LesionSettings
+    from .model import PredictionSettings
+    from .pipeline import OutputSettings
+
+    return (PredictionSettings(use_mirroring=not args.fast),
+            OutputSettings(LesionSettings(args.threshold, args.min_size_mm3), args.save_probabilities, not args.no_qc))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("-o", "--output", type=Path, required=True, help="output folder (created)")
     predict.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
                          help=f"nnU-Net v2 model folder (default: {DEFAULT_MODEL_DIR})")
-    _add_device(predict)
-    predict.add_argument("--fast", action="store_true", help="no mirroring test-time augmentation (8x fewer passes)")
+    add_prediction_options(predict)
 
     phantoms = commands.add_parser("phantoms", help="write synthetic microbleed phantoms with labels")
     phantoms.add_argument("--out", type=Path, required=True)
@@ -63,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command == "predict":
         from .cases import InputFolderError
-        from .model import ModelError, PredictionSettings
+        from .model import ModelError
         from .pipeline import predict_folder
 
+        prediction, settings = settings_from_args(args)
         try:
-            results = predict_folder(args.input, args.output, args.model, device=args.device,
-                                     settings=PredictionSettings(use_mirroring=not args.fast))
+            results = predict_folder(args.input, args.output, args.model, args.device, prediction, settings)
         except (InputFolderError, ModelError) as exc:
             log.error("%s", exc)
             return 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,13 +121,20 @@ def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
-def write_image_atomic(image: sitk.Image, path: Path) -> None:
-    """Write under a temporary name in the same folder, then rename: never a half-written file."""
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path in the same folder to write to; rename it to `path` only when the
+    writing finished, so a reader never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    temporary = path.with_name(f".{path.name[: -len(suffix)]}.partial{suffix}")
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix  # writers pick the format by it
+    temporary = path.with_name(f".{path.name[: len(path.name) - len(suffix)]}.partial{suffix}")
     try:
-        sitk.WriteImage(image, str(temporary), useCompression=True)
+        yield temporary
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_image_atomic(image: sitk.Image, path: Path) -> None:
+    with atomic_output(path) as temporary:
+        sitk.WriteImage(image, str(temporary), useCompression=True)

@@ -44,10 +44,17 @@ def parse_label_name(name: str) -> str | None:
 
 IMAGES_DIR = "images"
 RESULTS_JSON = "results.json"
+SUMMARY_CSV = "summary.csv"
 
 
 def prediction_name(subject: str) -> str:
     return f"sub-{subject}_space-{REFERENCE_CHANNEL}_prediction{NIFTI}"
+
+
+def case_output_path(output_dir: Path, subject: str, kind: str) -> Path:
+    """The per-case outputs beside the mask: `lesions` (.csv), `probability` (.nii.gz), `qc` (.png)."""
+    extension = {"lesions": ".csv", "probability": NIFTI, "qc": ".png"}[kind]
+    return output_dir / IMAGES_DIR / f"sub-{subject}_space-{REFERENCE_CHANNEL}_{kind}{extension}"
 
 
 def parse_prediction_name(name: str) -> str | None:

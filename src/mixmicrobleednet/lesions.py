@@ -1,8 +1,12 @@
-"""Microbleed probabilities → binary mask → individual microbleeds."""
+"""Microbleed probabilities → binary mask → individual microbleeds and their table."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import pandas as pd
+import SimpleITK as sitk
 from scipy import ndimage
 
 #: Voxels touching by a face, edge or corner belong to the same microbleed.
@@ -11,12 +15,72 @@ CONNECTIVITY = np.ones((3, 3, 3), bool)
 #: nnU-Net's argmax over {background, CMB} is `p(CMB) > 0.5`; the same rule keeps the seed's masks.
 DEFAULT_THRESHOLD = 0.5
 
+#: One row per microbleed. Voxel indices are in NIfTI/ITK order (i, j, k = x, y, z of the array
+#: on disk); world coordinates are RAS millimetres, as nibabel, FSLeyes and MNI coordinates use.
+LESION_COLUMNS = [
+    "lesion_id", "centroid_i", "centroid_j", "centroid_k", "centroid_x_ras_mm", "centroid_y_ras_mm",
+    "centroid_z_ras_mm", "volume_mm3", "voxel_count", "equivalent_diameter_mm", "max_probability",
+    "mean_probability",
+]
 
-def binary_mask(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """uint8 0/1 mask of voxels whose microbleed probability is above `threshold`."""
-    return (probabilities > threshold).astype(np.uint8)
+
+@dataclass(frozen=True)
+class LesionSettings:
+    """What counts as a microbleed: the same rule for the mask, the table and the counts."""
+
+    threshold: float = DEFAULT_THRESHOLD  # a voxel is a microbleed voxel when p > threshold
+    min_size_mm3: float = 0.0  # smaller connected components are dropped
+
+    def __post_init__(self):
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"threshold must be in [0, 1): got {self.threshold}")
+        if self.min_size_mm3 < 0:
+            raise ValueError(f"minimum size must be 0 mm³ or more: got {self.min_size_mm3}")
+
+
+@dataclass(frozen=True)
+class Lesions:
+    """The microbleeds of one case: uint8 mask on the T2* grid and one table row per microbleed."""
+
+    mask: np.ndarray  # uint8 0/1, (z, y, x)
+    table: pd.DataFrame  # LESION_COLUMNS
+
+    @property
+    def count(self) -> int:
+        return len(self.table)
+
+    @property
+    def total_volume_mm3(self) -> float:
+        return float(self.table["volume_mm3"].sum())
 
 
 def label_microbleeds(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Connected components of a mask: (label array, number of microbleeds)."""
     return ndimage.label(mask > 0, CONNECTIVITY)
+
+
+def extract_lesions(probabilities: np.ndarray, reference: sitk.Image,
+                    settings: LesionSettings = LesionSettings()) -> Lesions:
+    """Threshold, split into microbleeds, drop those under the minimum size, measure the rest."""
+    labels, count = label_microbleeds(probabilities > settings.threshold)
+    voxel_volume = float(np.prod(reference.GetSpacing()))
+    index = np.arange(1, count + 1)
+    voxel_counts = ndimage.sum_labels(np.ones_like(labels, np.int64), labels, index).astype(np.int64)
+    kept = index[voxel_counts * voxel_volume >= settings.min_size_mm3]
+    if len(kept) < count:
+        labels = np.where(np.isin(labels, kept), labels, 0)
+    boxes = ndimage.find_objects(labels, max_label=count)  # measure each microbleed in its box only
+    rows = []
+    for lesion_id, old_label in enumerate(kept, 1):
+        box = boxes[old_label - 1]
+        in_lesion = labels[box] == old_label
+        centroid_zyx = np.add(ndimage.center_of_mass(in_lesion), [s.start for s in box])
+        centroid_ijk = [float(c) for c in centroid_zyx[::-1]]
+        x, y, z = reference.TransformContinuousIndexToPhysicalPoint(centroid_ijk)  # ITK world: LPS
+        voxels = int(voxel_counts[old_label - 1])
+        volume = voxels * voxel_volume
+        inside = probabilities[box][in_lesion]
+        rows.append([lesion_id, *centroid_ijk, -x, -y, z, volume, voxels, (6 * volume / np.pi) ** (1 / 3),
+                     float(inside.max()), float(inside.mean())])
+    table = pd.DataFrame(rows, columns=LESION_COLUMNS).astype({"lesion_id": int, "voxel_count": int})
+    return Lesions((labels > 0).astype(np.uint8), table)

@@ -1,37 +1,49 @@
-"""Run cases through the stages: load and align → predict → mask → write; one result per case.
+"""Run cases through the stages: load and align → predict → lesions → write; one result per case.
 
 Nothing below this module prints or exits: stages raise, and this module turns each case's error
-into that case's result while the other cases go on.
+into that case's result while the other cases go on. The next case is read and aligned in a
+background thread while the network works on the current one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from . import DEFAULT_MODEL_DIR, layout
 from .cases import Case, CaseError, discover_cases
 from .imaging import ChannelStack, image_like, load_case, write_image_atomic
-from .lesions import DEFAULT_THRESHOLD, binary_mask
+from .lesions import LesionSettings, extract_lesions
 from .model import Model, PredictionSettings
+from .report import write_lesion_table, write_qc_picture, write_results_json, write_summary_csv
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """What is written per case besides the mask and the lesion table."""
+
+    lesions: LesionSettings = LesionSettings()
+    save_probabilities: bool = False
+    qc_picture: bool = True
 
 
 @dataclass
 class CaseResult:
     subject: str
     inputs: list[str]
-    outputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)  # images, relative to the output folder
     error_messages: list[str] = field(default_factory=list)
+    microbleed_count: int | None = None
+    total_volume_mm3: float | None = None
     seconds: float = 0.0
 
     def as_json(self) -> dict:
@@ -42,33 +54,59 @@ class CaseResult:
             "error_messages": self.error_messages,
         }
 
-
-#: The predict stage: a case's aligned channels → its uint8 mask on the T2* grid.
-Segmenter = Callable[[ChannelStack], sitk.Image]
-
-
-def segment(stack: ChannelStack, model: Model, threshold: float = DEFAULT_THRESHOLD) -> sitk.Image:
-    probabilities = model.predict_probabilities(stack.array, stack.spacing_zyx)
-    return image_like(binary_mask(probabilities, threshold), stack.reference)
+    def as_summary_row(self) -> dict:
+        return {"subject": self.subject, "status": "error" if self.error_messages else "ok",
+                "message": "; ".join(self.error_messages), "microbleed_count": self.microbleed_count,
+                "total_volume_mm3": self.total_volume_mm3, "runtime_s": round(self.seconds, 1)}
 
 
-def segmenter(model: Model, threshold: float = DEFAULT_THRESHOLD) -> Segmenter:
-    return lambda stack: segment(stack, model, threshold)
+#: The predict stage: a case's aligned channels → microbleed probability (float32) on the T2* grid.
+Predictor = Callable[[ChannelStack], np.ndarray]
 
 
-def run_case(case: Case, segment_case: Segmenter, output_dir: Path) -> CaseResult:
+def model_predictor(model: Model) -> Predictor:
+    return lambda stack: model.predict_probabilities(stack.array, stack.spacing_zyx)
+
+
+@contextmanager
+def _stage(subject: str, name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    log.info("%s: %s %.1f s", subject, name, time.perf_counter() - started)
+
+
+def _load_timed(case: Case) -> ChannelStack:
+    with _stage(case.subject, "read and aligned in"):
+        return load_case(case)
+
+
+def run_case(case: Case, loaded: Future, predict: Predictor, output_dir: Path,
+             settings: OutputSettings = OutputSettings()) -> CaseResult:
     """Predict one case; an input problem becomes the result's error message, not an exception."""
     result = CaseResult(case.subject, case.input_names)
     started = time.perf_counter()
     try:
-        stack = load_case(case)
+        stack = loaded.result()
         log.info("%s: grid %s spacing %s mm; %s", case.subject, stack.reference.GetSize(),
                  tuple(round(s, 3) for s in stack.reference.GetSpacing()),
                  "; ".join(f"{c}: {a}" for c, a in stack.alignment.items()))
-        mask = segment_case(stack)
-        path = layout.prediction_path(output_dir, case.subject)
-        write_image_atomic(mask, path)
-        result.outputs.append(str(path.relative_to(output_dir)))
+        with _stage(case.subject, "network and resampling"):
+            probabilities = predict(stack)
+        with _stage(case.subject, "lesions"):
+            lesions = extract_lesions(probabilities, stack.reference, settings.lesions)
+        with _stage(case.subject, "outputs written in"):
+            mask_path = layout.prediction_path(output_dir, case.subject)
+            write_image_atomic(image_like(lesions.mask, stack.reference), mask_path)
+            result.outputs.append(str(mask_path.relative_to(output_dir)))
+            if settings.save_probabilities:
+                probability_path = layout.case_output_path(output_dir, case.subject, "probability")
+                write_image_atomic(image_like(probabilities, stack.reference), probability_path)
+                result.outputs.append(str(probability_path.relative_to(output_dir)))
+            write_lesion_table(lesions, layout.case_output_path(output_dir, case.subject, "lesions"))
+            if settings.qc_picture:
+                write_qc_picture(layout.case_output_path(output_dir, case.subject, "qc"), case.subject,
+                                 stack.reference, lesions, settings.lesions)
+        result.microbleed_count, result.total_volume_mm3 = lesions.count, lesions.total_volume_mm3
     except CaseError as exc:
         result.error_messages.append(str(exc))
     except Exception as exc:  # one case's unexpected failure must not stop the cohort
@@ -78,41 +116,43 @@ def run_case(case: Case, segment_case: Segmenter, output_dir: Path) -> CaseResul
     if result.error_messages:
         log.error("%s: failed: %s", case.subject, "; ".join(result.error_messages))
     else:
-        log.info("%s: %d microbleed voxels, %s written (%.1f s)", case.subject, int(np.sum(sitk.GetArrayViewFromImage(mask))), result.outputs[0],
-                 result.seconds)
+        log.info("%s: %d microbleed(s), %.1f mm³ in all; %s written (%.1f s)", case.subject,
+                 result.microbleed_count, result.total_volume_mm3, result.outputs[0], result.seconds)
     return result
 
 
-def write_results(results: list[CaseResult], output_dir: Path) -> None:
-    """results.json, replaced atomically so a reader never sees half a file."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / layout.RESULTS_JSON
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps([r.as_json() for r in results], indent=2))
-    os.replace(temporary, path)
+def write_reports(results: list[CaseResult], output_dir: Path) -> None:
+    """results.json and summary.csv, each replaced atomically so a reader never sees half a file."""
+    write_results_json([r.as_json() for r in results], output_dir)
+    write_summary_csv([r.as_summary_row() for r in results], output_dir)
 
 
-def run_cases(cases: list[Case], segment_case: Segmenter, output_dir: Path) -> list[CaseResult]:
-    """Every case in turn with the one model; results.json is rewritten after each case."""
+def run_cases(cases: list[Case], predict: Predictor, output_dir: Path,
+              settings: OutputSettings = OutputSettings()) -> list[CaseResult]:
+    """Every case in turn with the one model; the reports are rewritten after each case."""
     results: list[CaseResult] = []
-    for number, case in enumerate(cases, 1):
-        log.info("case %d/%d: %s", number, len(cases), case.subject)
-        results.append(run_case(case, segment_case, output_dir))
-        write_results(results, output_dir)
+    with ThreadPoolExecutor(1, thread_name_prefix="reader") as reader:
+        upcoming = reader.submit(_load_timed, cases[0]) if cases else None
+        for number, case in enumerate(cases, 1):
+            loaded = upcoming
+            upcoming = reader.submit(_load_timed, cases[number]) if number < len(cases) else None
+            log.info("case %d/%d: %s", number, len(cases), case.subject)
+            results.append(run_case(case, loaded, predict, output_dir, settings))
+            write_reports(results, output_dir)
     failed = sum(bool(r.error_messages) for r in results)
     log.info("%d case(s): %d ok, %d failed", len(results), len(results) - failed, failed)
     return results
 
 
 def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path = DEFAULT_MODEL_DIR, device: str = "auto",
-                   settings: PredictionSettings = PredictionSettings(),
-                   threshold: float = DEFAULT_THRESHOLD) -> list[CaseResult]:
-    """Find the cases in `input_dir`, open the model once, write masks and results.json."""
+                   prediction: PredictionSettings = PredictionSettings(),
+                   settings: OutputSettings = OutputSettings()) -> list[CaseResult]:
+    """Find the cases in `input_dir`, open the model once, write masks, tables and reports."""
     cases = discover_cases(Path(input_dir))
     if not cases:
         log.error("no cases in %s: expected files named %s", input_dir, layout.input_name("<id>", layout.CASE_CHANNEL))
-        write_results([], Path(output_dir))
+        write_reports([], Path(output_dir))
         return []
     log.info("%d case(s) in %s", len(cases), input_dir)
-    model = Model(model_dir, device, settings)
-    return run_cases(cases, segmenter(model, threshold), Path(output_dir))
+    model = Model(model_dir, device, prediction)
+    return run_cases(cases, model_predictor(model), Path(output_dir), settings)

@@ -1,7 +1,8 @@
 """Compare an output folder with the expected one (test.sh): `python -m mixmicrobleednet.regression EXPECTED ACTUAL`.
 
 results.json must be equal; every expected image must exist with the same grid, pixel type and
-number of microbleeds. Voxels may differ only at a few mask borders, because float sums differ
+number of microbleeds; every expected table (lesions, summary) with the same columns, number of rows
+and text columns (subject, status, message); every expected QC picture as a PNG. Voxels may differ only at a few mask borders, because float sums differ
 between CPU instruction sets (AVX2 vs AVX-512): at most MAX_DIFFERING_FRACTION of the masks' voxels.
 """
 
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import SimpleITK as sitk
 
 from .lesions import label_microbleeds
@@ -52,6 +54,22 @@ def compare(expected_dir: Path, actual_dir: Path) -> list[str]:
             problems.append(f"{image_file.name}: {count_a} microbleeds, expected {count_e}")
         if differing / union > MAX_DIFFERING_FRACTION:
             problems.append(f"{image_file.name}: {differing} voxels differ ({differing / union:.1%} of the masks)")
+    for table_file in sorted(expected_dir.rglob("*.csv")):
+        actual_file = actual_dir / table_file.relative_to(expected_dir)
+        if not actual_file.is_file():
+            problems.append(f"missing {actual_file.relative_to(actual_dir)}")
+            continue
+        expected, actual = pd.read_csv(table_file), pd.read_csv(actual_file)
+        text_columns = [c for c in expected.columns if expected[c].dtype == object]
+        if list(actual.columns) != list(expected.columns) or len(actual) != len(expected):
+            problems.append(f"{table_file.name}: {len(actual)} rows of {list(actual.columns)}, "
+                            f"expected {len(expected)} rows of {list(expected.columns)}")
+        elif not actual[text_columns].fillna("").equals(expected[text_columns].fillna("")):
+            problems.append(f"{table_file.name}: {text_columns} differ")
+    for picture in sorted(expected_dir.rglob("*.png")):
+        actual_file = actual_dir / picture.relative_to(expected_dir)
+        if not actual_file.is_file() or actual_file.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
+            problems.append(f"missing or not a PNG: {actual_file.relative_to(actual_dir)}")
     return problems
 
 

@@ -1,0 +1,113 @@
+"""What a person reads: results.json (the seed's), summary.csv, the lesion table and the QC picture.
+
+Every file is written under a temporary name and renamed (imaging.atomic_output).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from . import layout
+from .imaging import atomic_output, image_like
+from .lesions import LesionSettings, Lesions
+
+#: The QC picture shows at most this many microbleeds (the largest); the caption says how many more.
+QC_MAX_PANELS = 12
+QC_FIELD_OF_VIEW_MM = 50.0
+QC_COLUMNS = 4
+SUMMARY_COLUMNS = ["subject", "status", "message", "microbleed_count", "total_volume_mm3", "runtime_s"]
+
+
+def write_results_json(entries: list[dict], output_dir: Path) -> None:
+    with atomic_output(output_dir / layout.RESULTS_JSON) as temporary:
+        temporary.write_text(json.dumps(entries, indent=2))
+
+
+def write_summary_csv(rows: list[dict], output_dir: Path) -> None:
+    """One row per case: subject, ok/error and its message, count, total volume, runtime."""
+    with atomic_output(output_dir / layout.SUMMARY_CSV) as temporary:
+        pd.DataFrame(rows, columns=SUMMARY_COLUMNS).to_csv(temporary, index=False, float_format="%.3f")
+
+
+def write_lesion_table(lesions: Lesions, path: Path) -> None:
+    """One row per microbleed; a table with only its header when there are none."""
+    with atomic_output(path) as temporary:
+        lesions.table.to_csv(temporary, index=False, float_format="%.3f")
+
+
+def _display_lps(image: sitk.Image) -> sitk.Image:
+    # Radiological view of axial slices: patient left on the right, anterior at the top.
+    return sitk.DICOMOrient(image, "LPS")
+
+
+def _window(t2s: np.ndarray) -> tuple[float, float]:
+    brain = t2s[t2s > 0]
+    if brain.size == 0:
+        return 0.0, 1.0
+    low, high = np.percentile(brain, (1, 99.5))
+    return float(low), float(max(high, low + 1e-6))
+
+
+def write_qc_picture(path: Path, subject: str, t2s: sitk.Image, lesions: Lesions, settings: LesionSettings) -> None:
+    """T2* slices through each detected microbleed with its outline and a one-line caption; a
+    lightbox of the T2* saying "no microbleeds detected" when there are none."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display in containers and CI
+    import matplotlib.pyplot as plt
+
+    display = _display_lps(t2s)
+    image = sitk.GetArrayFromImage(display)
+    mask = sitk.GetArrayFromImage(_display_lps(image_like(lesions.mask, t2s)))
+    spacing_x, spacing_y, _ = display.GetSpacing()
+    vmin, vmax = _window(image)
+    caption = (f"sub-{subject}: {lesions.count} microbleed{'s' if lesions.count != 1 else ''}, "
+               f"total {lesions.total_volume_mm3:.1f} mm³  (p > {settings.threshold:g}, "
+               f"min size {settings.min_size_mm3:g} mm³)")
+
+    if lesions.count:
+        shown = lesions.table.nlargest(QC_MAX_PANELS, "volume_mm3").sort_values("lesion_id")
+        if len(shown) < lesions.count:
+            caption += f"; showing the {len(shown)} largest"
+        panels = []
+        half_x = int(QC_FIELD_OF_VIEW_MM / 2 / spacing_x)
+        half_y = int(QC_FIELD_OF_VIEW_MM / 2 / spacing_y)
+        for row in shown.itertuples():
+            lps = (-row.centroid_x_ras_mm, -row.centroid_y_ras_mm, row.centroid_z_ras_mm)
+            i, j, k = (int(round(c)) for c in display.TransformPhysicalPointToContinuousIndex(lps))
+            k = min(max(k, 0), image.shape[0] - 1)
+            rows = slice(max(j - half_y, 0), j + half_y + 1)
+            columns = slice(max(i - half_x, 0), i + half_x + 1)
+            title = (f"#{row.lesion_id}  {row.volume_mm3:.1f} mm³  Ø{row.equivalent_diameter_mm:.1f} mm  "
+                     f"z={row.centroid_z_ras_mm:.0f} mm")
+            panels.append((image[k, rows, columns], mask[k, rows, columns], title))
+    else:
+        caption = f"sub-{subject}: no microbleeds detected  (p > {settings.threshold:g}, min size {settings.min_size_mm3:g} mm³)"
+        occupied = np.flatnonzero(image.reshape(image.shape[0], -1).max(1) > 0)
+        first, last = (occupied[0], occupied[-1]) if occupied.size else (0, image.shape[0] - 1)
+        slices = np.unique(np.linspace(first, last, min(QC_MAX_PANELS, last - first + 1)).round().astype(int))
+        panels = [(image[k], None, f"z={display.TransformIndexToPhysicalPoint((0, 0, int(k)))[2]:.0f} mm")
+                  for k in slices]
+
+    columns = min(QC_COLUMNS, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows + 0.5), squeeze=False,
+                                facecolor="black")
+    for axis in axes.flat:
+        axis.set_axis_off()
+    for axis, (picture, outline, title) in zip(axes.flat, panels):
+        axis.imshow(picture, cmap="gray", vmin=vmin, vmax=vmax, aspect=spacing_y / spacing_x, interpolation="nearest")
+        if outline is not None and outline.any():
+            axis.contour(outline, levels=[0.5], colors="#ff3030", linewidths=1.2)
+        axis.set_title(title, color="white", fontsize=9)
+    figure.suptitle(caption, color="white", fontsize=11)
+    figure.tight_layout(rect=(0, 0, 1, 0.95))
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=100, facecolor="black", format="png")
+    plt.close(figure)
