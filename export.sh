@@ -1,12 +1,25 @@
 #!/usr/bin/env bash
-# Write the gzipped image tarball for upload (Grand-Challenge, air-gapped sites).
-#   ./export.sh [--cpu] [--offline]   same flags as build.sh
+# Write what Grand-Challenge (or an air-gapped site) needs to upload.
+#   ./export.sh [--cpu] [--offline] [--model-tarball]
+#     image tarball mixmicrobleednet-latest.tar.gz (or -cpu), built with build.sh's flags;
+#     --model-tarball: also mixmicrobleednet-model.tar.gz, weights/ for the algorithm's "Models"
+#     page (the platform extracts it to /opt/ml/model, which then wins over the baked-in weights)
 set -euo pipefail
 cd "$(dirname "$0")"
-./build.sh "$@"
+build_args=() model_tarball=0
+for arg in "$@"; do
+  if [ "$arg" = --model-tarball ]; then model_tarball=1; else build_args+=("$arg"); fi
+done
+./build.sh "${build_args[@]}"
 tag=mixmicrobleednet:latest
-for arg in "$@"; do [ "$arg" = --cpu ] && tag=mixmicrobleednet:cpu; done
+for arg in "${build_args[@]}"; do [ "$arg" = --cpu ] && tag=mixmicrobleednet:cpu; done
 out="mixmicrobleednet-${tag#*:}.tar.gz"
 docker save "$tag" | gzip -c > "$out.partial"
 mv "$out.partial" "$out"
 echo "wrote $out ($(du -h "$out" | cut -f1))"
+if [ "$model_tarball" = 1 ]; then
+  # the folder's contents at the tarball's root: plans.json, dataset.json, fold_all/
+  tar -czf mixmicrobleednet-model.tar.gz.partial -C weights plans.json dataset.json fold_all
+  mv mixmicrobleednet-model.tar.gz.partial mixmicrobleednet-model.tar.gz
+  echo "wrote mixmicrobleednet-model.tar.gz ($(du -h mixmicrobleednet-model.tar.gz | cut -f1))"
+fi

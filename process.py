@@ -1,8 +1,12 @@
 """Container entry point: the seed's evalutils processor, delegating every stage to the package.
 
-Reads the seed layout from /input (sub-*_space-*_desc-masked_{T1,T2,T2S}.nii.gz), writes
+Reads /input in either layout: the seed's (sub-*_space-*_desc-masked_{T1,T2,T2S}.nii.gz), written to
 /output/images/sub-<id>_space-T2S_{prediction.nii.gz,lesions.csv,qc.png}, /output/results.json and
-/output/summary.csv. The model is opened once at start-up; the exit code is non-zero when any case
+/output/summary.csv; or today's Grand-Challenge interface (/input/inputs.json and one .mha/.tif per
+input socket under /input/images/<slug>/), written to its output sockets: the mask as
+/output/images/<slug>/output.mha and the count and total volume as JSON values (slugs:
+mixmicrobleednet/sockets.toml). A model folder at /opt/ml/model wins over the baked-in weights.
+The model is opened once at start-up; the exit code is non-zero when any case
 failed or none was found. Options after the image name are those of `mixmicrobleednet predict`
 (--device, --fast, --threshold, --min-size-mm3, --save-probabilities, --no-qc).
 """
@@ -17,10 +21,10 @@ from evalutils import SegmentationAlgorithm
 from pandas import DataFrame
 
 from mixmicrobleednet import DEFAULT_MODEL_DIR, Model, PredictionSettings, layout
-from mixmicrobleednet.cases import InputFolderError, discover_cases
+from mixmicrobleednet.cases import InputFolderError, discover_cases, uses_platform_interface
 from mixmicrobleednet.cli import add_prediction_options, settings_from_args
 from mixmicrobleednet.imaging import ChannelStack
-from mixmicrobleednet.model import ModelError
+from mixmicrobleednet.model import ModelError, choose_model_dir
 from mixmicrobleednet.pipeline import OutputSettings, model_predictor, run_cases, write_reports
 
 INPUT_DIR = Path("/input")
@@ -34,6 +38,7 @@ class MixMicrobleedNet(SegmentationAlgorithm):
         super().__init__(input_path=input_dir, output_path=output_dir / layout.IMAGES_DIR,
                          output_file=output_dir / layout.RESULTS_JSON, validators={})
         self.output_dir = output_dir
+        self.platform = uses_platform_interface(input_dir)
         self.settings = settings
         self.predict_probabilities = model_predictor(Model(model_dir, device, prediction))
 
@@ -44,7 +49,8 @@ class MixMicrobleedNet(SegmentationAlgorithm):
 
     def process_cases(self, file_loader_key=None):
         cases = list(self._cases[self._index_key]["case"])
-        self.results = run_cases(cases, lambda stack: self.predict(input_image=stack), self.output_dir, self.settings)
+        self.results = run_cases(cases, lambda stack: self.predict(input_image=stack), self.output_dir, self.settings,
+                                 reports=not self.platform)
         self._case_results = [r.as_json() for r in self.results]
 
     def predict(self, *, input_image: ChannelStack) -> np.ndarray:
@@ -53,7 +59,8 @@ class MixMicrobleedNet(SegmentationAlgorithm):
         return self.predict_probabilities(input_image)
 
     def save(self):
-        write_reports(self.results, self.output_dir)
+        if not self.platform:
+            write_reports(self.results, self.output_dir)
 
 
 def main(argv=None) -> int:
@@ -63,7 +70,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     prediction, settings = settings_from_args(args)
     try:
-        algorithm = MixMicrobleedNet(device=args.device, prediction=prediction, settings=settings)
+        algorithm = MixMicrobleedNet(model_dir=choose_model_dir(DEFAULT_MODEL_DIR), device=args.device,
+                                     prediction=prediction, settings=settings)
     except ModelError as exc:
         logging.error("%s", exc)
         return 2

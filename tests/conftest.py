@@ -62,3 +62,23 @@ def random_model(tmp_path_factory) -> Path:
                 "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)},
                folder / "fold_all" / "checkpoint_final.pth")
     return folder
+
+
+def write_platform_job(seed_dir: Path, subject: str, job_dir: Path) -> Path:
+    """A Grand-Challenge job folder (inputs.json + one .mha per input socket, as
+    grand-challenge-forge 0.7.5 writes them) with the same images as a seed-layout case."""
+    import uuid
+
+    entries = []
+    for channel, slug in layout.INPUT_SOCKETS.items():
+        folder = job_dir / layout.platform_image_dir(slug)
+        folder.mkdir(parents=True, exist_ok=True)
+        image = sitk.ReadImage(str(seed_dir / layout.input_name(subject, channel)))
+        for key in image.GetMetaDataKeys():  # NIfTI header fields that MetaImage cannot hold
+            image.EraseMetaData(key)
+        sitk.WriteImage(image, str(folder / f"{uuid.uuid5(uuid.NAMESPACE_URL, subject + slug)}.mha"), True)
+        entries.append({"file": None, "image": {"name": layout.input_name(subject, channel)}, "value": None,
+                        "interface": {"slug": slug, "relative_path": layout.platform_image_dir(slug),
+                                      "kind": "Image", "super_kind": "Image"}})
+    (job_dir / layout.PLATFORM_INPUTS_JSON).write_text(json.dumps(entries, indent=4))
+    return job_dir

@@ -100,6 +100,8 @@ def align_to_reference(image: sitk.Image, reference: sitk.Image) -> tuple[sitk.I
 
 def load_case(case: Case) -> ChannelStack:
     """Read every channel of a case, check it and align it on the T2* grid."""
+    if case.input_problem:
+        raise CaseError(case.input_problem)
     images = {channel: read_channel(case.channel_paths[channel], channel) for channel in layout.CHANNELS}
     reference = images[layout.REFERENCE_CHANNEL]
     arrays, alignment = [], {}

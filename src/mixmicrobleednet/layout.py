@@ -1,12 +1,14 @@
-"""The one registry of names: channels, file patterns and output names.
+"""The one registry of names: channels, file patterns, output names and Grand-Challenge sockets.
 
-Everything that spells a file name asks this module, so the input contract (the VALDO 2021 /
-seed layout) and the output contract cannot drift apart between modules.
+Everything that spells a file name asks this module, so the input contracts (the VALDO 2021 /
+seed layout, and today's Grand-Challenge interface with /input/inputs.json) and the output
+contracts cannot drift apart between modules.
 """
 
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 #: Input channels in the order the network sees them (nnU-Net channel 0, 1, 2).
@@ -64,3 +66,31 @@ def parse_prediction_name(name: str) -> str | None:
 
 def prediction_path(output_dir: Path, subject: str) -> Path:
     return output_dir / IMAGES_DIR / prediction_name(subject)
+
+
+# Grand-Challenge algorithm interface (the platform's layout since 2024; grand-challenge-forge 0.7.5).
+PLATFORM_INPUTS_JSON = "inputs.json"
+PLATFORM_IMAGE_SUFFIXES = (".mha", ".tif", ".tiff")
+PLATFORM_MASK_FILE = "output.mha"
+_SOCKETS = tomllib.loads((Path(__file__).with_name("sockets.toml")).read_text())
+#: channel -> input socket slug, and output kind (mask, count, total_volume) -> output socket slug.
+INPUT_SOCKETS: dict[str, str] = {channel: _SOCKETS["inputs"][channel] for channel in CHANNELS}
+OUTPUT_SOCKETS: dict[str, str] = dict(_SOCKETS["outputs"])
+
+
+def platform_image_dir(slug: str) -> str:
+    """Where the platform puts an image socket's file, relative to /input or /output."""
+    return f"{IMAGES_DIR}/{slug}"
+
+
+def platform_output_paths() -> dict[str, str]:
+    """Output kind -> path relative to /output, in the platform's layout."""
+    return {"mask": f"{platform_image_dir(OUTPUT_SOCKETS['mask'])}/{PLATFORM_MASK_FILE}",
+            "count": f"{OUTPUT_SOCKETS['count']}.json", "total_volume": f"{OUTPUT_SOCKETS['total_volume']}.json"}
+
+
+def seed_output_paths(subject: str) -> dict[str, str]:
+    """Output kind -> path relative to the output folder, in the seed's layout."""
+    paths = {"mask": f"{IMAGES_DIR}/{prediction_name(subject)}"}
+    paths.update({kind: str(case_output_path(Path(), subject, kind)) for kind in ("lesions", "probability", "qc")})
+    return paths

@@ -39,6 +39,26 @@ def resolve_device(requested: str):
     return torch.device("cuda")
 
 
+#: Where Grand-Challenge extracts a model tarball uploaded beside the image.
+PLATFORM_MODEL_DIR = Path("/opt/ml/model")
+
+
+def choose_model_dir(baked_in: Path, mounted: Path = PLATFORM_MODEL_DIR) -> Path:
+    """A model folder mounted or extracted at `mounted` (itself, or its one subfolder holding
+    plans.json) wins over the weights baked into the image."""
+    try:
+        candidates = [mounted, *sorted(p for p in mounted.iterdir() if p.is_dir())] if mounted.is_dir() else []
+    except OSError as exc:
+        log.warning("cannot read %s (%s): using the baked-in model", mounted, exc.strerror)
+        candidates = []
+    found = [c for c in candidates if (c / "plans.json").is_file()]
+    if found:
+        log.info("model: %s (provided at %s, used instead of the baked-in %s)", found[0], mounted, baked_in)
+        return found[0]
+    log.info("model: baked-in %s (nothing at %s)", baked_in, mounted)
+    return baked_in
+
+
 def model_checksum(model_dir: Path) -> str:
     """SHA-256 over the files that define the model: plans, dataset and checkpoint."""
     digest = hashlib.sha256()

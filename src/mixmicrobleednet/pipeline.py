@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from . import DEFAULT_MODEL_DIR, layout
-from .cases import Case, CaseError, discover_cases
+from .cases import Case, CaseError, discover_cases, uses_platform_interface
 from .imaging import ChannelStack, image_like, load_case, write_image_atomic
-from .lesions import LesionSettings, extract_lesions
+from .lesions import Lesions, LesionSettings, extract_lesions
 from .model import Model, PredictionSettings
-from .report import write_lesion_table, write_qc_picture, write_results_json, write_summary_csv
+from .report import write_json_value, write_lesion_table, write_qc_picture, write_results_json, write_summary_csv
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +95,7 @@ def run_case(case: Case, loaded: Future, predict: Predictor, output_dir: Path,
         with _stage(case.subject, "lesions"):
             lesions = extract_lesions(probabilities, stack.reference, settings.lesions)
         with _stage(case.subject, "outputs written in"):
-            mask_path = layout.prediction_path(output_dir, case.subject)
-            write_image_atomic(image_like(lesions.mask, stack.reference), mask_path)
-            result.outputs.append(str(mask_path.relative_to(output_dir)))
-            if settings.save_probabilities:
-                probability_path = layout.case_output_path(output_dir, case.subject, "probability")
-                write_image_atomic(image_like(probabilities, stack.reference), probability_path)
-                result.outputs.append(str(probability_path.relative_to(output_dir)))
-            write_lesion_table(lesions, layout.case_output_path(output_dir, case.subject, "lesions"))
-            if settings.qc_picture:
-                write_qc_picture(layout.case_output_path(output_dir, case.subject, "qc"), case.subject,
-                                 stack.reference, lesions, settings.lesions)
+            result.outputs = write_case_outputs(case, stack, probabilities, lesions, output_dir, settings)
         result.microbleed_count, result.total_volume_mm3 = lesions.count, lesions.total_volume_mm3
     except CaseError as exc:
         result.error_messages.append(str(exc))
@@ -121,15 +111,36 @@ def run_case(case: Case, loaded: Future, predict: Predictor, output_dir: Path,
     return result
 
 
+def write_case_outputs(case: Case, stack: ChannelStack, probabilities: np.ndarray, lesions: Lesions,
+                       output_dir: Path, settings: OutputSettings) -> list[str]:
+    """Write what the case's layout asks for (its output_paths); return the images written."""
+    paths = {kind: output_dir / relative for kind, relative in case.output_paths.items()}
+    images = [paths["mask"]]
+    write_image_atomic(image_like(lesions.mask, stack.reference), paths["mask"])
+    if settings.save_probabilities and "probability" in paths:
+        write_image_atomic(image_like(probabilities, stack.reference), paths["probability"])
+        images.append(paths["probability"])
+    if "lesions" in paths:
+        write_lesion_table(lesions, paths["lesions"])
+    if settings.qc_picture and "qc" in paths:
+        write_qc_picture(paths["qc"], case.subject, stack.reference, lesions, settings.lesions)
+    if "count" in paths:
+        write_json_value(lesions.count, paths["count"])
+    if "total_volume" in paths:
+        write_json_value(round(lesions.total_volume_mm3, 3), paths["total_volume"])
+    return [str(path.relative_to(output_dir)) for path in images]
+
+
 def write_reports(results: list[CaseResult], output_dir: Path) -> None:
     """results.json and summary.csv, each replaced atomically so a reader never sees half a file."""
     write_results_json([r.as_json() for r in results], output_dir)
     write_summary_csv([r.as_summary_row() for r in results], output_dir)
 
 
-def run_cases(cases: list[Case], predict: Predictor, output_dir: Path,
-              settings: OutputSettings = OutputSettings()) -> list[CaseResult]:
-    """Every case in turn with the one model; the reports are rewritten after each case."""
+def run_cases(cases: list[Case], predict: Predictor, output_dir: Path, settings: OutputSettings = OutputSettings(),
+              reports: bool = True) -> list[CaseResult]:
+    """Every case in turn with the one model; the reports (results.json, summary.csv; not for a
+    Grand-Challenge job, whose outputs are its sockets alone) are rewritten after each case."""
     results: list[CaseResult] = []
     with ThreadPoolExecutor(1, thread_name_prefix="reader") as reader:
         upcoming = reader.submit(_load_timed, cases[0]) if cases else None
@@ -138,7 +149,8 @@ def run_cases(cases: list[Case], predict: Predictor, output_dir: Path,
             upcoming = reader.submit(_load_timed, cases[number]) if number < len(cases) else None
             log.info("case %d/%d: %s", number, len(cases), case.subject)
             results.append(run_case(case, loaded, predict, output_dir, settings))
-            write_reports(results, output_dir)
+            if reports:
+                write_reports(results, output_dir)
     failed = sum(bool(r.error_messages) for r in results)
     log.info("%d case(s): %d ok, %d failed", len(results), len(results) - failed, failed)
     return results
@@ -149,10 +161,11 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path = DEFAULT_
                    settings: OutputSettings = OutputSettings()) -> list[CaseResult]:
     """Find the cases in `input_dir`, open the model once, write masks, tables and reports."""
     cases = discover_cases(Path(input_dir))
+    reports = not uses_platform_interface(Path(input_dir))
     if not cases:
         log.error("no cases in %s: expected files named %s", input_dir, layout.input_name("<id>", layout.CASE_CHANNEL))
         write_reports([], Path(output_dir))
         return []
-    log.info("%d case(s) in %s", len(cases), input_dir)
+    log.info("%d case(s) in %s (%s layout)", len(cases), input_dir, "seed" if reports else "Grand-Challenge")
     model = Model(model_dir, device, prediction)
-    return run_cases(cases, model_predictor(model), Path(output_dir), settings)
+    return run_cases(cases, model_predictor(model), Path(output_dir), settings, reports)

@@ -1,4 +1,5 @@
-"""What a person reads: results.json (the seed's), summary.csv, the lesion table and the QC picture.
+"""What a person reads: results.json (the seed's), summary.csv, the lesion table, the QC picture,
+and the value files of a Grand-Challenge job.
 
 Every file is written under a temporary name and renamed (imaging.atomic_output).
 """
@@ -27,6 +28,12 @@ SUMMARY_COLUMNS = ["subject", "status", "message", "microbleed_count", "total_vo
 def write_results_json(entries: list[dict], output_dir: Path) -> None:
     with atomic_output(output_dir / layout.RESULTS_JSON) as temporary:
         temporary.write_text(json.dumps(entries, indent=2))
+
+
+def write_json_value(value, path: Path) -> None:
+    """A Grand-Challenge value socket: the bare JSON value in its own file."""
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(value))
 
 
 def write_summary_csv(rows: list[dict], output_dir: Path) -> None:
