@@ -196,3 +196,23 @@ def test_the_next_case_is_read_while_the_current_one_is_predicted(tmp_path, rand
         pipeline.load_case = original
     assert seen == [("c0", (3, 6, 20, 22)), ("c1", (3, 7, 20, 22)), ("c2", (3, 8, 20, 22))]
     assert all(name.startswith("reader") for name in readers)
+
+
+def test_log_names_each_stage_with_its_time_as_the_benchmark_reads_it(cohort, tmp_path, random_model):
+    """benchmarks/predict_speed.py reads the stage times from the log of `mixmicrobleednet predict`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from predict_speed import _stages_from_log
+
+    run = subprocess.run([str(Path(sys.executable).parent / "mixmicrobleednet"), "predict", "-i", str(cohort),
+                          "-o", str(tmp_path / "out"), "--model", str(random_model), "--device", "cpu", "--fast"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    stages = _stages_from_log(run.stderr)
+    assert list(stages) == ["hr1", "lr3", "ts2"]
+    for seconds in stages.values():
+        assert set(seconds) == {"read", "preprocess", "network", "resample", "lesions", "write"}
+        assert all(value >= 0 for value in seconds.values())

@@ -1,4 +1,4 @@
-"""`mixmicrobleednet predict|phantoms|train|evaluate`: the command line over the package."""
+"""`mixmicrobleednet predict|phantoms|train|import-v1|evaluate`: the command line over the package."""
 
 from __future__ import annotations
 
@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--iterations-per-epoch", type=int, help="override the configuration's iterations per epoch")
     train.add_argument("--work", type=Path, help="nnU-Net raw/preprocessed/results folder (default: beside --out)")
 
+    import_v1 = commands.add_parser("import-v1", help="convert an nnU-Net v1 3d_fullres model (such as the 2021 "
+                                                     "MixMicrobleedNet checkpoint) into a model folder for --model")
+    import_v1.add_argument("--plans", type=Path, required=True, help="the v1 plans.pkl")
+    import_v1.add_argument("--checkpoint", type=Path, required=True, help="model_final_checkpoint.model")
+    import_v1.add_argument("--out", type=Path, required=True, help="nnU-Net v2 model folder to write")
+
     evaluate = commands.add_parser("evaluate", help="VALDO Task 2 measures of predictions against labels")
     evaluate.add_argument("--labels", type=Path, required=True, help="folder with sub-<id>_space-T2S_CMB.nii.gz")
     evaluate.add_argument("--predictions", type=Path, required=True,
@@ -122,6 +128,15 @@ def main(argv: list[str] | None = None) -> int:
 
         train(args.data, args.out, args.config, device=args.device, work_dir=args.work, epochs=args.epochs,
               iterations_per_epoch=args.iterations_per_epoch)
+        return 0
+    if args.command == "import-v1":
+        from .v1import import V1ImportError, import_v1
+
+        try:
+            import_v1(args.plans, args.checkpoint, args.out)
+        except V1ImportError as exc:
+            log.error("%s", exc)
+            return 2
         return 0
     if args.command == "evaluate":
         from .evaluate import evaluate_folders

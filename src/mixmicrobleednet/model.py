@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .v1import import PROBABILITY_AGGREGATION
+
 log = logging.getLogger(__name__)
 
 FOLD = "all"
@@ -97,13 +99,104 @@ class Model:
         )
         try:
             self.predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(FOLD,), checkpoint_name=CHECKPOINT)
+            # Fold `all` is one set of weights: put it into the network once, not again for every
+            # case as nnU-Net's predict_logits_from_preprocessed_data does.
+            self.predictor.network.load_state_dict(self.predictor.list_of_parameters[0])
         except Exception as exc:  # nnU-Net raises many kinds (KeyError, RuntimeError, pickle errors)
             raise ModelError(f"cannot load the model in {model_dir}: {type(exc).__name__}: {exc}") from exc
+        self.preprocessor = self.predictor.configuration_manager.preprocessor_class(verbose=False)
+        self.v1_probabilities = bool(self.predictor.plans_manager.plans.get(PROBABILITY_AGGREGATION))
+        if self.v1_probabilities:
+            # A model imported from nnU-Net v1, which averaged softmax probabilities over tiles and
+            # mirrorings: with the softmax inside the network, v2's sliding window does just that.
+            import torch
+
+            self.predictor.network = torch.nn.Sequential(self.predictor.network, torch.nn.Softmax(dim=1))
+        #: Seconds of each step of the last predict_probabilities call (preprocess, network, resample).
+        self.last_stage_seconds: dict[str, float] = {}
         log.info("model loaded once from %s (sha256 %s…, mirroring %s, %.1f s)", model_dir, self.checksum[:12],
                  "on" if settings.use_mirroring else "off", time.perf_counter() - started)
 
     def predict_probabilities(self, channels: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
-        """Microbleed probability (float32) on the input grid for a (channel, z, y, x) array."""
-        _, probabilities = self.predictor.predict_single_npy_array(
-            channels, {"spacing": list(spacing_zyx)}, None, None, True)
-        return np.asarray(probabilities[1], dtype=np.float32)
+        """Microbleed probability (float32) on the input grid for a (channel, z, y, x) array.
+
+        nnU-Net's predict_single_npy_array step by step (same preprocessing, same sliding window),
+        except that one map instead of both classes' is resampled to the input grid: the microbleed
+        log-odds (CMB logit minus background logit; the resampling is linear, so its sign is
+        nnU-Net's argmax and its sigmoid nnU-Net's softmax), or for a model imported from v1 the
+        microbleed probability, which v1 resampled."""
+        import torch
+
+        predictor, seconds = self.predictor, {}
+        started = time.perf_counter()
+        data, _, properties = self.preprocessor.run_case_npy(
+            channels, None, {"spacing": list(spacing_zyx)}, predictor.plans_manager, predictor.configuration_manager,
+            predictor.dataset_json)
+        seconds["preprocess"] = time.perf_counter() - started
+        started = time.perf_counter()
+        data = torch.from_numpy(data)
+        output = self._v1_sliding_window(data) if self.v1_probabilities else \
+            predictor.predict_sliding_window_return_logits(data).to("cpu")
+        seconds["network"] = time.perf_counter() - started
+        started = time.perf_counter()
+        if self.v1_probabilities:
+            probability = self._to_input_grid(output[1].float().numpy()[None], properties, outside=0.0)
+        else:
+            probability = self._to_input_grid((output[1] - output[0]).float().numpy()[None], properties, -np.inf)
+            _sigmoid_in_place(probability)
+        del output
+        seconds["resample"] = time.perf_counter() - started
+        self.last_stage_seconds = seconds
+        log.info("preprocess %.1f s, network %.1f s, resample to the input grid %.1f s", *seconds.values())
+        return probability
+
+    def _v1_sliding_window(self, data):
+        """nnU-Net v1's tiled prediction: the softmax of each tile (averaged over mirrorings),
+        weighted by a float32 Gaussian (v2 rounds it to float16, which changes the weights far
+        from the tile centres), or plainly when one tile covers the volume."""
+        import torch
+        from acvl_utils.cropping_and_padding.padding import pad_nd_image
+        from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+
+        predictor = self.predictor
+        patch = tuple(predictor.configuration_manager.patch_size)
+        padded, revert_padding = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
+        steps = compute_steps_for_sliding_window(padded.shape[1:], patch, self.settings.tile_step_size)
+        one_tile = all(len(s) == 1 for s in steps)
+        weight = torch.ones(patch) if one_tile else compute_gaussian(patch, 1 / 8, 1, torch.float32, torch.device("cpu"))
+        total = torch.zeros((len(predictor.label_manager.all_labels), *padded.shape[1:]))
+        weights = torch.zeros(padded.shape[1:])
+        predictor.network.to(self.device).eval()
+        with torch.inference_mode():
+            for z in steps[0]:
+                for y in steps[1]:
+                    for x in steps[2]:
+                        tile = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+                        probabilities = predictor._internal_maybe_mirror_and_predict(
+                            padded[(slice(None), *tile)][None].to(self.device))[0].float().cpu()
+                        total[(slice(None), *tile)] += probabilities * weight
+                        weights[tile] += weight
+        return (total / weights)[(slice(None), *revert_padding[1:])]
+
+    def _to_input_grid(self, values: np.ndarray, properties: dict, outside: float) -> np.ndarray:
+        """As nnU-Net's convert_predicted_logits_to_segmentation_with_correct_shape: resample one
+        (1, z, y, x) map to the cropped input shape, put it into the uncropped volume (`outside`
+        the brain box: background), undo the transpose."""
+        from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+
+        plans, configuration = self.predictor.plans_manager, self.predictor.configuration_manager
+        input_spacing = [properties["spacing"][i] for i in plans.transpose_forward]
+        resampled = configuration.resampling_fn_probabilities(
+            values, properties["shape_after_cropping_and_before_resampling"], configuration.spacing, input_spacing)
+        full = np.full(properties["shape_before_cropping"], outside, np.float32)
+        full = insert_crop_into_image(full, np.asarray(resampled[0], np.float32), properties["bbox_used_for_cropping"])
+        return np.ascontiguousarray(full.transpose(plans.transpose_backward))
+
+
+def _sigmoid_in_place(values: np.ndarray) -> None:
+    """1 / (1 + exp(-x)) without a second volume in memory."""
+    np.negative(values, out=values)
+    with np.errstate(over="ignore"):  # exp(+inf) = inf → probability 0, as intended
+        np.exp(values, out=values)
+    values += 1
+    np.reciprocal(values, out=values)

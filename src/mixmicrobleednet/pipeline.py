@@ -45,6 +45,7 @@ class CaseResult:
     microbleed_count: int | None = None
     total_volume_mm3: float | None = None
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def as_json(self) -> dict:
         """The entry the seed's evalutils processor wrote to results.json."""
@@ -69,15 +70,16 @@ def model_predictor(model: Model) -> Predictor:
 
 
 @contextmanager
-def _stage(subject: str, name: str) -> Iterator[None]:
+def _stage(result: CaseResult, name: str) -> Iterator[None]:
     started = time.perf_counter()
     yield
-    log.info("%s: %s %.1f s", subject, name, time.perf_counter() - started)
+    result.stage_seconds[name] = time.perf_counter() - started
+    log.info("%s: %s %.1f s", result.subject, name, result.stage_seconds[name])
 
 
-def _load_timed(case: Case) -> ChannelStack:
-    with _stage(case.subject, "read and aligned in"):
-        return load_case(case)
+def _load_timed(case: Case) -> tuple[ChannelStack, float]:
+    started = time.perf_counter()
+    return load_case(case), time.perf_counter() - started
 
 
 def run_case(case: Case, loaded: Future, predict: Predictor, output_dir: Path,
@@ -86,15 +88,16 @@ def run_case(case: Case, loaded: Future, predict: Predictor, output_dir: Path,
     result = CaseResult(case.subject, case.input_names)
     started = time.perf_counter()
     try:
-        stack = loaded.result()
-        log.info("%s: grid %s spacing %s mm; %s", case.subject, stack.reference.GetSize(),
+        stack, result.stage_seconds["read"] = loaded.result()
+        log.info("%s: read and aligned in %.1f s (ahead); grid %s spacing %s mm; %s", case.subject,
+                 result.stage_seconds["read"], stack.reference.GetSize(),
                  tuple(round(s, 3) for s in stack.reference.GetSpacing()),
                  "; ".join(f"{c}: {a}" for c, a in stack.alignment.items()))
-        with _stage(case.subject, "network and resampling"):
+        with _stage(result, "prediction"):
             probabilities = predict(stack)
-        with _stage(case.subject, "lesions"):
+        with _stage(result, "lesions"):
             lesions = extract_lesions(probabilities, stack.reference, settings.lesions)
-        with _stage(case.subject, "outputs written in"):
+        with _stage(result, "write"):
             result.outputs = write_case_outputs(case, stack, probabilities, lesions, output_dir, settings)
         result.microbleed_count, result.total_volume_mm3 = lesions.count, lesions.total_volume_mm3
     except CaseError as exc:

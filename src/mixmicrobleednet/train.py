@@ -50,6 +50,8 @@ class TrainingConfig:
     val_iterations_per_epoch: int
     oversample_foreground: float
     initial_lr: float = 1e-2
+    kernel_sizes: tuple[tuple[int, int, int], ...] | None = None  # per stage; default 3x3x3 everywhere
+    conv_per_stage: int = 2
 
     @property
     def configuration(self) -> str:
@@ -104,10 +106,10 @@ def configuration_plans(config: TrainingConfig, median_shape: list[int]) -> dict
                 "n_stages": n_stages,
                 "features_per_stage": list(config.features_per_stage),
                 "conv_op": "torch.nn.modules.conv.Conv3d",
-                "kernel_sizes": [[3, 3, 3]] * n_stages,
+                "kernel_sizes": [list(k) for k in config.kernel_sizes] if config.kernel_sizes else [[3, 3, 3]] * n_stages,
                 "strides": [list(s) for s in config.strides],
-                "n_conv_per_stage": [2] * n_stages,
-                "n_conv_per_stage_decoder": [2] * (n_stages - 1),
+                "n_conv_per_stage": [config.conv_per_stage] * n_stages,
+                "n_conv_per_stage_decoder": [config.conv_per_stage] * (n_stages - 1),
                 "conv_bias": True,
                 "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
                 "norm_op_kwargs": {"eps": 1e-05, "affine": True},

@@ -1,0 +1,150 @@
+"""Per-case speed of our in-process predictor against nnUNetv2_predict, on the same model and cases.
+
+    .venv/bin/python benchmarks/predict_speed.py [--work work/bench] [--model weights] [--device cpu]
+                                                 [--mirroring]
+
+Makes three phantoms once (0.8x0.49x0.49 mm on a 192x512x512 grid, 3.5x0.45x0.45 mm, 3x1x1 mm),
+then in one run times, each in a fresh process so that start-up counts as a user sees it:
+  (a) ours: `mixmicrobleednet predict` as the CLI runs it: one Model for the cohort, read-ahead;
+  (b) nnUNetv2_predict on the same channels, already aligned on the T2* grid and written in
+      nnU-Net's raw layout (not timed) — for a model folder its command is
+      nnUNetv2_predict_from_modelfolder, the same predictor code;
+checks that the masks are identical, and prints per-case stages (read+align, preprocess, network,
+resample to the input grid, lesions, write), the network-only sliding-window time, peak resident
+memory of each process tree, and a last line `speedup_vs_nnunetv2_predict=X.XX`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 7
+BIG_GRID_XYZ = (512, 512, 192)  # the 0.8x0.49x0.49 mm case: 192 slices of 512x512
+
+
+def _fit_to_grid(image: sitk.Image, size_xyz: tuple[int, int, int]) -> sitk.Image:
+    """Pad (with 0: the scans are brain-masked) or crop symmetrically to `size_xyz`; the origin
+    moves with it, so world positions are unchanged."""
+    difference = np.subtract(size_xyz, image.GetSize())
+    pad = np.maximum(difference, 0)
+    image = sitk.ConstantPad(image, (pad // 2).tolist(), (pad - pad // 2).tolist(), 0)
+    crop = np.maximum(-difference, 0)
+    return sitk.Crop(image, (crop // 2).tolist(), (crop - crop // 2).tolist())
+
+
+def prepare(work: Path) -> tuple[Path, Path, list[str]]:
+    """Phantoms in the seed layout and the same aligned channels in nnU-Net's raw layout."""
+    from mixmicrobleednet import layout
+    from mixmicrobleednet.cases import discover_cases
+    from mixmicrobleednet.imaging import image_like, load_case
+    from mixmicrobleednet.phantoms import generate
+
+    seed_dir, raw_dir = work / "input", work / "nnunet-raw"
+    done = work / "prepared"
+    if not done.is_file():
+        cases = generate(seed_dir, 3, SEED, ["highres3d", "thickslice", "lowres"])
+        big = cases[0]["subject"]
+        for path in [seed_dir / layout.input_name(big, c) for c in layout.CHANNELS] + [seed_dir / layout.label_name(big)]:
+            sitk.WriteImage(_fit_to_grid(sitk.ReadImage(str(path)), BIG_GRID_XYZ), str(path), True)
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        for case in discover_cases(seed_dir):
+            stack = load_case(case)  # T1/T2 on the T2* grid exactly as ours aligns them
+            for index in range(len(layout.CHANNELS)):
+                sitk.WriteImage(image_like(stack.array[index], stack.reference),
+                                str(raw_dir / f"{case.subject}_{index:04d}.nii.gz"), True)
+        done.write_text("\n".join(c["subject"] for c in cases))
+    return seed_dir, raw_dir, done.read_text().split()
+
+
+def run_timed(command: list[str], log_path: Path, env: dict | None = None) -> tuple[float, float]:
+    """Wall seconds and peak resident GB of a command and all the processes it waited for."""
+    started = time.perf_counter()
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{command[0]} failed; see {log_path}")
+    return seconds, usage.ru_maxrss / 1024 ** 2  # kB → GB
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=REPO / "work" / "bench")
+    parser.add_argument("--model", type=Path, default=REPO / "weights")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mirroring", action="store_true", help="test-time mirroring (default: off, as --fast)")
+    args = parser.parse_args()
+    from mixmicrobleednet import layout
+
+    seed_dir, raw_dir, subjects = prepare(args.work)
+    ours_out, theirs_out = args.work / "out-ours", args.work / "out-nnunetv2"
+    bin_dir = Path(sys.executable).parent
+
+    ours = [str(bin_dir / "mixmicrobleednet"), "predict", "-i", str(seed_dir), "-o", str(ours_out),
+            "--model", str(args.model), "--device", args.device, "--no-qc"] + ([] if args.mirroring else ["--fast"])
+    ours_seconds, ours_gb = run_timed(ours, args.work / "ours.log")
+
+    theirs = [str(bin_dir / "nnUNetv2_predict_from_modelfolder"), "-i", str(raw_dir), "-o", str(theirs_out),
+              "-m", str(args.model), "-f", "all", "-chk", "checkpoint_final.pth", "-device", args.device,
+              "--disable_progress_bar"] + ([] if args.mirroring else ["--disable_tta"])
+    env = {**os.environ, **{k: str(args.work / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}}
+    theirs_seconds, theirs_gb = run_timed(theirs, args.work / "nnunetv2.log", env)
+
+    stages = _stages_from_log((args.work / "ours.log").read_text())
+    print(f"device {args.device}, mirroring {'on' if args.mirroring else 'off'}, model {args.model}, "
+          f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}, {os.cpu_count()} CPUs")
+    print(f"{'case':10} {'grid (x,y,z)':>16} {'read':>6} {'preproc':>8} {'network':>8} {'resample':>9} "
+          f"{'lesions':>8} {'write':>6}  masks")
+    identical = True
+    for subject in subjects:
+        ours_mask = sitk.ReadImage(str(layout.prediction_path(ours_out, subject)))
+        theirs_mask = sitk.ReadImage(str(theirs_out / f"{subject}.nii.gz"))
+        same = np.array_equal(sitk.GetArrayViewFromImage(ours_mask), sitk.GetArrayViewFromImage(theirs_mask))
+        identical &= same
+        s = stages[subject]
+        print(f"{subject:10} {'x'.join(map(str, ours_mask.GetSize())):>16} {s['read']:6.1f} {s['preprocess']:8.1f} "
+              f"{s['network']:8.1f} {s['resample']:9.1f} {s['lesions']:8.1f} {s['write']:6.1f}  "
+              f"{'identical' if same else 'DIFFERENT'}")
+    network = sum(s["network"] for s in stages.values())
+    print(f"ours (whole process, start-up included): {ours_seconds:.1f} s, peak RSS {ours_gb:.2f} GB; "
+          f"network-only sliding window {network:.1f} s; outside the network {ours_seconds - network:.1f} s "
+          f"({(ours_seconds - network) / ours_seconds:.0%})")
+    print(f"nnUNetv2_predict (whole process tree): {theirs_seconds:.1f} s, peak RSS {theirs_gb:.2f} GB")
+    print(f"masks identical: {identical}")
+    print(f"speedup_vs_nnunetv2_predict={theirs_seconds / ours_seconds:.2f}")
+    return 0 if identical else 1
+
+
+def _stages_from_log(text: str) -> dict[str, dict[str, float]]:
+    """Per-case stage seconds from our log lines (pipeline: read, lesions, write; model: preprocess,
+    network, resample), in case order."""
+    import re
+
+    stages: dict[str, dict[str, float]] = {}
+    current = None
+    for line in text.splitlines():
+        if match := re.search(r"case \d+/\d+: (\S+)$", line):
+            current = stages.setdefault(match.group(1), {})
+        elif current is not None and (match := re.search(r"read and aligned in ([\d.]+) s", line)):
+            current["read"] = float(match.group(1))
+        elif current is not None and (match := re.search(
+                r"preprocess ([\d.]+) s, network ([\d.]+) s, resample to the input grid ([\d.]+) s", line)):
+            current.update(zip(("preprocess", "network", "resample"), map(float, match.groups())))
+        elif current is not None and (match := re.search(r": (lesions|write) ([\d.]+) s$", line)):
+            current[match.group(1)] = float(match.group(2))
+    return stages
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""import-v1 against nnU-Net v1 itself: same network output, same mask as v1's own inference.
+
+nnU-Net v1 runs in its own environment (.venv-nnunetv1, made by scripts/setup-nnunetv1-venv.sh
+on first use); tests/nnunetv1/v1_reference.py builds a reduced-width copy of the real 2021 plans
+with random weights there and saves it with v1's own trainer.
+"""
+
+import json
+import pickle
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from mixmicrobleednet import layout
+from mixmicrobleednet.cli import main
+from mixmicrobleednet.train import CONFIGS, build_network, configuration_plans
+from mixmicrobleednet.v1import import V1ImportError, import_v1, read_v1_plans, v2_plans_from_v1
+
+from conftest import brain_volume
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_PLANS = REPO.parent / "shared" / "reference" / "mixmicrobleednet_v1_plans.pkl"
+V1_PYTHON = REPO / ".venv-nnunetv1" / "bin" / "python"
+SPACING_XYZ = (0.48828101, 0.48828101, 0.80000001)  # the plans' 3d_fullres spacing: no resampling
+
+
+@pytest.fixture(scope="module")
+def v1_run(tmp_path_factory):
+    """A v1 model (reduced width) with random weights, one patch through its network, and v1's
+    inference of a brain-masked case on the model's own grid, all made by nnU-Net v1."""
+    if not REFERENCE_PLANS.is_file():
+        pytest.fail(f"reference plans not found at {REFERENCE_PLANS} (shared/ beside the checkout)")
+    subprocess.run([str(REPO / "scripts" / "setup-nnunetv1-venv.sh")], check=True)
+    work = tmp_path_factory.mktemp("v1")
+    seed_dir, raw = work / "seed", []
+    seed_dir.mkdir()
+    for index, channel in enumerate(layout.CHANNELS):
+        image = sitk.GetImageFromArray(brain_volume((56, 112, 80), seed=index))  # zero outside the "brain"
+        image.SetSpacing(SPACING_XYZ)
+        image.SetOrigin((-10.0, 5.0, 2.0))
+        sitk.WriteImage(image, str(seed_dir / layout.input_name("v1case", channel)))
+        raw.append(str(work / f"v1case_{index:04d}.nii.gz"))
+        sitk.WriteImage(image, raw[-1])
+    run = subprocess.run([str(V1_PYTHON), str(REPO / "tests" / "nnunetv1" / "v1_reference.py"), str(REFERENCE_PLANS),
+                          str(work), *raw], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return work
+
+
+@pytest.fixture(scope="module")
+def imported(v1_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("imported")
+    return import_v1(v1_run / "model" / "plans.pkl", v1_run / "model" / "all" / "model_final_checkpoint.model", out)
+
+
+def test_imported_network_gives_the_v1_network_output(v1_run, imported):
+    plans = json.loads((imported / "plans.json").read_text())
+    network = build_network(plans, "3d_fullres")
+    checkpoint = torch.load(imported / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+    network.load_state_dict(checkpoint["network_weights"])
+    network.eval()
+    with torch.no_grad():
+        output = network(torch.from_numpy(np.load(v1_run / "network_input.npy"))).numpy()
+    expected = np.load(v1_run / "network_output.npy")
+    assert output.shape == expected.shape == (1, 2, 48, 96, 64)
+    assert np.abs(output - expected).max() < 1e-4
+
+
+def test_predict_with_the_imported_model_gives_v1s_mask(v1_run, imported, tmp_path):
+    out = tmp_path / "out"
+    assert main(["predict", "-i", str(v1_run / "seed"), "-o", str(out), "--model", str(imported), "--device", "cpu",
+                 "--fast", "--save-probabilities", "--no-qc"]) == 0
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.prediction_path(out, "v1case"))))
+    v1 = sitk.GetArrayFromImage(sitk.ReadImage(str(v1_run / "v1_prediction.nii.gz")))
+    assert 0 < v1.sum() < v1.size  # random weights, but a mask with both classes: the comparison means something
+    np.testing.assert_array_equal(ours, v1)
+    # v1 stores the softmax (float16) inside the brain's bounding box, where it predicted
+    probability = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.case_output_path(out, "v1case", "probability"))))
+    inside = np.argwhere(sitk.GetArrayFromImage(sitk.ReadImage(str(v1_run / "seed" / layout.input_name("v1case", "T1")))))
+    box = tuple(slice(lo, hi + 1) for lo, hi in zip(inside.min(0), inside.max(0)))
+    v1_softmax = np.load(v1_run / "v1_prediction.npz")["softmax"].astype(np.float32)
+    assert v1_softmax.shape[1:] == probability[box].shape
+    assert np.abs(probability[box] - v1_softmax[1]).max() < 1e-3
+
+
+def test_the_real_2021_plans_convert_to_the_papers_architecture():
+    plans, dataset = v2_plans_from_v1(read_v1_plans(REFERENCE_PLANS))
+    configuration = plans["configurations"]["3d_fullres"]
+    paper = configuration_plans(CONFIGS["mixmicrobleednet-v1"], [1, 1, 1])
+    assert configuration["architecture"] == paper["architecture"]
+    assert configuration["patch_size"] == [96, 192, 128]
+    assert configuration["spacing"] == pytest.approx([0.8, 0.48828101, 0.48828101])
+    assert configuration["normalization_schemes"] == ["ZScoreNormalization"] * 3
+    assert configuration["use_mask_for_norm"] == [True] * 3
+    assert list(dataset["channel_names"].values()) == list(layout.CHANNELS)
+    parameters = sum(p.numel() for p in build_network(plans, "3d_fullres").parameters())
+    assert 30.5e6 < parameters < 31.1e6
+
+
+def test_plans_that_would_run_code_are_refused(tmp_path):
+    evil = tmp_path / "plans.pkl"
+    evil.write_bytes(b"cos\nsystem\n(S'touch " + str(tmp_path / "owned").encode() + b"'\ntR.")
+    with pytest.raises(V1ImportError, match="refusing to unpickle os.system"):
+        read_v1_plans(evil)
+    assert not (tmp_path / "owned").exists()
+
+
+def test_malformed_files_are_clear_errors(v1_run, tmp_path, caplog):
+    checkpoint = v1_run / "model" / "all" / "model_final_checkpoint.model"
+    (tmp_path / "garbage.pkl").write_bytes(b"\x80\x04not a pickle at all")
+    (tmp_path / "other.pkl").write_bytes(pickle.dumps({"something": 1}))
+    (tmp_path / "garbage.model").write_bytes(b"PK\x03\x04 truncated")
+    cases = [
+        (tmp_path / "garbage.pkl", checkpoint, "garbage.pkl: not a readable nnU-Net v1 plans.pkl"),
+        (tmp_path / "other.pkl", checkpoint, "other.pkl: not an nnU-Net v1 plans file (missing"),
+        (v1_run / "model" / "plans.pkl", tmp_path / "garbage.model", "garbage.model: not a loadable nnU-Net v1 checkpoint"),
+        # the full-width 2021 plans with the reduced-width checkpoint: the shapes do not fit
+        (REFERENCE_PLANS, checkpoint, "shape (8, 3, 3, 3, 3) in the checkpoint, (32, 3, 3, 3, 3) in the network"),
+    ]
+    for plans, weights, message in cases:
+        caplog.clear()
+        assert main(["import-v1", "--plans", str(plans), "--checkpoint", str(weights), "--out", str(tmp_path / "m")]) == 2
+        assert message in caplog.text
+    assert not (tmp_path / "m").exists()  # nothing written when the import fails
