@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -89,6 +90,8 @@ def main() -> int:
 
     seed_dir, raw_dir, subjects = prepare(args.work)
     ours_out, theirs_out = args.work / "out-ours", args.work / "out-nnunetv2"
+    for folder in (ours_out, theirs_out):
+        shutil.rmtree(folder, ignore_errors=True)
     bin_dir = Path(sys.executable).parent
 
     ours = [str(bin_dir / "mixmicrobleednet"), "predict", "-i", str(seed_dir), "-o", str(ours_out),

@@ -59,28 +59,45 @@ def label_microbleeds(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return ndimage.label(mask > 0, CONNECTIVITY)
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every True voxel, or None when there is none."""
+    box = []
+    for axis in range(mask.ndim):
+        occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if occupied.size == 0:
+            return None
+        box.append(slice(int(occupied[0]), int(occupied[-1]) + 1))
+    return tuple(box)
+
+
 def extract_lesions(probabilities: np.ndarray, reference: sitk.Image,
                     settings: LesionSettings = LesionSettings()) -> Lesions:
-    """Threshold, split into microbleeds, drop those under the minimum size, measure the rest."""
-    labels, count = label_microbleeds(probabilities > settings.threshold)
-    voxel_volume = float(np.prod(reference.GetSpacing()))
-    index = np.arange(1, count + 1)
-    voxel_counts = ndimage.sum_labels(np.ones_like(labels, np.int64), labels, index).astype(np.int64)
-    kept = index[voxel_counts * voxel_volume >= settings.min_size_mm3]
-    if len(kept) < count:
-        labels = np.where(np.isin(labels, kept), labels, 0)
-    boxes = ndimage.find_objects(labels, max_label=count)  # measure each microbleed in its box only
+    """Threshold, split into microbleeds, drop those under the minimum size, measure the rest.
+
+    Components are labelled only inside the box that holds every voxel above the threshold: on a
+    whole-head 512x512 grid that is a fraction of the volume."""
+    above = probabilities > settings.threshold
+    mask = np.zeros(probabilities.shape, np.uint8)
+    region = _bounding_box(above)
     rows = []
-    for lesion_id, old_label in enumerate(kept, 1):
-        box = boxes[old_label - 1]
-        in_lesion = labels[box] == old_label
-        centroid_zyx = np.add(ndimage.center_of_mass(in_lesion), [s.start for s in box])
-        centroid_ijk = [float(c) for c in centroid_zyx[::-1]]
-        x, y, z = reference.TransformContinuousIndexToPhysicalPoint(centroid_ijk)  # ITK world: LPS
-        voxels = int(voxel_counts[old_label - 1])
-        volume = voxels * voxel_volume
-        inside = probabilities[box][in_lesion]
-        rows.append([lesion_id, *centroid_ijk, -x, -y, z, volume, voxels, (6 * volume / np.pi) ** (1 / 3),
-                     float(inside.max()), float(inside.mean())])
+    if region is not None:
+        labels, count = label_microbleeds(above[region])
+        voxel_volume = float(np.prod(reference.GetSpacing()))
+        voxel_counts = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        kept = np.flatnonzero(voxel_counts * voxel_volume >= settings.min_size_mm3) + 1
+        mask[region] = np.isin(labels, kept) if len(kept) < count else labels > 0
+        boxes = ndimage.find_objects(labels, max_label=count)  # measure each microbleed in its box only
+        offset = [s.start for s in region]
+        for lesion_id, old_label in enumerate(kept, 1):
+            box = boxes[old_label - 1]
+            in_lesion = labels[box] == old_label
+            centroid_zyx = np.add(ndimage.center_of_mass(in_lesion), [s.start + o for s, o in zip(box, offset)])
+            centroid_ijk = [float(c) for c in centroid_zyx[::-1]]
+            x, y, z = reference.TransformContinuousIndexToPhysicalPoint(centroid_ijk)  # ITK world: LPS
+            voxels = int(voxel_counts[old_label - 1])
+            volume = voxels * voxel_volume
+            inside = probabilities[region][box][in_lesion]
+            rows.append([lesion_id, *centroid_ijk, -x, -y, z, volume, voxels, (6 * volume / np.pi) ** (1 / 3),
+                         float(inside.max()), float(inside.mean())])
     table = pd.DataFrame(rows, columns=LESION_COLUMNS).astype({"lesion_id": int, "voxel_count": int})
-    return Lesions((labels > 0).astype(np.uint8), table)
+    return Lesions(mask, table)

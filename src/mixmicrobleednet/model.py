@@ -75,6 +75,10 @@ class PredictionSettings:
 
     use_mirroring: bool = True
     tile_step_size: float = 0.5
+    #: Sliding-window tiles per network call; None: 4 on the CPU, 1 (as nnU-Net) on a GPU. On the
+    #: CPU PyTorch runs small 3D convolutions of a single tile on a slow path (no oneDNN), so 4
+    #: tiles at once take about the time of one (tests/test_model_speed.py keeps the masks equal).
+    tiles_per_batch: int | None = None
 
 
 class Model:
@@ -85,17 +89,16 @@ class Model:
         for required in ("plans.json", "dataset.json", f"fold_{FOLD}/{CHECKPOINT}"):
             if not (model_dir / required).is_file():
                 raise ModelError(f"{model_dir} is not an nnU-Net v2 model folder: {required} is missing")
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
         started = time.perf_counter()
         self.model_dir = model_dir
         self.device = resolve_device(device)
         self.settings = settings
         self.checksum = model_checksum(model_dir)
-        self.predictor = nnUNetPredictor(
-            tile_step_size=settings.tile_step_size, use_gaussian=True, use_mirroring=settings.use_mirroring,
-            perform_everything_on_device=self.device.type == "cuda", device=self.device, verbose=False,
-            verbose_preprocessing=False, allow_tqdm=False,
+        tiles_per_batch = settings.tiles_per_batch or (1 if self.device.type == "cuda" else 4)
+        self.predictor = _batched_tile_predictor_class()(
+            tiles_per_batch, tile_step_size=settings.tile_step_size, use_gaussian=True,
+            use_mirroring=settings.use_mirroring, perform_everything_on_device=self.device.type == "cuda",
+            device=self.device, verbose=False, verbose_preprocessing=False, allow_tqdm=False,
         )
         try:
             self.predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(FOLD,), checkpoint_name=CHECKPOINT)
@@ -105,6 +108,7 @@ class Model:
         except Exception as exc:  # nnU-Net raises many kinds (KeyError, RuntimeError, pickle errors)
             raise ModelError(f"cannot load the model in {model_dir}: {type(exc).__name__}: {exc}") from exc
         self.preprocessor = self.predictor.configuration_manager.preprocessor_class(verbose=False)
+        self.inference_configuration = _InferencePreprocessing(self.predictor.configuration_manager)
         self.v1_probabilities = bool(self.predictor.plans_manager.plans.get(PROBABILITY_AGGREGATION))
         if self.v1_probabilities:
             # A model imported from nnU-Net v1, which averaged softmax probabilities over tiles and
@@ -130,7 +134,7 @@ class Model:
         predictor, seconds = self.predictor, {}
         started = time.perf_counter()
         data, _, properties = self.preprocessor.run_case_npy(
-            channels, None, {"spacing": list(spacing_zyx)}, predictor.plans_manager, predictor.configuration_manager,
+            channels, None, {"spacing": list(spacing_zyx)}, predictor.plans_manager, self.inference_configuration,
             predictor.dataset_json)
         seconds["preprocess"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -191,6 +195,66 @@ class Model:
         full = np.full(properties["shape_before_cropping"], outside, np.float32)
         full = insert_crop_into_image(full, np.asarray(resampled[0], np.float32), properties["bbox_used_for_cropping"])
         return np.ascontiguousarray(full.transpose(plans.transpose_backward))
+
+
+class _InferencePreprocessing:
+    """The configuration as nnU-Net's preprocessor sees it at inference: the channels are resampled
+    in parallel threads (each channel is resampled on its own anyway, and scipy releases the GIL),
+    and the brain mask is not resampled (nnU-Net needs it for training; inference never reads it)."""
+
+    def __init__(self, configuration):
+        self._configuration = configuration
+
+    def __getattr__(self, name: str):
+        return getattr(self._configuration, name)
+
+    def resampling_fn_data(self, data: np.ndarray, *args) -> np.ndarray:
+        from concurrent.futures import ThreadPoolExecutor
+
+        resample = self._configuration.resampling_fn_data
+        with ThreadPoolExecutor(len(data), thread_name_prefix="resample") as pool:
+            return np.concatenate(list(pool.map(lambda c: resample(data[c:c + 1], *args), range(len(data)))))
+
+    @staticmethod
+    def resampling_fn_seg(seg: np.ndarray, *args) -> np.ndarray:
+        return seg
+
+
+def _batched_tile_predictor_class():
+    """nnUNetPredictor whose sliding window sends several tiles through the network at once; the
+    tiles, Gaussian weights, float16 sums and their order are nnU-Net 2.8.1's own."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    class BatchedTilePredictor(nnUNetPredictor):
+        def __init__(self, tiles_per_batch: int, **kwargs):
+            super().__init__(**kwargs)
+            self.tiles_per_batch = tiles_per_batch
+
+        @torch.inference_mode()
+        def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
+            results_device = self.device if do_on_device else torch.device("cpu")
+            data = data.to(results_device)
+            logits = torch.zeros((self.label_manager.num_segmentation_heads, *data.shape[1:]), dtype=torch.half,
+                                 device=results_device)
+            weights = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
+            gaussian = compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1. / 8,
+                                        value_scaling_factor=10, device=results_device) if self.use_gaussian else 1
+            for start in range(0, len(slicers), self.tiles_per_batch):
+                batch = slicers[start:start + self.tiles_per_batch]
+                tiles = torch.stack([data[tile] for tile in batch]).to(self.device)
+                for prediction, tile in zip(self._internal_maybe_mirror_and_predict(tiles).to(results_device), batch):
+                    if self.use_gaussian:
+                        prediction *= gaussian
+                    logits[tile] += prediction
+                    weights[tile[1:]] += gaussian
+            torch.div(logits, weights, out=logits)
+            if torch.any(torch.isinf(logits)):
+                raise RuntimeError("infinite logits in the sliding window (float16 overflow)")
+            return logits
+
+    return BatchedTilePredictor
 
 
 def _sigmoid_in_place(values: np.ndarray) -> None:
