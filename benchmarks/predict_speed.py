@@ -17,7 +17,6 @@ memory of each process tree, and a last line `speedup_vs_nnunetv2_predict=X.XX`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,42 @@ def write_platform_job(seed_dir: Path, subject: str, job_dir: Path) -> Path:
                                       "kind": "Image", "super_kind": "Image"}})
     (job_dir / layout.PLATFORM_INPUTS_JSON).write_text(json.dumps(entries, indent=4))
     return job_dir
+
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_PLANS = REPO.parent / "shared" / "reference" / "mixmicrobleednet_v1_plans.pkl"
+V1_PYTHON = REPO / ".venv-nnunetv1" / "bin" / "python"
+V1_SPACING_XYZ = (0.48828101, 0.48828101, 0.80000001)  # the plans' 3d_fullres spacing: no resampling
+
+
+@pytest.fixture(scope="session")
+def v1_run(tmp_path_factory):
+    """A v1 model (reduced width) with random weights, one patch through its network, and v1's
+    inference of a brain-masked case on the model's own grid, all made by nnU-Net v1."""
+    if not REFERENCE_PLANS.is_file():
+        pytest.fail(f"reference plans not found at {REFERENCE_PLANS} (shared/ beside the checkout)")
+    subprocess.run([str(REPO / "scripts" / "setup-nnunetv1-venv.sh")], check=True)
+    work = tmp_path_factory.mktemp("v1")
+    seed_dir, raw = work / "seed", []
+    seed_dir.mkdir()
+    for index, channel in enumerate(layout.CHANNELS):
+        image = sitk.GetImageFromArray(brain_volume((56, 112, 80), seed=index))  # zero outside the "brain"
+        image.SetSpacing(V1_SPACING_XYZ)
+        image.SetOrigin((-10.0, 5.0, 2.0))
+        sitk.WriteImage(image, str(seed_dir / layout.input_name("v1case", channel)))
+        raw.append(str(work / f"v1case_{index:04d}.nii.gz"))
+        sitk.WriteImage(image, raw[-1])
+    run = subprocess.run([str(V1_PYTHON), str(REPO / "tests" / "nnunetv1" / "v1_reference.py"), str(REFERENCE_PLANS),
+                          str(work), *raw], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return work
+
+
+@pytest.fixture(scope="session")
+def imported_v1(v1_run, tmp_path_factory):
+    from mixmicrobleednet.v1import import import_v1
+
+    out = tmp_path_factory.mktemp("imported")
+    return import_v1(v1_run / "model" / "plans.pkl", v1_run / "model" / "all" / "model_final_checkpoint.model", out)
+
+

@@ -3,7 +3,7 @@ import pytest
 import SimpleITK as sitk
 
 from mixmicrobleednet import layout
-from mixmicrobleednet.cases import Case, CaseError, discover_cases
+from mixmicrobleednet.cases import CaseError, discover_cases
 from mixmicrobleednet.imaging import align_to_reference, load_case, read_channel, same_grid, write_image_atomic
 
 from conftest import brain_volume, make_image, write_case

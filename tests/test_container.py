@@ -16,6 +16,8 @@ import SimpleITK as sitk
 from mixmicrobleednet import layout
 from mixmicrobleednet.phantoms import generate
 
+from conftest import write_case, write_platform_job
+
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 IMAGE = "mixmicrobleednet:cpu"
 REPO = Path(__file__).resolve().parents[1]
@@ -103,3 +105,38 @@ def test_three_cohorts_then_broken_cases_container_and_cli_agree(image, cohorts,
         from_cli = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.prediction_path(tmp_path / "cli", subject))))
         from_container = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.prediction_path(tmp_path / "clean", subject))))
         np.testing.assert_array_equal(from_cli, from_container)
+
+
+def test_imported_v1_model_at_opt_ml_model_gives_v1s_mask(image, v1_run, imported_v1, tmp_path):
+    """A model folder from import-v1, mounted where Grand-Challenge extracts a model tarball."""
+    job = tmp_path / "job"
+    write_platform_job(v1_run / "seed", "v1case", job)
+    for folder in [job, *job.rglob("*")]:
+        folder.chmod(0o755 if folder.is_dir() else 0o644)
+    imported = tmp_path / "model"
+    shutil.copytree(imported_v1, imported)
+    for folder in [imported, *imported.rglob("*")]:
+        folder.chmod(0o755 if folder.is_dir() else 0o644)
+    output = tmp_path / "out"
+    output.mkdir(mode=0o777)
+    output.chmod(0o777)
+    run = docker("run", *LOCKED, "-v", f"{job}:/input:ro", "-v", f"{output}:/output", "-v", f"{imported}:/opt/ml/model:ro",
+                 image, "--fast")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "provided at /opt/ml/model, used instead of the baked-in" in run.stderr
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(output / layout.platform_output_paths()["mask"])))
+    v1 = sitk.GetArrayFromImage(sitk.ReadImage(str(v1_run / "v1_prediction.nii.gz")))
+    np.testing.assert_array_equal(mask, v1)
+
+
+def test_platform_job_with_a_missing_socket_file_is_a_clear_error(image, tmp_path):
+    seed = tmp_path / "seed"
+    write_case(seed, "gc1", shape=(12, 30, 28), seed=2)
+    job = write_platform_job(seed, "gc1", tmp_path / "job")
+    next((job / "images" / "t2-brain-mri").glob("*.mha")).unlink()
+    for folder in [job, *job.rglob("*")]:
+        folder.chmod(0o755 if folder.is_dir() else 0o644)
+    run = run_container(image, job, tmp_path / "out")
+    assert run.returncode == 1
+    assert "images/t2-brain-mri/: 0 .mha/.tif files for socket 't2-brain-mri', expected exactly 1" in run.stderr
+    assert not (tmp_path / "out" / layout.platform_output_paths()["mask"]).exists()

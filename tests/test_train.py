@@ -39,7 +39,7 @@ def test_compact_network_is_small():
 @pytest.mark.slow
 def test_train_pipeline_end_to_end_exports_a_model_that_predicts(tmp_path):
     """Two lowres phantoms, one epoch of two iterations: checks the plumbing, trains no real model."""
-    from mixmicrobleednet.model import Model, PredictionSettings
+    from mixmicrobleednet.model import PredictionSettings
     from mixmicrobleednet.phantoms import generate
     from mixmicrobleednet.pipeline import predict_folder
     from mixmicrobleednet.train import train

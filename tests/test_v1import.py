@@ -2,13 +2,12 @@
 
 nnU-Net v1 runs in its own environment (.venv-nnunetv1, made by scripts/setup-nnunetv1-venv.sh
 on first use); tests/nnunetv1/v1_reference.py builds a reduced-width copy of the real 2021 plans
-with random weights there and saves it with v1's own trainer.
+with random weights there and saves it with v1's own trainer (fixtures v1_run and imported_v1 in
+conftest.py; the container test runs the imported model too).
 """
 
 import json
 import pickle
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,49 +17,15 @@ import torch
 from mixmicrobleednet import layout
 from mixmicrobleednet.cli import main
 from mixmicrobleednet.train import CONFIGS, build_network, configuration_plans
-from mixmicrobleednet.v1import import V1ImportError, import_v1, read_v1_plans, v2_plans_from_v1
+from mixmicrobleednet.v1import import V1ImportError, read_v1_plans, v2_plans_from_v1
 
-from conftest import brain_volume
-
-REPO = Path(__file__).resolve().parents[1]
-REFERENCE_PLANS = REPO.parent / "shared" / "reference" / "mixmicrobleednet_v1_plans.pkl"
-V1_PYTHON = REPO / ".venv-nnunetv1" / "bin" / "python"
-SPACING_XYZ = (0.48828101, 0.48828101, 0.80000001)  # the plans' 3d_fullres spacing: no resampling
+from conftest import REFERENCE_PLANS
 
 
-@pytest.fixture(scope="module")
-def v1_run(tmp_path_factory):
-    """A v1 model (reduced width) with random weights, one patch through its network, and v1's
-    inference of a brain-masked case on the model's own grid, all made by nnU-Net v1."""
-    if not REFERENCE_PLANS.is_file():
-        pytest.fail(f"reference plans not found at {REFERENCE_PLANS} (shared/ beside the checkout)")
-    subprocess.run([str(REPO / "scripts" / "setup-nnunetv1-venv.sh")], check=True)
-    work = tmp_path_factory.mktemp("v1")
-    seed_dir, raw = work / "seed", []
-    seed_dir.mkdir()
-    for index, channel in enumerate(layout.CHANNELS):
-        image = sitk.GetImageFromArray(brain_volume((56, 112, 80), seed=index))  # zero outside the "brain"
-        image.SetSpacing(SPACING_XYZ)
-        image.SetOrigin((-10.0, 5.0, 2.0))
-        sitk.WriteImage(image, str(seed_dir / layout.input_name("v1case", channel)))
-        raw.append(str(work / f"v1case_{index:04d}.nii.gz"))
-        sitk.WriteImage(image, raw[-1])
-    run = subprocess.run([str(V1_PYTHON), str(REPO / "tests" / "nnunetv1" / "v1_reference.py"), str(REFERENCE_PLANS),
-                          str(work), *raw], capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return work
-
-
-@pytest.fixture(scope="module")
-def imported(v1_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("imported")
-    return import_v1(v1_run / "model" / "plans.pkl", v1_run / "model" / "all" / "model_final_checkpoint.model", out)
-
-
-def test_imported_network_gives_the_v1_network_output(v1_run, imported):
-    plans = json.loads((imported / "plans.json").read_text())
+def test_imported_network_gives_the_v1_network_output(v1_run, imported_v1):
+    plans = json.loads((imported_v1 / "plans.json").read_text())
     network = build_network(plans, "3d_fullres")
-    checkpoint = torch.load(imported / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+    checkpoint = torch.load(imported_v1 / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=True)
     network.load_state_dict(checkpoint["network_weights"])
     network.eval()
     with torch.no_grad():
@@ -70,9 +35,9 @@ def test_imported_network_gives_the_v1_network_output(v1_run, imported):
     assert np.abs(output - expected).max() < 1e-4
 
 
-def test_predict_with_the_imported_model_gives_v1s_mask(v1_run, imported, tmp_path):
+def test_predict_with_the_imported_model_gives_v1s_mask(v1_run, imported_v1, tmp_path):
     out = tmp_path / "out"
-    assert main(["predict", "-i", str(v1_run / "seed"), "-o", str(out), "--model", str(imported), "--device", "cpu",
+    assert main(["predict", "-i", str(v1_run / "seed"), "-o", str(out), "--model", str(imported_v1), "--device", "cpu",
                  "--fast", "--save-probabilities", "--no-qc"]) == 0
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.prediction_path(out, "v1case"))))
     v1 = sitk.GetArrayFromImage(sitk.ReadImage(str(v1_run / "v1_prediction.nii.gz")))
