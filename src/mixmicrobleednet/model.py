@@ -112,7 +112,8 @@ class Model:
         self.v1_probabilities = bool(self.predictor.plans_manager.plans.get(PROBABILITY_AGGREGATION))
         if self.v1_probabilities:
             # A model imported from nnU-Net v1, which averaged softmax probabilities over tiles and
-            # mirrorings: with the softmax inside the network, v2's sliding window does just that.
+            # mirrorings: with the softmax inside the network every tile and mirrored pass gives
+            # probabilities, which _v1_sliding_window weights and averages as v1 did.
             import torch
 
             self.predictor.network = torch.nn.Sequential(self.predictor.network, torch.nn.Softmax(dim=1))

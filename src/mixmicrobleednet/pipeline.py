@@ -82,7 +82,7 @@ def _load_timed(case: Case) -> tuple[ChannelStack, float]:
     return load_case(case), time.perf_counter() - started
 
 
-def run_case(case: Case, loaded: Future, predict: Predictor, output_dir: Path,
+def _run_case(case: Case, loaded: Future, predict: Predictor, output_dir: Path,
              settings: OutputSettings = OutputSettings()) -> CaseResult:
     """Predict one case; an input problem becomes the result's error message, not an exception."""
     result = CaseResult(case.subject, case.input_names)
@@ -151,7 +151,7 @@ def run_cases(cases: list[Case], predict: Predictor, output_dir: Path, settings:
             loaded = upcoming
             upcoming = reader.submit(_load_timed, cases[number]) if number < len(cases) else None
             log.info("case %d/%d: %s", number, len(cases), case.subject)
-            results.append(run_case(case, loaded, predict, output_dir, settings))
+            results.append(_run_case(case, loaded, predict, output_dir, settings))
             if reports:
                 write_reports(results, output_dir)
     failed = sum(bool(r.error_messages) for r in results)
