@@ -108,3 +108,17 @@ def test_a_model_at_opt_ml_model_wins_over_the_baked_in_one(tmp_path, random_mod
     assert choose_model_dir(baked_in, mounted) == mounted / "MixMicrobleedNet"
     shutil.copytree(random_model, mounted, dirs_exist_ok=True)  # a tarball of the folder's contents
     assert choose_model_dir(baked_in, mounted) == mounted
+
+
+def test_an_unreadable_input_folder_is_not_taken_for_a_job(tmp_path, monkeypatch):
+    """Without the right to look into /input, `inputs.json`'s stat fails with EACCES (root never
+    sees that, so it is simulated): the seed layout's discovery then reports the folder clearly."""
+    from pathlib import Path
+
+    from mixmicrobleednet.cases import uses_platform_interface
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_file", denied)
+    assert uses_platform_interface(tmp_path) is False

@@ -36,7 +36,10 @@ class Case:
 
 
 def uses_platform_interface(input_dir: Path) -> bool:
-    return (input_dir / layout.PLATFORM_INPUTS_JSON).is_file()
+    try:
+        return (Path(input_dir) / layout.PLATFORM_INPUTS_JSON).is_file()
+    except OSError:  # an unreadable input folder: discovery reports it, in either layout
+        return False
 
 
 def discover_cases(input_dir: Path) -> list[Case]:
