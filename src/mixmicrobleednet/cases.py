@@ -79,13 +79,14 @@ def platform_case(input_dir: Path) -> Case:
                                f"(a list of socket values with interface.slug): {exc}") from None
     problems, paths = [], {}
     for channel, slug in layout.INPUT_SOCKETS.items():
-        folder = input_dir / (given.get(slug) or layout.platform_image_dir(slug))
+        relative = given.get(slug) or layout.platform_image_dir(slug)
+        folder = input_dir / relative
         if slug not in given:
             problems.append(f"inputs.json names no socket {slug!r} (the {channel} image)")
         images = sorted(p for p in folder.glob("*") if p.name.lower().endswith(layout.PLATFORM_IMAGE_SUFFIXES)) \
             if folder.is_dir() else []
         if slug in given and len(images) != 1:
-            problems.append(f"{folder.relative_to(input_dir)}/: {len(images)} .mha/.tif files for socket {slug!r}, "
+            problems.append(f"{relative.rstrip('/')}/: {len(images)} .mha/.tif files for socket {slug!r}, "
                             f"expected exactly 1")
         paths[channel] = images[0] if len(images) == 1 else folder / f"<{slug}>"
     subject = paths[layout.REFERENCE_CHANNEL].name.split(".")[0]
