@@ -89,11 +89,10 @@ def write_qc_picture(path: Path, subject: str, t2s: sitk.Image, lesions: Lesions
             lps = (-row.centroid_x_ras_mm, -row.centroid_y_ras_mm, row.centroid_z_ras_mm)
             i, j, k = (int(round(c)) for c in display.TransformPhysicalPointToContinuousIndex(lps))
             k = min(max(k, 0), image.shape[0] - 1)
-            rows = slice(max(j - half_y, 0), j + half_y + 1)
-            columns = slice(max(i - half_x, 0), i + half_x + 1)
+            crop = (k, slice(max(j - half_y, 0), j + half_y + 1), slice(max(i - half_x, 0), i + half_x + 1))
             title = (f"#{row.lesion_id}  {row.volume_mm3:.1f} mm³  Ø{row.equivalent_diameter_mm:.1f} mm  "
                      f"z={row.centroid_z_ras_mm:.0f} mm")
-            panels.append((image[k, rows, columns], mask[k, rows, columns], title))
+            panels.append((image[crop], mask[crop], title))
     else:
         caption = f"sub-{subject}: no microbleeds detected  (p > {settings.threshold:g}, min size {settings.min_size_mm3:g} mm³)"
         occupied = np.flatnonzero(image.reshape(image.shape[0], -1).max(1) > 0)
@@ -102,9 +101,9 @@ def write_qc_picture(path: Path, subject: str, t2s: sitk.Image, lesions: Lesions
         panels = [(image[k], None, f"z={display.TransformIndexToPhysicalPoint((0, 0, int(k)))[2]:.0f} mm")
                   for k in slices]
 
-    columns = min(QC_COLUMNS, len(panels))
-    rows = math.ceil(len(panels) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows + 0.5), squeeze=False,
+    n_columns = min(QC_COLUMNS, len(panels))
+    n_rows = math.ceil(len(panels) / n_columns)
+    figure, axes = plt.subplots(n_rows, n_columns, figsize=(3 * n_columns, 3 * n_rows + 0.5), squeeze=False,
                                 facecolor="black")
     for axis in axes.flat:
         axis.set_axis_off()
