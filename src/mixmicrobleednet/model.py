@@ -117,8 +117,6 @@ class Model:
             import torch
 
             self.predictor.network = torch.nn.Sequential(self.predictor.network, torch.nn.Softmax(dim=1))
-        #: Seconds of each step of the last predict_probabilities call (preprocess, network, resample).
-        self.last_stage_seconds: dict[str, float] = {}
         log.info("model loaded once from %s (sha256 %s…, mirroring %s, %.1f s)", model_dir, self.checksum[:12],
                  "on" if settings.use_mirroring else "off", time.perf_counter() - started)
 
@@ -151,7 +149,6 @@ class Model:
             _sigmoid_in_place(probability)
         del output
         seconds["resample"] = time.perf_counter() - started
-        self.last_stage_seconds = seconds
         log.info("preprocess %.1f s, network %.1f s, resample to the input grid %.1f s", *seconds.values())
         return probability
 
