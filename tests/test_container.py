@@ -46,10 +46,17 @@ def cohorts(tmp_path_factory):
     return folder
 
 
-def run_container(image, input_dir: Path, output_dir: Path) -> subprocess.CompletedProcess:
+def run_container(image, input_dir: Path, output_dir: Path, *mounts: str) -> subprocess.CompletedProcess:
     output_dir.mkdir(mode=0o777)
     output_dir.chmod(0o777)
-    return docker("run", *LOCKED, "-v", f"{input_dir}:/input:ro", "-v", f"{output_dir}:/output", image, "--fast")
+    return docker("run", *LOCKED, "-v", f"{input_dir}:/input:ro", "-v", f"{output_dir}:/output", *mounts, image, "--fast")
+
+
+def readable_by_the_image_user(folder: Path) -> Path:
+    """pytest makes 0700 folders; the image's non-root user owns none of them."""
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return folder
 
 
 def assert_masks_on_t2s_grids(input_dir: Path, output_dir: Path, subjects):
@@ -109,19 +116,10 @@ def test_three_cohorts_then_broken_cases_container_and_cli_agree(image, cohorts,
 
 def test_imported_v1_model_at_opt_ml_model_gives_v1s_mask(image, v1_run, imported_v1, tmp_path):
     """A model folder from import-v1, mounted where Grand-Challenge extracts a model tarball."""
-    job = tmp_path / "job"
-    write_platform_job(v1_run / "seed", "v1case", job)
-    for folder in [job, *job.rglob("*")]:
-        folder.chmod(0o755 if folder.is_dir() else 0o644)
-    imported = tmp_path / "model"
-    shutil.copytree(imported_v1, imported)
-    for folder in [imported, *imported.rglob("*")]:
-        folder.chmod(0o755 if folder.is_dir() else 0o644)
+    job = readable_by_the_image_user(write_platform_job(v1_run / "seed", "v1case", tmp_path / "job"))
+    imported = readable_by_the_image_user(Path(shutil.copytree(imported_v1, tmp_path / "model")))
     output = tmp_path / "out"
-    output.mkdir(mode=0o777)
-    output.chmod(0o777)
-    run = docker("run", *LOCKED, "-v", f"{job}:/input:ro", "-v", f"{output}:/output", "-v", f"{imported}:/opt/ml/model:ro",
-                 image, "--fast")
+    run = run_container(image, job, output, "-v", f"{imported}:/opt/ml/model:ro")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "provided at /opt/ml/model, used instead of the baked-in" in run.stderr
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(output / layout.platform_output_paths()["mask"])))
@@ -134,9 +132,7 @@ def test_platform_job_with_a_missing_socket_file_is_a_clear_error(image, tmp_pat
     write_case(seed, "gc1", shape=(12, 30, 28), seed=2)
     job = write_platform_job(seed, "gc1", tmp_path / "job")
     next((job / "images" / "t2-brain-mri").glob("*.mha")).unlink()
-    for folder in [job, *job.rglob("*")]:
-        folder.chmod(0o755 if folder.is_dir() else 0o644)
-    run = run_container(image, job, tmp_path / "out")
+    run = run_container(image, readable_by_the_image_user(job), tmp_path / "out")
     assert run.returncode == 1
     assert "images/t2-brain-mri/: 0 .mha/.tif files for socket 't2-brain-mri', expected exactly 1" in run.stderr
     assert not (tmp_path / "out" / layout.platform_output_paths()["mask"]).exists()
