@@ -108,7 +108,9 @@ def test_broken_cases_get_errors_and_the_others_finish(cohort, tmp_path, random_
 def test_cli_exit_codes(tmp_path, random_model, cohort):
     args = ["predict", "-i", str(cohort), "-o", str(tmp_path / "o"), "--device", "cpu", "--fast"]
     assert main(args + ["--model", str(random_model)]) == 0
-    assert main(args + ["--model", str(tmp_path / "nowhere")]) == 2
+    nowhere = ["predict", "-i", str(cohort), "-o", str(tmp_path / "o2"), "--model", str(tmp_path / "nowhere")]
+    assert main(nowhere) == 2
+    assert not list((tmp_path / "o2").rglob("*.nii.gz"))  # a model that cannot load: no case written
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["predict", "-i", str(empty), "-o", str(tmp_path / "e"), "--model", str(random_model)]) == 1
@@ -196,6 +198,30 @@ def test_the_next_case_is_read_while_the_current_one_is_predicted(tmp_path, rand
         pipeline.load_case = original
     assert seen == [("c0", (3, 6, 20, 22)), ("c1", (3, 7, 20, 22)), ("c2", (3, 8, 20, 22))]
     assert all(name.startswith("reader") for name in readers)
+
+
+def test_the_first_case_is_read_while_the_model_loads(cohort, tmp_path, random_model, monkeypatch):
+    """The model (PyTorch and nnU-Net imports, weights) loads while the first case is read: a model
+    that waits for that read would wait in vain if the two ran one after the other."""
+    import threading
+
+    import mixmicrobleednet.pipeline as pipeline
+
+    reading = threading.Event()
+    original_load, original_model = pipeline.load_case, pipeline.Model
+
+    def load_case(case):
+        reading.set()
+        return original_load(case)
+
+    def model_waiting_for_the_first_read(*args):
+        assert reading.wait(timeout=20), "the first case was not read while the model loaded"
+        return original_model(*args)
+
+    monkeypatch.setattr(pipeline, "load_case", load_case)
+    monkeypatch.setattr(pipeline, "Model", model_waiting_for_the_first_read)
+    results = predict_folder(cohort, tmp_path / "out", random_model, device="cpu", prediction=FAST)
+    assert [r.error_messages for r in results] == [[], [], []]
 
 
 def test_log_names_each_stage_with_its_time_as_the_benchmark_reads_it(cohort, tmp_path, random_model):

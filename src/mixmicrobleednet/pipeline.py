@@ -21,7 +21,7 @@ from . import DEFAULT_MODEL_DIR, layout
 from .cases import Case, CaseError, discover_cases, uses_platform_interface
 from .imaging import ChannelStack, image_like, load_case, write_image_atomic
 from .lesions import Lesions, LesionSettings, extract_lesions
-from .model import Model, PredictionSettings
+from .model import Model, ModelError, PredictionSettings
 from .report import write_json_value, write_lesion_table, write_qc_picture, write_results_json, write_summary_csv
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ def _run_case(case: Case, loaded: Future, predict: Predictor, output_dir: Path,
         result.microbleed_count, result.total_volume_mm3 = lesions.count, lesions.total_volume_mm3
     except CaseError as exc:
         result.error_messages.append(str(exc))
+    except ModelError:
+        raise  # no case can be predicted: not this case's error
     except Exception as exc:  # one case's unexpected failure must not stop the cohort
         log.exception("%s: unexpected error", case.subject)
         result.error_messages.append(f"{type(exc).__name__}: {exc}")
@@ -170,5 +172,9 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path = DEFAULT_
         write_reports([], Path(output_dir))
         return []
     log.info("%d case(s) in %s (%s layout)", len(cases), input_dir, "seed" if reports else "Grand-Challenge")
-    model = Model(model_dir, device, prediction)
-    return run_cases(cases, model_predictor(model), Path(output_dir), settings, reports)
+    # PyTorch and nnU-Net import and the weights load in the background while the first case is
+    # read; a model that cannot be loaded stops the run (ModelError) before any mask is written.
+    with ThreadPoolExecutor(1, thread_name_prefix="model") as opener:
+        model = opener.submit(Model, model_dir, device, prediction)
+        return run_cases(cases, lambda stack: model_predictor(model.result())(stack), Path(output_dir), settings,
+                         reports)
