@@ -6,7 +6,7 @@ Reads /input in either layout: the seed's (sub-*_space-*_desc-masked_{T1,T2,T2S}
 input socket under /input/images/<slug>/), written to its output sockets: the mask as
 /output/images/<slug>/output.mha and the count and total volume as JSON values (slugs:
 mixmicrobleednet/sockets.toml). A model folder at /opt/ml/model wins over the baked-in weights.
-The model is opened once at start-up; the exit code is non-zero when any case
+The model is opened once, while the first case is read; the exit code is non-zero when any case
 failed or none was found. Options after the image name are those of `mixmicrobleednet predict`
 (--device, --fast, --threshold, --min-size-mm3, --save-probabilities, --no-qc).
 """
@@ -20,12 +20,12 @@ import numpy as np
 from evalutils import SegmentationAlgorithm
 from pandas import DataFrame
 
-from mixmicrobleednet import DEFAULT_MODEL_DIR, Model, PredictionSettings, layout
+from mixmicrobleednet import DEFAULT_MODEL_DIR, PredictionSettings, layout
 from mixmicrobleednet.cases import InputFolderError, discover_cases, uses_platform_interface
 from mixmicrobleednet.cli import add_prediction_options, settings_from_args
 from mixmicrobleednet.imaging import ChannelStack
 from mixmicrobleednet.model import ModelError, choose_model_dir
-from mixmicrobleednet.pipeline import OutputSettings, model_predictor, run_cases, write_reports
+from mixmicrobleednet.pipeline import OutputSettings, loading_model_predictor, run_cases, write_reports
 
 INPUT_DIR = Path("/input")
 OUTPUT_DIR = Path("/output")
@@ -40,7 +40,7 @@ class MixMicrobleedNet(SegmentationAlgorithm):
         self.output_dir = output_dir
         self.platform = uses_platform_interface(input_dir)
         self.settings = settings
-        self.predict_probabilities = model_predictor(Model(model_dir, device, prediction))
+        self.predict_probabilities = loading_model_predictor(model_dir, device, prediction)
 
     def load(self):
         # Our discovery instead of evalutils' loaders: an unreadable T1 still makes a case, which
@@ -69,15 +69,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     prediction, settings = settings_from_args(args)
-    try:
-        algorithm = MixMicrobleedNet(model_dir=choose_model_dir(DEFAULT_MODEL_DIR), device=args.device,
-                                     prediction=prediction, settings=settings)
-    except ModelError as exc:
-        logging.error("%s", exc)
-        return 2
+    algorithm = MixMicrobleedNet(model_dir=choose_model_dir(DEFAULT_MODEL_DIR), device=args.device,
+                                 prediction=prediction, settings=settings)
     try:
         algorithm.process()
-    except InputFolderError as exc:
+    except (InputFolderError, ModelError) as exc:
         logging.error("%s", exc)
         return 2
     if not algorithm.results:

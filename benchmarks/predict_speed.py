@@ -5,7 +5,8 @@
 
 Makes three phantoms once (0.8x0.49x0.49 mm on a 192x512x512 grid, 3.5x0.45x0.45 mm, 3x1x1 mm),
 then in one run times, each in a fresh process so that start-up counts as a user sees it:
-  (a) ours: `mixmicrobleednet predict` as the CLI runs it: one Model for the cohort, read-ahead;
+  (a) ours: `mixmicrobleednet predict` as the CLI runs it: one Model for the cohort, loaded while
+      the first case is read; each next case read while the network runs;
   (b) nnUNetv2_predict on the same channels, already aligned on the T2* grid and written in
       nnU-Net's raw layout (not timed) — for a model folder its command is
       nnUNetv2_predict_from_modelfolder, the same predictor code;
@@ -106,6 +107,7 @@ def main() -> int:
     stages = _stages_from_log((args.work / "ours.log").read_text())
     print(f"device {args.device}, mirroring {'on' if args.mirroring else 'off'}, model {args.model}, "
           f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}, {os.cpu_count()} CPUs")
+    print("read: in a thread, while the model loads (first case) or the network runs (the others)")
     print(f"{'case':10} {'grid (x,y,z)':>16} {'read':>6} {'preproc':>8} {'network':>8} {'resample':>9} "
           f"{'lesions':>8} {'write':>6}  masks")
     identical = True

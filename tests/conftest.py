@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from mixmicrobleednet import layout
-from mixmicrobleednet.train import CONFIGS, DATASET_NAME, FILE_ENDING, LABELS, build_network, make_plans
+from mixmicrobleednet.train import write_random_model
 
 
 def make_image(array: np.ndarray, spacing_xyz=(0.8, 0.8, 1.2), origin=(-10.0, 5.0, 2.0), direction=None) -> sitk.Image:
@@ -47,22 +47,7 @@ def write_case(folder: Path, subject: str, shape=(20, 40, 36), spacing_xyz=(0.8,
 @pytest.fixture(scope="session")
 def random_model(tmp_path_factory) -> Path:
     """An nnU-Net v2 model folder (compact plans) with random weights: for plumbing, not accuracy."""
-    import torch
-
-    folder = tmp_path_factory.mktemp("random_model")
-    config = CONFIGS["compact"]
-    plans = make_plans(config, list(config.spacing), [20, 40, 36])
-    dataset = {"channel_names": {str(i): c for i, c in enumerate(layout.CHANNELS)}, "labels": LABELS,
-               "numTraining": 0, "file_ending": FILE_ENDING, "name": DATASET_NAME}
-    (folder / "plans.json").write_text(json.dumps(plans))
-    (folder / "dataset.json").write_text(json.dumps(dataset))
-    torch.manual_seed(0)
-    network = build_network(plans, config.configuration)
-    (folder / "fold_all").mkdir()
-    torch.save({"network_weights": network.state_dict(), "init_args": {"configuration": config.configuration},
-                "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)},
-               folder / "fold_all" / "checkpoint_final.pth")
-    return folder
+    return write_random_model(tmp_path_factory.mktemp("random_model"))
 
 
 def write_platform_job(seed_dir: Path, subject: str, job_dir: Path) -> Path:

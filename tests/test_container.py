@@ -80,6 +80,18 @@ def test_unreadable_input_folder_is_a_clear_error(image, tmp_path):
     assert "cannot read the input folder /input: Permission denied" in result.stderr
 
 
+def test_a_model_that_cannot_load_is_a_clear_error_and_no_case_is_written(image, cohorts, tmp_path):
+    broken = tmp_path / "model"
+    (broken / "fold_all").mkdir(parents=True)
+    for name in ("plans.json", "dataset.json", "fold_all/checkpoint_final.pth"):
+        (broken / name).write_text("not a model")
+    readable_by_the_image_user(broken)
+    result = run_container(image, cohorts, tmp_path / "out", "-v", f"{broken}:/opt/ml/model:ro")
+    assert result.returncode == 2
+    assert "cannot load the model in /opt/ml/model" in result.stderr
+    assert not list((tmp_path / "out").rglob("*.nii.gz"))
+
+
 def test_three_cohorts_then_broken_cases_container_and_cli_agree(image, cohorts, tmp_path):
     subjects = ["s4c000", "s4c001", "s4c002"]
     clean = run_container(image, cohorts, tmp_path / "clean")

@@ -69,6 +69,17 @@ def model_predictor(model: Model) -> Predictor:
     return lambda stack: model.predict_probabilities(stack.array, stack.spacing_zyx)
 
 
+def loading_model_predictor(model_dir: Path, device: str, prediction: PredictionSettings) -> Predictor:
+    """A predictor whose model (PyTorch and nnU-Net imports, weights: seconds) loads in a
+    background thread from now on, so that the first case is read meanwhile. Its first call waits
+    for the model; a model that cannot be loaded raises ModelError there, which stops the run
+    before any mask is written."""
+    loader = ThreadPoolExecutor(1, thread_name_prefix="model")
+    model = loader.submit(Model, model_dir, device, prediction)
+    loader.shutdown(wait=False)
+    return lambda stack: model_predictor(model.result())(stack)
+
+
 @contextmanager
 def _stage(result: CaseResult, name: str) -> Iterator[None]:
     started = time.perf_counter()
@@ -172,9 +183,4 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path = DEFAULT_
         write_reports([], Path(output_dir))
         return []
     log.info("%d case(s) in %s (%s layout)", len(cases), input_dir, "seed" if reports else "Grand-Challenge")
-    # PyTorch and nnU-Net import and the weights load in the background while the first case is
-    # read; a model that cannot be loaded stops the run (ModelError) before any mask is written.
-    with ThreadPoolExecutor(1, thread_name_prefix="model") as opener:
-        model = opener.submit(Model, model_dir, device, prediction)
-        return run_cases(cases, lambda stack: model_predictor(model.result())(stack), Path(output_dir), settings,
-                         reports)
+    return run_cases(cases, loading_model_predictor(model_dir, device, prediction), Path(output_dir), settings, reports)

@@ -281,6 +281,26 @@ def export_model(results_dir: Path, out_dir: Path) -> None:
             shutil.copy(results_dir / "fold_all" / extra, out_dir / "fold_all" / extra)
 
 
+def write_random_model(out_dir: Path, config_name: str = "compact", seed: int = 0) -> Path:
+    """A model folder with a configuration's architecture and random weights: for plumbing tests
+    and speed measurements (the network's cost does not depend on its weights), not for masks."""
+    import torch
+
+    config = CONFIGS[config_name]
+    plans = make_plans(config, list(config.spacing), [20, 40, 36])
+    dataset = {"channel_names": {str(i): c for i, c in enumerate(layout.CHANNELS)}, "labels": LABELS,
+               "numTraining": 0, "file_ending": FILE_ENDING, "name": DATASET_NAME}
+    (out_dir / "fold_all").mkdir(parents=True, exist_ok=True)
+    (out_dir / "plans.json").write_text(json.dumps(plans))
+    (out_dir / "dataset.json").write_text(json.dumps(dataset))
+    torch.manual_seed(seed)
+    network = build_network(plans, config.configuration)
+    torch.save({"network_weights": network.state_dict(), "init_args": {"configuration": config.configuration},
+                "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)},
+               out_dir / "fold_all" / "checkpoint_final.pth")
+    return out_dir
+
+
 def _write_training_record(out_dir: Path, config: TrainingConfig, trainer, data_dir: Path, hours: float, device) -> None:
     import platform
 
