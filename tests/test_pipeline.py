@@ -126,6 +126,31 @@ def test_device_selection(monkeypatch):
         resolve_device("cuda")
 
 
+def test_cpu_threads_follow_the_containers_cpu_quota(tmp_path, monkeypatch):
+    import os
+
+    import torch
+
+    import mixmicrobleednet.model as model
+
+    cores = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"  # cgroup v2: "<quota> <period>" in microseconds, or "max <period>"
+    cpu_max.write_text("50000 100000\n")
+    assert model.usable_cpus(cpu_max) == 1
+    cpu_max.write_text("250000 100000\n")
+    assert model.usable_cpus(cpu_max) == min(3, cores)
+    cpu_max.write_text("max 100000\n")
+    assert model.usable_cpus(cpu_max) == cores
+    assert model.usable_cpus(tmp_path / "no-cgroup") == cores
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(model, "usable_cpus", lambda: 1)
+    try:
+        assert resolve_device("cpu").type == "cpu"
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_unreadable_input_folder(tmp_path, random_model):
     assert main(["predict", "-i", str(tmp_path / "missing"), "-o", str(tmp_path / "o"), "--model", str(random_model)]) == 2
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -24,6 +26,19 @@ class ModelError(Exception):
     """The model folder or the device cannot be used: nothing can be predicted."""
 
 
+def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may use: its affinity (docker run --cpuset-cpus), capped by a cgroup
+    v2 CPU quota (docker run --cpus, rounded up)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota to read
+    return cpus
+
+
 def resolve_device(requested: str):
     """`auto` → CUDA when present, else CPU; `cuda` without a GPU is an error, not a fallback."""
     import torch
@@ -36,6 +51,10 @@ def resolve_device(requested: str):
                          "(CPU build of torch, no driver, or the container was started without --gpus)")
     if requested == "cpu" or not has_cuda:
         reason = "asked for" if requested == "cpu" else "no CUDA GPU visible"
+        # PyTorch starts a thread per core of the host; under a CPU quota (docker run --cpus)
+        # the surplus threads only wait for each other.
+        if usable_cpus() < torch.get_num_threads():
+            torch.set_num_threads(usable_cpus())
         log.info("device: cpu (%s; %d torch threads)", reason, torch.get_num_threads())
         return torch.device("cpu")
     log.info("device: cuda (%s, %s)", torch.cuda.get_device_name(0),
@@ -229,7 +248,7 @@ def _resampling(configuration, kind: str):
     kwargs = dict(configuration.configuration.get(f"resampling_fn_{kind}_kwargs", {}))
     if (configuration.configuration.get(f"resampling_fn_{kind}") == "resample_data_or_seg_to_shape"
             and not kwargs.pop("is_seg", False)):
-        return partial(resample_to_shape, **kwargs)
+        return partial(resample_to_shape, **kwargs, workers=usable_cpus())
     return getattr(configuration, f"resampling_fn_{kind}")
 
 

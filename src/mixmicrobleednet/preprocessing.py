@@ -47,7 +47,7 @@ def crop_to_nonzero(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list
 
 def resample_to_shape(data: np.ndarray, new_shape, current_spacing, new_spacing, order: int = 3,
                       order_z: int = 0, force_separate_z: bool | None = False,
-                      separate_z_anisotropy_threshold: float | None = None) -> np.ndarray:
+                      separate_z_anisotropy_threshold: float | None = None, workers: int | None = None) -> np.ndarray:
     """nnU-Net's resample_data_or_seg_to_shape (is_seg=False) for a (channel, z, y, x) array,
     float32 out.
 
@@ -56,7 +56,7 @@ def resample_to_shape(data: np.ndarray, new_shape, current_spacing, new_spacing,
     other scans at once (clipped to the volume's range). Here the axes across the split axis (the
     low-resolution one, else z) are resampled on slabs along it, then the split axis on slabs
     along another: each line is resampled on its own, so slabs give the same numbers and keep
-    every core busy (scipy and numpy release the GIL)."""
+    `workers` threads busy (scipy and numpy release the GIL; default: every core)."""
     from nnunetv2.configuration import ANISO_THRESHOLD
     from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
 
@@ -67,7 +67,7 @@ def resample_to_shape(data: np.ndarray, new_shape, current_spacing, new_spacing,
         force_separate_z, current_spacing, new_spacing, separate_z_anisotropy_threshold or ANISO_THRESHOLD)
     split = lowres_axis if separate_z else 0
     across = [axis for axis in range(3) if axis != split]
-    workers = len(os.sched_getaffinity(0))
+    workers = workers or len(os.sched_getaffinity(0))
 
     def in_plane(slab: np.ndarray) -> np.ndarray:
         values = slab.astype(np.float64)
