@@ -53,8 +53,9 @@ def resolve_device(requested: str):
         reason = "asked for" if requested == "cpu" else "no CUDA GPU visible"
         # PyTorch starts a thread per core of the host; under a CPU quota (docker run --cpus)
         # the surplus threads only wait for each other.
-        if usable_cpus() < torch.get_num_threads():
-            torch.set_num_threads(usable_cpus())
+        cpus = usable_cpus()
+        if cpus < torch.get_num_threads():
+            torch.set_num_threads(cpus)
         log.info("device: cpu (%s; %d torch threads)", reason, torch.get_num_threads())
         return torch.device("cpu")
     log.info("device: cuda (%s, %s)", torch.cuda.get_device_name(0),
