@@ -49,7 +49,8 @@ def main() -> int:
         channels = channels[(slice(None), *(slice((n - c) // 2, (n - c) // 2 + c)
                                             for n, c in zip(channels.shape[1:], args.crop)))]
     cuda = args.device == "cuda"
-    print(f"device {torch.cuda.get_device_name(0) if cuda else 'cpu'}, case {subjects[0]} "
+    device = torch.cuda.get_device_name(0) if cuda else "CPU"
+    print(f"device {device}, case {subjects[0]} "
           f"{'x'.join(map(str, channels.shape[1:]))} voxels (z, y, x), spacing {stack.spacing_zyx} mm, "
           f"paper network with random weights")
     print("| device | mirroring | first case s | each further case s | peak GPU memory GiB (allocated / reserved) |")
@@ -67,7 +68,6 @@ def main() -> int:
             seconds.append(time.perf_counter() - started)
         memory = (f"{torch.cuda.max_memory_allocated() / 2 ** 30:.1f} / {torch.cuda.max_memory_reserved() / 2 ** 30:.1f}"
                   if cuda else f"(CPU: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.1f})")
-        device = torch.cuda.get_device_name(0) if cuda else "CPU"
         print(f"| {device} | {'on' if mirroring else 'off'} | {seconds[0]:.1f} | {seconds[1]:.1f} | {memory} |")
         del model
         if cuda:
