@@ -45,6 +45,7 @@ USER algorithm
 WORKDIR /opt/mixmicrobleednet
 ENTRYPOINT ["python", "-m", "process"]
 
+# gpu.memory: the paper's network peaked at 2.6 GiB reserved on a 192x512x512 case (README, H100).
 LABEL org.opencontainers.image.title="MixMicrobleedNet" \
       org.opencontainers.image.description="Cerebral microbleed segmentation (T1, T2, T2*) with nnU-Net v2" \
       org.opencontainers.image.licenses="MIT" \

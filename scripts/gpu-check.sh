@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Run on a lent GPU machine, from the repository root, with .gpu/ carried (scripts/gpu-bundle.sh):
+#   device run: bash scripts/gpu-check.sh     (carry: [".gpu"]; about 5 minutes on an H100)
+# Unpacks the bundle beside the machine's own CUDA PyTorch and runs benchmarks/gpu_check.py; the
+# log comes back as $OUT/gpu-check.log.
+set -euo pipefail
+site=$(mktemp -d)
+xz -dc .gpu/site-packages.tar.xz | tar -C "$site" -xf -
+export PYTHONPATH="$PWD/src:$site" MPLCONFIGDIR=/tmp/matplotlib
+out=${OUT:-/tmp}
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  python3 benchmarks/gpu_check.py --case /tmp/gpu-check "$@"; } 2>&1 | tee "$out/gpu-check.log"
