@@ -81,13 +81,13 @@ def main() -> int:
     import torch
 
     from mixmicrobleednet import DEFAULT_MODEL_DIR
-    from mixmicrobleednet.cases import discover_cases
+    from mixmicrobleednet.cases import seed_cases
     from mixmicrobleednet.imaging import load_case
     from mixmicrobleednet.model import Model, PredictionSettings
     from mixmicrobleednet.train import write_random_model
 
     input_dir = big_phantom(args.case)
-    stack = load_case(discover_cases(input_dir)[0])
+    stack = load_case(seed_cases(input_dir)[0])
     channels = stack.array
     if args.crop:
         box = tuple(slice((n - c) // 2, (n - c) // 2 + c) for n, c in zip(channels.shape[1:], args.crop))

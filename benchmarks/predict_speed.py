@@ -46,24 +46,25 @@ def _fit_to_grid(image: sitk.Image, size_xyz: tuple[int, int, int]) -> sitk.Imag
 def prepare(work: Path) -> tuple[Path, Path, list[str]]:
     """Phantoms in the seed layout and the same aligned channels in nnU-Net's raw layout."""
     from mixmicrobleednet import layout
-    from mixmicrobleednet.cases import discover_cases
+    from mixmicrobleednet.cases import seed_cases
     from mixmicrobleednet.imaging import image_like, load_case
     from mixmicrobleednet.phantoms import generate
 
     seed_dir, raw_dir = work / "input", work / "nnunet-raw"
-    done = work / "prepared"
+    done = work / "prepared-cases"  # the case stems, one a line
     if not done.is_file():
         cases = generate(seed_dir, 3, SEED, ["highres3d", "thickslice", "lowres"])
         big = cases[0]["subject"]
-        for path in [seed_dir / layout.input_name(big, c) for c in layout.CHANNELS] + [seed_dir / layout.label_name(big)]:
+        stem = layout.case_stem(big)
+        for path in [seed_dir / layout.input_name(stem, c) for c in layout.CHANNELS] + [seed_dir / layout.label_name(stem)]:
             sitk.WriteImage(_fit_to_grid(sitk.ReadImage(str(path)), BIG_GRID_XYZ), str(path), True)
         raw_dir.mkdir(parents=True, exist_ok=True)
-        for case in discover_cases(seed_dir):
+        for case in seed_cases(seed_dir):
             stack = load_case(case)  # T1/T2 on the T2* grid exactly as ours aligns them
             for index in range(len(layout.CHANNELS)):
                 sitk.WriteImage(image_like(stack.array[index], stack.reference),
-                                str(raw_dir / f"{case.subject}_{index:04d}.nii.gz"), True)
-        done.write_text("\n".join(c["subject"] for c in cases))
+                                str(raw_dir / f"{case.case_id}_{index:04d}.nii.gz"), True)
+        done.write_text("\n".join(layout.case_stem(c["subject"]) for c in cases))
     return seed_dir, raw_dir, done.read_text().split()
 
 
@@ -108,16 +109,16 @@ def main() -> int:
     print(f"device {args.device}, mirroring {'on' if args.mirroring else 'off'}, model {args.model}, "
           f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}, {os.cpu_count()} CPUs")
     print("read: in a thread, while the model loads (first case) or the network runs (the others)")
-    print(f"{'case':10} {'grid (x,y,z)':>16} {'read':>6} {'preproc':>8} {'network':>8} {'resample':>9} "
+    print(f"{'case':20} {'grid (x,y,z)':>16} {'read':>6} {'preproc':>8} {'network':>8} {'resample':>9} "
           f"{'lesions':>8} {'write':>6}  masks")
     identical = True
     for subject in subjects:
         ours_mask = sitk.ReadImage(str(layout.prediction_path(ours_out, subject)))
-        theirs_mask = sitk.ReadImage(str(theirs_out / f"{subject}.nii.gz"))
+        theirs_mask = sitk.ReadImage(str(theirs_out / f"{subject}{layout.NIFTI}"))
         same = np.array_equal(sitk.GetArrayViewFromImage(ours_mask), sitk.GetArrayViewFromImage(theirs_mask))
         identical &= same
         s = stages[subject]
-        print(f"{subject:10} {'x'.join(map(str, ours_mask.GetSize())):>16} {s['read']:6.1f} {s['preprocess']:8.1f} "
+        print(f"{subject:20} {'x'.join(map(str, ours_mask.GetSize())):>16} {s['read']:6.1f} {s['preprocess']:8.1f} "
               f"{s['network']:8.1f} {s['resample']:9.1f} {s['lesions']:8.1f} {s['write']:6.1f}  "
               f"{'identical' if same else 'DIFFERENT'}")
     network = sum(s["network"] for s in stages.values())

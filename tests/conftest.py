@@ -1,4 +1,10 @@
-"""Shared test data: small synthetic volumes and a random-weight model with the compact plans."""
+"""The tests' one module of shared helpers: small synthetic volumes and cases, a random-weight model
+with the compact plans, a run with the CPU defaults, and the nnU-Net v1 reference run.
+
+Tiers (pytest markers, README "Tests"): unmarked tests are fast unit tests; `model` runs a
+random-weight model on the CPU; `shipped` the shipped weights; `v1` needs nnU-Net v1 (.venv-nnunetv1);
+`docker` a Docker engine and the image.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,25 @@ import pytest
 import SimpleITK as sitk
 
 from mixmicrobleednet import layout
+from mixmicrobleednet.layout import case_stem as stem
+from mixmicrobleednet.model import PredictionSettings
 from mixmicrobleednet.train import write_random_model
+
+REPO = Path(__file__).resolve().parents[1]
+#: The 2021 container's nnU-Net v1 plans, carried in tests/data with their licence (MIT).
+REFERENCE_PLANS = REPO / "tests" / "data" / "mixmicrobleednet_v1_plans.pkl"
+FAST = PredictionSettings(use_mirroring=False)
+
+
+#: Fixtures that put a test in a tier (the tests that use them need what the tier names).
+_TIER_OF_FIXTURE = {"random_model": "model", "v1_run": "v1", "imported_v1": "v1"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, tier in _TIER_OF_FIXTURE.items():
+            if fixture in item.fixturenames:
+                item.add_marker(tier)
 
 
 def make_image(array: np.ndarray, spacing_xyz=(0.8, 0.8, 1.2), origin=(-10.0, 5.0, 2.0), direction=None) -> sitk.Image:
@@ -35,11 +59,14 @@ def brain_volume(shape=(20, 40, 36), seed=0) -> np.ndarray:
     return volume.astype(np.float32)
 
 
-def write_case(folder: Path, subject: str, shape=(20, 40, 36), spacing_xyz=(0.8, 0.8, 1.2), seed=0) -> dict[str, Path]:
+def write_case(folder: Path, subject: str, shape=(20, 40, 36), spacing_xyz=(0.8, 0.8, 1.2), seed=0,
+               channels=layout.CHANNELS, session: str | None = None, space: str = "T2S",
+               extension: str = layout.NIFTI) -> dict[str, Path]:
+    """One seed-layout case; returns channel -> path."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for i, channel in enumerate(layout.CHANNELS):
-        paths[channel] = folder / layout.input_name(subject, channel)
+    for i, channel in enumerate(channels):
+        paths[channel] = folder / layout.input_name(stem(subject, session, space), channel, extension)
         sitk.WriteImage(make_image(brain_volume(shape, seed + i), spacing_xyz), str(paths[channel]))
     return paths
 
@@ -48,6 +75,22 @@ def write_case(folder: Path, subject: str, shape=(20, 40, 36), spacing_xyz=(0.8,
 def random_model(tmp_path_factory) -> Path:
     """An nnU-Net v2 model folder (compact plans) with random weights: for plumbing, not accuracy."""
     return write_random_model(tmp_path_factory.mktemp("random_model"))
+
+
+def run_options(model: Path, **options):
+    """RunOptions for the tests: the CPU, no mirroring, plus `options`."""
+    from mixmicrobleednet.runner import RunOptions
+
+    return RunOptions(model_dir=model, device="cpu", **{"prediction": FAST, **options})
+
+
+def predict(input_dir: Path, output_dir: Path, model: Path, **options):
+    """A whole run as the CLI makes it; returns the case results (exit code in .exit_code)."""
+    from mixmicrobleednet.runner import run
+
+    code, results = run(input_dir, output_dir, run_options(model, **options))
+    predict.exit_code = code
+    return results
 
 
 def write_platform_job(seed_dir: Path, subject: str, job_dir: Path) -> Path:
@@ -59,19 +102,17 @@ def write_platform_job(seed_dir: Path, subject: str, job_dir: Path) -> Path:
     for channel, slug in layout.INPUT_SOCKETS.items():
         folder = job_dir / layout.platform_image_dir(slug)
         folder.mkdir(parents=True, exist_ok=True)
-        image = sitk.ReadImage(str(seed_dir / layout.input_name(subject, channel)))
+        image = sitk.ReadImage(str(seed_dir / layout.input_name(stem(subject), channel)))
         for key in image.GetMetaDataKeys():  # NIfTI header fields that MetaImage cannot hold
             image.EraseMetaData(key)
         sitk.WriteImage(image, str(folder / f"{uuid.uuid5(uuid.NAMESPACE_URL, subject + slug)}.mha"), True)
-        entries.append({"file": None, "image": {"name": layout.input_name(subject, channel)}, "value": None,
+        entries.append({"file": None, "image": {"name": layout.input_name(stem(subject), channel)}, "value": None,
                         "interface": {"slug": slug, "relative_path": layout.platform_image_dir(slug),
                                       "kind": "Image", "super_kind": "Image"}})
     (job_dir / layout.PLATFORM_INPUTS_JSON).write_text(json.dumps(entries, indent=4))
     return job_dir
 
 
-REPO = Path(__file__).resolve().parents[1]
-REFERENCE_PLANS = REPO.parent / "shared" / "reference" / "mixmicrobleednet_v1_plans.pkl"
 V1_PYTHON = REPO / ".venv-nnunetv1" / "bin" / "python"
 V1_SPACING_XYZ = (0.48828101, 0.48828101, 0.80000001)  # the plans' 3d_fullres spacing: no resampling
 
@@ -80,8 +121,6 @@ V1_SPACING_XYZ = (0.48828101, 0.48828101, 0.80000001)  # the plans' 3d_fullres s
 def v1_run(tmp_path_factory):
     """A v1 model (reduced width) with random weights, one patch through its network, and v1's
     inference of a brain-masked case on the model's own grid, all made by nnU-Net v1."""
-    if not REFERENCE_PLANS.is_file():
-        pytest.fail(f"reference plans not found at {REFERENCE_PLANS} (shared/ beside the checkout)")
     subprocess.run([str(REPO / "scripts" / "setup-nnunetv1-venv.sh")], check=True)
     work = tmp_path_factory.mktemp("v1")
     seed_dir, raw = work / "seed", []
@@ -90,7 +129,7 @@ def v1_run(tmp_path_factory):
         image = sitk.GetImageFromArray(brain_volume((56, 112, 80), seed=index))  # zero outside the "brain"
         image.SetSpacing(V1_SPACING_XYZ)
         image.SetOrigin((-10.0, 5.0, 2.0))
-        sitk.WriteImage(image, str(seed_dir / layout.input_name("v1case", channel)))
+        sitk.WriteImage(image, str(seed_dir / layout.input_name(stem("v1case"), channel)))
         raw.append(str(work / f"v1case_{index:04d}.nii.gz"))
         sitk.WriteImage(image, raw[-1])
     run = subprocess.run([str(V1_PYTHON), str(REPO / "tests" / "nnunetv1" / "v1_reference.py"), str(REFERENCE_PLANS),

@@ -3,35 +3,69 @@ import pytest
 import SimpleITK as sitk
 
 from mixmicrobleednet import layout
-from mixmicrobleednet.cases import CaseError, discover_cases
+from mixmicrobleednet.layout import case_stem as stem
+from mixmicrobleednet.cases import CaseError, seed_cases, select_cases
 from mixmicrobleednet.imaging import align_to_reference, load_case, read_channel, same_grid, write_image_atomic
 
 from conftest import brain_volume, make_image, write_case
 
 
 def test_input_names_round_trip():
-    name = layout.input_name("101", "T2S")
+    name = layout.input_name(stem("101"), "T2S")
     assert name == "sub-101_space-T2S_desc-masked_T2S.nii.gz"
-    assert layout.parse_input_name(name) == {"subject": "101", "space": "T2S", "channel": "T2S"}
+    assert layout.parse_input_name(name) == {"stem": "sub-101_space-T2S", "subject": "101", "session": None,
+                                             "acquisition": None, "run": None, "space": "T2S", "channel": "T2S",
+                                             "extension": ".nii.gz"}
     assert layout.parse_input_name("sub-101_space-T2S_desc-masked_FLAIR.nii.gz") is None
-    assert layout.parse_prediction_name(layout.prediction_name("101")) == "101"
+    assert layout.parse_prediction_name(layout.prediction_name(stem("101"))) == "sub-101_space-T2S"
+    session = layout.parse_input_name("sub-7_ses-2_acq-swi_run-1_space-T2S_desc-masked_T2S.nii")
+    assert (session["stem"], session["session"], session["acquisition"], session["run"], session["extension"]) == \
+        ("sub-7_ses-2_acq-swi_run-1_space-T2S", "2", "swi", "1", ".nii")
 
 
-def test_every_t1_starts_a_case(tmp_path):
+def test_each_stem_is_a_case_and_a_missing_t2s_is_its_error(tmp_path):
     write_case(tmp_path, "a1")
     write_case(tmp_path, "b2")
-    (tmp_path / layout.input_name("c3", "T2S")).write_bytes(b"")  # no T1: not a case
+    (tmp_path / layout.input_name(stem("c3"), "T1")).write_bytes(b"")  # no T2*: a case that cannot run
     (tmp_path / "notes.txt").write_text("x")
-    cases = discover_cases(tmp_path)
-    assert [c.subject for c in cases] == ["a1", "b2"]
+    cases = seed_cases(tmp_path)
+    assert [c.case_id for c in cases] == [stem("a1"), stem("b2"), stem("c3")]
     assert cases[0].channel_paths["T2"] == tmp_path / "sub-a1_space-T2S_desc-masked_T2.nii.gz"
+    with pytest.raises(CaseError, match="missing T2S channel: expected file sub-c3_space-T2S_desc-masked_T2S.nii.gz"):
+        load_case(cases[2])
+
+
+def test_sessions_spaces_and_uncompressed_nifti_are_cases_of_their_own(tmp_path):
+    write_case(tmp_path, "01", session="1")
+    write_case(tmp_path, "01", session="2", extension=".nii")
+    write_case(tmp_path, "01", space="T1w")
+    write_case(tmp_path, "02")
+    cases = seed_cases(tmp_path)
+    ids = [c.case_id for c in cases]
+    assert ids == ["sub-01_ses-1_space-T2S", "sub-01_ses-2_space-T2S", "sub-01_space-T1w", "sub-02_space-T2S"]
+    outputs = [path for c in cases for path in c.output_paths.values()]
+    assert len(set(outputs)) == len(outputs)  # no two cases share an output
+    assert cases[1].channel_paths["T2S"].name == "sub-01_ses-2_space-T2S_desc-masked_T2S.nii"
+    assert load_case(cases[1]).array.shape[0] == 3
+    assert [c.case_id for c in select_cases(cases, participants=("sub-01",), sessions=("2",))] == [ids[1]]
+    shards = [[c.case_id for c in select_cases(cases, shard=(k, 3))] for k in (1, 2, 3)]
+    assert sorted(sum(shards, [])) == ids and shards[0] == [ids[0], ids[3]]
+
+
+def test_a_channel_given_twice_is_an_error_for_that_case(tmp_path):
+    write_case(tmp_path, "a1")
+    write_case(tmp_path, "a1", extension=".nii", channels=("T1",))
+    (case,) = seed_cases(tmp_path)
+    with pytest.raises(CaseError, match="T1 given twice: sub-a1_space-T2S_desc-masked_T1.nii and "
+                                        "sub-a1_space-T2S_desc-masked_T1.nii.gz"):
+        load_case(case)
 
 
 def test_missing_channel_is_a_case_error(tmp_path):
     paths = write_case(tmp_path, "a1")
     paths["T2"].unlink()
     with pytest.raises(CaseError, match="missing T2 channel.*sub-a1_space-T2S_desc-masked_T2.nii.gz"):
-        load_case(discover_cases(tmp_path)[0])
+        load_case(seed_cases(tmp_path)[0])
 
 
 @pytest.mark.parametrize("make, message", [
@@ -86,7 +120,7 @@ def test_rotated_channel_is_resampled():
 
 def test_load_case_stacks_channels_in_network_order(tmp_path):
     write_case(tmp_path, "a1", shape=(6, 8, 10))
-    stack = load_case(discover_cases(tmp_path)[0])
+    stack = load_case(seed_cases(tmp_path)[0])
     assert stack.array.shape == (3, 6, 8, 10) and stack.array.dtype == np.float32
     assert np.allclose(stack.spacing_zyx, (1.2, 0.8, 0.8))
     assert set(stack.alignment) == set(layout.CHANNELS)

@@ -14,11 +14,12 @@ import pytest
 import SimpleITK as sitk
 
 from mixmicrobleednet import layout
+from mixmicrobleednet.layout import case_stem as stem
 from mixmicrobleednet.phantoms import generate
 
 from conftest import write_case, write_platform_job
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker]
 IMAGE = "mixmicrobleednet:cpu"
 REPO = Path(__file__).resolve().parents[1]
 LOCKED = ["--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp", "--security-opt", "no-new-privileges"]
@@ -61,8 +62,8 @@ def readable_by_the_image_user(folder: Path) -> Path:
 
 def assert_masks_on_t2s_grids(input_dir: Path, output_dir: Path, subjects):
     for subject in subjects:
-        mask = sitk.ReadImage(str(layout.prediction_path(output_dir, subject)))
-        t2s = sitk.ReadImage(str(input_dir / layout.input_name(subject, "T2S")))
+        mask = sitk.ReadImage(str(layout.prediction_path(output_dir, stem(subject))))
+        t2s = sitk.ReadImage(str(input_dir / layout.input_name(stem(subject), "T2S")))
         assert (mask.GetSize(), mask.GetSpacing(), mask.GetOrigin(), mask.GetDirection()) == \
                (t2s.GetSize(), t2s.GetSpacing(), t2s.GetOrigin(), t2s.GetDirection())
         assert mask.GetPixelID() == sitk.sitkUInt8
@@ -102,16 +103,18 @@ def test_three_cohorts_then_broken_cases_container_and_cli_agree(image, cohorts,
     broken = tmp_path / "broken-input"
     shutil.copytree(cohorts, broken)
     broken.chmod(0o755)
-    (broken / layout.input_name("nochannel", "T1")).write_bytes((cohorts / layout.input_name("s4c002", "T1")).read_bytes())
-    (broken / layout.input_name("nochannel", "T2S")).write_bytes((cohorts / layout.input_name("s4c002", "T2S")).read_bytes())
+    (broken / layout.input_name(stem("nochannel"), "T1")).write_bytes((cohorts / layout.input_name(stem("s4c002"), "T1")).read_bytes())
+    (broken / layout.input_name(stem("nochannel"), "T2S")).write_bytes((cohorts / layout.input_name(stem("s4c002"), "T2S")).read_bytes())
     for channel in layout.CHANNELS:
-        (broken / layout.input_name("garbage", channel)).write_text("this is not an image")
+        (broken / layout.input_name(stem("garbage"), channel)).write_text("this is not an image")
     container = run_container(image, broken, tmp_path / "container")
     assert container.returncode == 1
     report = json.loads((tmp_path / "container" / "results.json").read_text())
     errors = {e["inputs"][0]["filename"][0]: e["error_messages"] for e in report}
-    assert errors[layout.input_name("nochannel", "T1")] == ["missing T2 channel: expected file sub-nochannel_space-T2S_desc-masked_T2.nii.gz"]
-    assert "sub-garbage_space-T2S_desc-masked_T1.nii.gz: not a readable image" in errors[layout.input_name("garbage", "T1")][0]
+    assert errors[layout.input_name(stem("nochannel"), "T1")] == [
+        "missing T2 channel: expected file sub-nochannel_space-T2S_desc-masked_T2.nii.gz, needed by model weights "
+        "(channels T1, T2, T2S)"]
+    assert "sub-garbage_space-T2S_desc-masked_T1.nii.gz: not a readable image" in errors[layout.input_name(stem("garbage"), "T1")][0]
     assert "missing T2 channel" in container.stderr and "not a readable image" in container.stderr
     assert_masks_on_t2s_grids(cohorts, tmp_path / "container", subjects)
 
@@ -121,8 +124,8 @@ def test_three_cohorts_then_broken_cases_container_and_cli_agree(image, cohorts,
     assert cli.returncode == 1
     assert json.loads((tmp_path / "cli" / "results.json").read_text()) == report
     for subject in subjects:
-        from_cli = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.prediction_path(tmp_path / "cli", subject))))
-        from_container = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.prediction_path(tmp_path / "clean", subject))))
+        from_cli = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.prediction_path(tmp_path / "cli", stem(subject)))))
+        from_container = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.prediction_path(tmp_path / "clean", stem(subject)))))
         np.testing.assert_array_equal(from_cli, from_container)
 
 

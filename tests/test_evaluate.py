@@ -5,6 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from mixmicrobleednet import layout
+from mixmicrobleednet.layout import case_stem as stem
 from mixmicrobleednet.evaluate import case_measures, evaluate_folders
 
 
@@ -51,8 +52,8 @@ def test_folders_pool_counts_and_split_by_cohort(tmp_path):
                 prediction[1 + 4 * i, 5, 5] = 1
         if n_ref == 0:
             prediction[9, 19, 19] = 1  # one false positive in the case without microbleeds
-        sitk.WriteImage(sitk.GetImageFromArray(reference), str(labels / layout.label_name(subject)))
-        sitk.WriteImage(sitk.GetImageFromArray(prediction), str(predictions / layout.prediction_name(subject)))
+        sitk.WriteImage(sitk.GetImageFromArray(reference), str(labels / layout.label_name(stem(subject))))
+        sitk.WriteImage(sitk.GetImageFromArray(prediction), str(predictions / layout.prediction_name(stem(subject))))
     (tmp_path / "phantoms.csv").write_text("subject,cohort\na,x\nb,x\nc,y\n")
     summary = evaluate_folders(labels, tmp_path / "pred", tmp_path / "eval", tmp_path / "phantoms.csv")
     assert summary.loc["all", "sensitivity"] == pytest.approx(1 / 3)
@@ -60,12 +61,12 @@ def test_folders_pool_counts_and_split_by_cohort(tmp_path):
     assert summary.loc["x", "reference_microbleeds"] == 3 and summary.loc["y", "cases_with_microbleeds"] == 0
     saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert saved["y"]["dice_cases_with_microbleeds"] is None
-    assert (tmp_path / "eval" / "per_case.csv").read_text().startswith("subject,")
+    assert (tmp_path / "eval" / "per_case.csv").read_text().startswith("case,subject,")
 
 
 def test_missing_prediction_is_an_error(tmp_path):
     (tmp_path / "l").mkdir()
     (tmp_path / "p").mkdir()
-    sitk.WriteImage(sitk.GetImageFromArray(_blank()), str(tmp_path / "l" / layout.label_name("a")))
+    sitk.WriteImage(sitk.GetImageFromArray(_blank()), str(tmp_path / "l" / layout.label_name(stem("a"))))
     with pytest.raises(ValueError, match="no prediction for 1 labelled case"):
         evaluate_folders(tmp_path / "l", tmp_path / "p")

@@ -4,6 +4,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from mixmicrobleednet import layout
+from mixmicrobleednet.layout import case_stem as stem
 from mixmicrobleednet.imaging import same_grid
 from mixmicrobleednet.phantoms import COHORTS, Microbleed, _render_bleeds, _Template, make_case
 
@@ -71,5 +72,5 @@ def test_cli_writes_the_seed_layout(tmp_path):
     assert main(["phantoms", "--out", str(tmp_path), "--n", "1", "--seed", "5"]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     subject = "s5c000"
-    assert names == sorted([layout.input_name(subject, c) for c in layout.CHANNELS]
-                           + [layout.label_name(subject), "microbleeds.csv", "phantoms.csv"])
+    assert names == sorted([layout.input_name(stem(subject), c) for c in layout.CHANNELS]
+                           + [layout.label_name(stem(subject)), "microbleeds.csv", "phantoms.csv"])

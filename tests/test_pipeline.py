@@ -8,13 +8,14 @@ import pytest
 import SimpleITK as sitk
 
 from mixmicrobleednet import layout
+from mixmicrobleednet.layout import case_stem as stem
 from mixmicrobleednet.cli import main
-from mixmicrobleednet.model import Model, ModelError, PredictionSettings, resolve_device
-from mixmicrobleednet.pipeline import predict_folder
+from mixmicrobleednet.lesions import LesionSettings
+from mixmicrobleednet.model import resolve_device
+from mixmicrobleednet.modelfolder import ModelError, read_model_folder
+from mixmicrobleednet.pipeline import CaseRun, OutputSettings, run_cases
 
-from conftest import write_case
-
-FAST = PredictionSettings(use_mirroring=False)
+from conftest import predict, write_case
 
 
 @pytest.fixture
@@ -46,16 +47,16 @@ def test_one_mask_per_case_on_its_t2s_grid_and_model_loaded_once(cohort, tmp_pat
                         lambda self, *a, **k: loads.append(1) or original(self, *a, **k))
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO):
-        results = predict_folder(cohort, out, random_model, device="cpu", prediction=FAST)
+        results = predict(cohort, out, random_model)
     assert len(loads) == 1
     assert sum("model loaded once" in r.message for r in caplog.records) == 1
     assert [r.subject for r in results] == ["hr1", "lr3", "ts2"]
     for subject in ("hr1", "lr3", "ts2"):
-        _assert_on_t2s_grid(layout.prediction_path(out, subject), cohort / layout.input_name(subject, "T2S"))
+        _assert_on_t2s_grid(layout.prediction_path(out, stem(subject)), cohort / layout.input_name(stem(subject), "T2S"))
     report = json.loads((out / "results.json").read_text())
     assert report[0] == {
         "outputs": [{"type": "metaio_image", "filename": ["images/sub-hr1_space-T2S_prediction.nii.gz"]}],
-        "inputs": [{"type": "metaio_image", "filename": [layout.input_name("hr1", c) for c in layout.CHANNELS]}],
+        "inputs": [{"type": "metaio_image", "filename": [layout.input_name(stem("hr1"), c) for c in layout.CHANNELS]}],
         "error_messages": [],
     }
 
@@ -65,29 +66,24 @@ def test_each_case_gets_its_own_mask(tmp_path, random_model):
     folder = tmp_path / "input"
     write_case(folder, "a1", shape=(10, 30, 30), seed=1)
     write_case(folder, "b2", shape=(12, 26, 34), seed=5)
-    model = Model(random_model, "cpu", FAST)
-    from mixmicrobleednet.lesions import LesionSettings
-    from mixmicrobleednet.pipeline import OutputSettings, model_predictor, run_cases
-    from mixmicrobleednet.cases import discover_cases
-
-    run_cases(discover_cases(folder), model_predictor(model), tmp_path / "out", OutputSettings(LesionSettings(threshold=0.0)))
-    sizes = {s: sitk.ReadImage(str(layout.prediction_path(tmp_path / "out", s))).GetSize() for s in ("a1", "b2")}
+    predict(folder, tmp_path / "out", random_model, output=OutputSettings(LesionSettings(threshold=0.0)))
+    sizes = {s: sitk.ReadImage(str(layout.prediction_path(tmp_path / "out", stem(s)))).GetSize() for s in ("a1", "b2")}
     assert sizes == {"a1": (30, 30, 10), "b2": (34, 26, 12)}
 
 
 def test_broken_cases_get_errors_and_the_others_finish(cohort, tmp_path, random_model):
     write_case(cohort, "nochan", seed=4)
-    (cohort / layout.input_name("nochan", "T2")).unlink()
+    (cohort / layout.input_name(stem("nochan"), "T2")).unlink()
     write_case(cohort, "notimg", seed=5)
-    (cohort / layout.input_name("notimg", "T2S")).write_text("garbage")
+    (cohort / layout.input_name(stem("notimg"), "T2S")).write_text("garbage")
     write_case(cohort, "nan", seed=6)
     bad = np.ones((4, 5, 6), np.float32)
     bad[1, 1, 1] = np.nan
-    sitk.WriteImage(sitk.GetImageFromArray(bad), str(cohort / layout.input_name("nan", "T1")))
+    sitk.WriteImage(sitk.GetImageFromArray(bad), str(cohort / layout.input_name(stem("nan"), "T1")))
     write_case(cohort, "flat", seed=7)
-    sitk.WriteImage(sitk.Image(12, 12, sitk.sitkFloat32) + 3, str(cohort / layout.input_name("flat", "T2")))
+    sitk.WriteImage(sitk.Image(12, 12, sitk.sitkFloat32) + 3, str(cohort / layout.input_name(stem("flat"), "T2")))
     write_case(cohort, "zero", seed=8)
-    sitk.WriteImage(sitk.Image(12, 12, 5, sitk.sitkInt16), str(cohort / layout.input_name("zero", "T1")))
+    sitk.WriteImage(sitk.Image(12, 12, 5, sitk.sitkInt16), str(cohort / layout.input_name(stem("zero"), "T1")))
     out = tmp_path / "out"
 
     code = main(["predict", "-i", str(cohort), "-o", str(out), "--model", str(random_model), "--device", "cpu", "--fast"])
@@ -102,7 +98,7 @@ def test_broken_cases_get_errors_and_the_others_finish(cohort, tmp_path, random_
     assert "sub-flat_space-T2S_desc-masked_T2.nii.gz: 2D image" in errors["sub-flat"]
     assert "every voxel is zero" in errors["sub-zero"]
     written = sorted(p.name for p in (out / "images").glob("*_prediction.nii.gz"))
-    assert written == sorted(layout.prediction_name(s) for s in ("hr1", "lr3", "ts2"))
+    assert written == sorted(layout.prediction_name(stem(s)) for s in ("hr1", "lr3", "ts2"))
 
 
 def test_cli_exit_codes(tmp_path, random_model, cohort):
@@ -161,7 +157,7 @@ def test_every_output_on_the_t2s_grid_and_tables_agree_with_the_mask(cohort, tmp
     from mixmicrobleednet.lesions import LESION_COLUMNS, label_microbleeds
 
     write_case(cohort, "nochan", seed=4)
-    (cohort / layout.input_name("nochan", "T2")).unlink()
+    (cohort / layout.input_name(stem("nochan"), "T2")).unlink()
     out = tmp_path / "out"
     # A random network's probabilities hover around 0.5: a low threshold gives some "microbleeds".
     code = main(["predict", "-i", str(cohort), "-o", str(out), "--model", str(random_model), "--device", "cpu",
@@ -172,9 +168,9 @@ def test_every_output_on_the_t2s_grid_and_tables_agree_with_the_mask(cohort, tmp
     assert summary.loc["nochan", "status"] == "error" and "missing T2 channel" in summary.loc["nochan", "message"]
     assert (summary.drop("nochan")["status"] == "ok").all() and (summary["runtime_s"] >= 0).all()
     for subject in ("hr1", "lr3", "ts2"):
-        t2s_path = cohort / layout.input_name(subject, "T2S")
-        mask_path = layout.prediction_path(out, subject)
-        probability_path = layout.case_output_path(out, subject, "probability")
+        t2s_path = cohort / layout.input_name(stem(subject), "T2S")
+        mask_path = layout.prediction_path(out, stem(subject))
+        probability_path = out / layout.seed_output_paths(stem(subject))["probability"]
         _assert_on_t2s_grid(mask_path, t2s_path)
         probability = sitk.ReadImage(str(probability_path))
         t2s = sitk.ReadImage(str(t2s_path))
@@ -185,11 +181,11 @@ def test_every_output_on_the_t2s_grid_and_tables_agree_with_the_mask(cohort, tmp
         mask = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_path)))
         assert 0 <= p.min() and p.max() <= 1
         np.testing.assert_array_equal(mask, (p > 0.45).astype(np.uint8))  # min size 0: every component stays
-        table = pd.read_csv(layout.case_output_path(out, subject, "lesions"))
+        table = pd.read_csv(out / layout.seed_output_paths(stem(subject))["lesions"])
         assert list(table.columns) == LESION_COLUMNS
         assert len(table) == label_microbleeds(mask)[1] == summary.loc[subject, "microbleed_count"]
         assert table["voxel_count"].sum() == mask.sum()
-        assert layout.case_output_path(out, subject, "qc").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / layout.seed_output_paths(stem(subject))["qc"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "results.json").read_text())
     assert report[0]["outputs"][0]["filename"] == ["images/sub-hr1_space-T2S_prediction.nii.gz",
                                                    "images/sub-hr1_space-T2S_probability.nii.gz"]
@@ -200,8 +196,7 @@ def test_the_next_case_is_read_while_the_current_one_is_predicted(tmp_path, rand
     """Reading runs one case ahead in a thread, yet every case gets its own channels."""
     import threading
 
-    from mixmicrobleednet.cases import discover_cases
-    from mixmicrobleednet.pipeline import run_cases
+    from mixmicrobleednet.cases import seed_cases
 
     folder = tmp_path / "input"
     for number in range(3):
@@ -211,17 +206,17 @@ def test_the_next_case_is_read_while_the_current_one_is_predicted(tmp_path, rand
 
     original = pipeline.load_case
 
-    def spying_load(case):
+    def spying_load(case, *args):
         readers.add(threading.current_thread().name)
-        return original(case)
+        return original(case, *args)
 
     pipeline.load_case = spying_load
     try:
-        run_cases(discover_cases(folder), lambda stack: seen.append((stack.subject, stack.array.shape))
-                  or np.zeros(stack.array.shape[1:], np.float32), tmp_path / "out")
+        run_cases(seed_cases(folder), CaseRun(read_model_folder(random_model), lambda stack: seen.append(
+            (stack.case_id, stack.array.shape)) or np.zeros(stack.array.shape[1:], np.float32), tmp_path / "out"))
     finally:
         pipeline.load_case = original
-    assert seen == [("c0", (3, 6, 20, 22)), ("c1", (3, 7, 20, 22)), ("c2", (3, 8, 20, 22))]
+    assert seen == [(stem(f"c{n}"), (3, 6 + n, 20, 22)) for n in range(3)]
     assert all(name.startswith("reader") for name in readers)
 
 
@@ -235,9 +230,9 @@ def test_the_first_case_is_read_while_the_model_loads(cohort, tmp_path, random_m
     reading = threading.Event()
     original_load, original_model = pipeline.load_case, pipeline.Model
 
-    def load_case(case):
+    def load_case(case, *args):
         reading.set()
-        return original_load(case)
+        return original_load(case, *args)
 
     def model_waiting_for_the_first_read(*args):
         assert reading.wait(timeout=20), "the first case was not read while the model loaded"
@@ -245,7 +240,7 @@ def test_the_first_case_is_read_while_the_model_loads(cohort, tmp_path, random_m
 
     monkeypatch.setattr(pipeline, "load_case", load_case)
     monkeypatch.setattr(pipeline, "Model", model_waiting_for_the_first_read)
-    results = predict_folder(cohort, tmp_path / "out", random_model, device="cpu", prediction=FAST)
+    results = predict(cohort, tmp_path / "out", random_model)
     assert [r.error_messages for r in results] == [[], [], []]
 
 
@@ -263,7 +258,7 @@ def test_log_names_each_stage_with_its_time_as_the_benchmark_reads_it(cohort, tm
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     stages = _stages_from_log(run.stderr)
-    assert list(stages) == ["hr1", "lr3", "ts2"]
+    assert list(stages) == [stem(s) for s in ("hr1", "lr3", "ts2")]
     for seconds in stages.values():
         assert set(seconds) == {"read", "preprocess", "network", "resample", "lesions", "write"}
         assert all(value >= 0 for value in seconds.values())

@@ -7,9 +7,10 @@ import pytest
 import SimpleITK as sitk
 
 from mixmicrobleednet import layout
-from mixmicrobleednet.cases import InputFolderError, discover_cases
+from mixmicrobleednet.layout import case_stem as stem
+from mixmicrobleednet.cases import InputFolderError, platform_case
 from mixmicrobleednet.cli import main
-from mixmicrobleednet.model import choose_model_dir
+from mixmicrobleednet.modelfolder import choose_model_dir
 
 from conftest import write_case, write_platform_job
 
@@ -30,7 +31,7 @@ def test_slugs_come_from_the_documented_configuration():
 
 
 def test_inputs_json_selects_the_platform_layout(job):
-    (case,) = discover_cases(job)
+    case = platform_case(job, layout.CHANNELS)
     assert case.input_problem is None
     for channel, slug in layout.INPUT_SOCKETS.items():
         assert case.channel_paths[channel].parent == job / "images" / slug
@@ -44,8 +45,8 @@ def test_same_mask_as_the_seed_layout_and_values_as_json(job, tmp_path, random_m
     assert main(["predict", "-i", str(job), "-o", str(tmp_path / "job-out"), *common]) == 0
 
     platform_mask = sitk.ReadImage(str(tmp_path / "job-out" / OUTPUT_MASK))
-    seed_mask = sitk.ReadImage(str(layout.prediction_path(tmp_path / "seed-out", "p1")))
-    t2s = sitk.ReadImage(str(tmp_path / "seed" / layout.input_name("p1", "T2S")))
+    seed_mask = sitk.ReadImage(str(layout.prediction_path(tmp_path / "seed-out", stem("p1"))))
+    t2s = sitk.ReadImage(str(tmp_path / "seed" / layout.input_name(stem("p1"), "T2S")))
     assert platform_mask.GetPixelID() == sitk.sitkUInt8
     for image in (platform_mask, seed_mask):
         assert image.GetSize() == t2s.GetSize()
@@ -73,12 +74,12 @@ def test_missing_or_unreadable_socket_files_are_clear_errors(job, tmp_path, rand
     code = main(["predict", "-i", str(job), "-o", str(out), "--model", str(random_model), "--device", "cpu", "--fast"])
     assert code == 1
     assert not (out / OUTPUT_MASK).exists()
-    (case,) = discover_cases(job)
+    case = platform_case(job, layout.CHANNELS)
     assert "images/t2-brain-mri/: 0 .mha/.tif files for socket 't2-brain-mri', expected exactly 1" in case.input_problem
 
     entries = json.loads((job / "inputs.json").read_text())
     (job / "inputs.json").write_text(json.dumps([e for e in entries if e["interface"]["slug"] != "t1-brain-mri"]))
-    (case,) = discover_cases(job)
+    case = platform_case(job, layout.CHANNELS)
     assert "inputs.json names no socket 't1-brain-mri' (the T1 image)" in case.input_problem
 
 
@@ -93,7 +94,7 @@ def test_unreadable_socket_image_names_the_file(job, tmp_path, random_model, cap
 def test_malformed_inputs_json_stops_the_job(job, tmp_path, random_model):
     (job / "inputs.json").write_text("{not json")
     with pytest.raises(InputFolderError, match="not a readable Grand-Challenge inputs.json"):
-        discover_cases(job)
+        platform_case(job, layout.CHANNELS)
     assert main(["predict", "-i", str(job), "-o", str(tmp_path / "out"), "--model", str(random_model)]) == 2
 
 

@@ -6,13 +6,11 @@ import pytest
 
 from mixmicrobleednet.train import CONFIGS, build_network, make_plans
 
-REFERENCE_PLANS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mixmicrobleednet_v1_plans.pkl"
+from conftest import REFERENCE_PLANS
 
 
 def test_v1_configuration_matches_the_reference_plans():
     """The paper's 3d_fullres (stage 1 of the v1 plans) and the network it builds (~30.8 M parameters)."""
-    if not REFERENCE_PLANS.is_file():
-        pytest.fail(f"reference plans not found at {REFERENCE_PLANS} (shared/ beside the checkout)")
     with open(REFERENCE_PLANS, "rb") as f:  # our own reference file, trusted
         reference = pickle.load(f)
     stage = reference["plans_per_stage"][1]
@@ -36,13 +34,13 @@ def test_compact_network_is_small():
     assert sum(p.numel() for p in network.parameters()) < 2e6  # trains on a 2-core CPU
 
 
-@pytest.mark.slow
+@pytest.mark.model
 def test_train_pipeline_end_to_end_exports_a_model_that_predicts(tmp_path):
     """Two lowres phantoms, one epoch of two iterations: checks the plumbing, trains no real model."""
-    from mixmicrobleednet.model import PredictionSettings
     from mixmicrobleednet.phantoms import generate
-    from mixmicrobleednet.pipeline import predict_folder
     from mixmicrobleednet.train import train
+
+    from conftest import predict
 
     data = tmp_path / "data"
     generate(data, 2, seed=9, cohorts=["lowres"])
@@ -52,5 +50,5 @@ def test_train_pipeline_end_to_end_exports_a_model_that_predicts(tmp_path):
 
     checkpoint = torch.load(model_dir / "fold_all" / "checkpoint_final.pth", weights_only=False)
     assert "optimizer_state" not in checkpoint and "network_weights" in checkpoint
-    results = predict_folder(data, tmp_path / "out", model_dir, "cpu", PredictionSettings(use_mirroring=False))
+    results = predict(data, tmp_path / "out", model_dir)
     assert [r.error_messages for r in results] == [[], []]

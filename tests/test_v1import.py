@@ -15,6 +15,7 @@ import SimpleITK as sitk
 import torch
 
 from mixmicrobleednet import layout
+from mixmicrobleednet.layout import case_stem as stem
 from mixmicrobleednet.cli import main
 from mixmicrobleednet.train import CONFIGS, build_network, configuration_plans
 from mixmicrobleednet.v1import import V1ImportError, read_v1_plans, v2_plans_from_v1
@@ -39,13 +40,13 @@ def test_predict_with_the_imported_model_gives_v1s_mask(v1_run, imported_v1, tmp
     out = tmp_path / "out"
     assert main(["predict", "-i", str(v1_run / "seed"), "-o", str(out), "--model", str(imported_v1), "--device", "cpu",
                  "--fast", "--save-probabilities", "--no-qc"]) == 0
-    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.prediction_path(out, "v1case"))))
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.prediction_path(out, stem("v1case")))))
     v1 = sitk.GetArrayFromImage(sitk.ReadImage(str(v1_run / "v1_prediction.nii.gz")))
     assert 0 < v1.sum() < v1.size  # random weights, but a mask with both classes: the comparison means something
     np.testing.assert_array_equal(ours, v1)
     # v1 stores the softmax (float16) inside the brain's bounding box, where it predicted
-    probability = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.case_output_path(out, "v1case", "probability"))))
-    inside = np.argwhere(sitk.GetArrayFromImage(sitk.ReadImage(str(v1_run / "seed" / layout.input_name("v1case", "T1")))))
+    probability = sitk.GetArrayFromImage(sitk.ReadImage(str(out / layout.seed_output_paths(stem("v1case"))["probability"])))
+    inside = np.argwhere(sitk.GetArrayFromImage(sitk.ReadImage(str(v1_run / "seed" / layout.input_name(stem("v1case"), "T1")))))
     box = tuple(slice(lo, hi + 1) for lo, hi in zip(inside.min(0), inside.max(0)))
     v1_softmax = np.load(v1_run / "v1_prediction.npz")["softmax"].astype(np.float32)
     assert v1_softmax.shape[1:] == probability[box].shape

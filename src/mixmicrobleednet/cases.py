@@ -1,14 +1,18 @@
-"""Cases: one subject, the paths of its channels and of its outputs; found in an input folder.
+"""Cases: one input of one subject (and session), the paths of its channels and of its outputs;
+found in an input folder in one of two layouts.
 
-Two input layouts, told apart with no flag: /input/inputs.json present → today's Grand-Challenge
-interface (one case: an image per input socket); otherwise the seed's VALDO 2021 layout (every
-`sub-*_space-*_desc-masked_T1.nii.gz` starts a case).
+The layout is told apart once, by the runner, with no flag: INPUT/inputs.json present → today's
+Grand-Challenge interface (one case: an image per input socket); otherwise the seed's VALDO 2021
+layout, where every set of files `sub-<id>[_ses-<id>][_acq-<l>][_run-<l>]_space-<space>_desc-masked_
+<channel>.nii[.gz]` that shares everything before `_desc-` is one case. Its identity is that stem:
+output names carry it, so two sessions or two spaces of one subject never share an output.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,14 +29,15 @@ class InputFolderError(Exception):
 
 @dataclass(frozen=True)
 class Case:
+    case_id: str  # seed layout: the stem shared by its files (sub-01_ses-2_space-T2S); platform: "job"
     subject: str
-    channel_paths: dict[str, Path]  # channel -> expected file (may not exist: checked on load)
-    output_paths: dict[str, str]  # output kind (mask, lesions, qc, ...) -> path relative to the output folder
-    input_problem: str | None = None  # found while discovering (platform layout); reported as the case's error
+    session: str | None
+    channel_paths: dict[str, Path]  # channel -> its file (an expected name when it is missing)
+    output_paths: dict[str, str]  # output kind (mask, lesions, qc, record, ...) -> path relative to the output folder
+    input_problem: str | None = None  # found while discovering; reported as the case's error
 
-    @property
-    def input_names(self) -> list[str]:
-        return [self.channel_paths[c].name for c in layout.CHANNELS]
+    def inputs(self, channels: tuple[str, ...]) -> list[Path]:
+        return [self.channel_paths[c] for c in channels]
 
 
 def uses_platform_interface(input_dir: Path) -> bool:
@@ -42,34 +47,40 @@ def uses_platform_interface(input_dir: Path) -> bool:
         return False
 
 
-def discover_cases(input_dir: Path) -> list[Case]:
-    """The cases in `input_dir`, in either layout."""
-    input_dir = Path(input_dir)
-    if uses_platform_interface(input_dir):
-        return [platform_case(input_dir)]
-    return seed_cases(input_dir)
-
-
-def seed_cases(input_dir: Path) -> list[Case]:
-    """Every `sub-*_space-*_desc-masked_T1.nii.gz` in `input_dir` starts a case (seed layout)."""
+def _list_folder(input_dir: Path) -> list[Path]:
     try:
-        names = sorted(input_dir.iterdir())
+        return sorted(input_dir.iterdir())
     except OSError as exc:
         raise InputFolderError(f"cannot read the input folder {input_dir}: {exc.strerror} "
                                f"(it must exist and be readable by user id {os.getuid()})") from None
-    cases = []
-    for path in names:
+
+
+def seed_cases(input_dir: Path) -> list[Case]:
+    """One case per stem with any channel file in `input_dir` (seed layout), sorted by stem. A case
+    without its T2* file, or with a channel given twice (.nii and .nii.gz), carries that problem."""
+    found: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
+    parsed_stems = {}
+    for path in _list_folder(input_dir):
         parsed = layout.parse_input_name(path.name)
-        if parsed is None or parsed["channel"] != layout.CASE_CHANNEL:
-            continue
-        paths = {c: input_dir / layout.input_name(parsed["subject"], c, parsed["space"]) for c in layout.CHANNELS}
-        cases.append(Case(parsed["subject"], paths, layout.seed_output_paths(parsed["subject"])))
+        if parsed is not None:
+            found[parsed["stem"]][parsed["channel"]].append(path)
+            parsed_stems[parsed["stem"]] = parsed
+    cases = []
+    for stem in sorted(found):
+        channels, entities = found[stem], parsed_stems[stem]
+        problems = [f"{channel} given twice: {' and '.join(p.name for p in paths)} (keep one)"
+                    for channel, paths in sorted(channels.items()) if len(paths) > 1]
+        paths = {c: channels[c][0] if channels.get(c) else input_dir / layout.input_name(stem, c)
+                 for c in layout.CHANNELS}
+        cases.append(Case(stem, entities["subject"], entities["session"], paths, layout.seed_output_paths(stem),
+                          "; ".join(problems) or None))
     return cases
 
 
-def platform_case(input_dir: Path) -> Case:
+def platform_case(input_dir: Path, channels: tuple[str, ...]) -> Case:
     """The one case of a Grand-Challenge job: inputs.json names the sockets, each socket's folder
-    under /input/images/<slug>/ holds one .mha or .tif image."""
+    under /input/images/<slug>/ holds one .mha or .tif image. Only the sockets of `channels` (the
+    model's) are needed."""
     inputs_json = input_dir / layout.PLATFORM_INPUTS_JSON
     try:
         entries = json.loads(inputs_json.read_text())
@@ -78,7 +89,8 @@ def platform_case(input_dir: Path) -> Case:
         raise InputFolderError(f"{inputs_json}: not a readable Grand-Challenge inputs.json "
                                f"(a list of socket values with interface.slug): {exc}") from None
     problems, paths = [], {}
-    for channel, slug in layout.INPUT_SOCKETS.items():
+    for channel in channels:
+        slug = layout.INPUT_SOCKETS[channel]
         relative = given.get(slug) or layout.platform_image_dir(slug)
         folder = input_dir / relative
         if slug not in given:
@@ -90,4 +102,19 @@ def platform_case(input_dir: Path) -> Case:
                             f"expected exactly 1")
         paths[channel] = images[0] if len(images) == 1 else folder / f"<{slug}>"
     subject = paths[layout.REFERENCE_CHANNEL].name.split(".")[0]
-    return Case(subject, paths, layout.platform_output_paths(), "; ".join(problems) or None)
+    return Case("job", subject, None, paths, layout.platform_output_paths(), "; ".join(problems) or None)
+
+
+def select_cases(cases: list[Case], participants: tuple[str, ...] = (), sessions: tuple[str, ...] = (),
+                 shard: tuple[int, int] | None = None) -> list[Case]:
+    """The cases of the given participant and session labels (with or without sub-/ses-; all when
+    none are given), then shard K of N (1-based): every N-th case of the sorted list from the K-th
+    on, the same on every machine, so N processes together take each case exactly once."""
+    wanted_subjects = {p.removeprefix("sub-") for p in participants}
+    wanted_sessions = {s.removeprefix("ses-") for s in sessions}
+    chosen = sorted((c for c in cases if (not wanted_subjects or c.subject in wanted_subjects)
+                     and (not wanted_sessions or c.session in wanted_sessions)), key=lambda c: c.case_id)
+    if shard:
+        index, count = shard
+        chosen = chosen[index - 1::count]
+    return chosen

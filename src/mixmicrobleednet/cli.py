@@ -1,4 +1,4 @@
-"""`mixmicrobleednet predict|phantoms|train|import-v1|evaluate`: the command line over the package."""
+"""`mixmicrobleednet predict|merge|phantoms|train|import-v1|evaluate`: the command line over the package."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from . import DEFAULT_MODEL_DIR
 from .lesions import DEFAULT_THRESHOLD
-from .phantoms import COHORTS
+from .modelfolder import DEFAULT_MODEL_DIR
 
 log = logging.getLogger("mixmicrobleednet")
 
@@ -47,14 +46,41 @@ def add_prediction_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-qc", action="store_true", help="do not draw the QC picture per case")
 
 
-def settings_from_args(args: argparse.Namespace):
-    """(PredictionSettings, OutputSettings) from the options of add_prediction_options."""
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N, such as 1/4: {text}") from None
+    if not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"K/N needs 1 <= K <= N: {text}")
+    return index, count
+
+
+def add_cohort_options(parser: argparse.ArgumentParser) -> None:
+    """Which cases a process takes, and whether finished ones are done again."""
+    parser.add_argument("--resume", action="store_true",
+                        help="skip cases whose record shows them finished with the same inputs, model and settings")
+    parser.add_argument("--shard", type=_shard, metavar="K/N",
+                        help="take every N-th case of the sorted cases from the K-th on (1-based; "
+                             "e.g. $SLURM_ARRAY_TASK_ID/N with --array=1-N)")
+    parser.add_argument("--participant-label", nargs="+", default=[], metavar="LABEL",
+                        help="only these subjects (with or without sub-)")
+    parser.add_argument("--session-label", nargs="+", default=[], metavar="LABEL",
+                        help="only these sessions (with or without ses-)")
+
+
+def run_options(args: argparse.Namespace, model_dir: Path):
+    """RunOptions from the options of add_prediction_options (and add_cohort_options, if added)."""
     from .lesions import LesionSettings
     from .model import PredictionSettings
     from .pipeline import OutputSettings
+    from .runner import RunOptions
 
-    return (PredictionSettings(use_mirroring=not args.fast),
-            OutputSettings(LesionSettings(args.threshold, args.min_size_mm3), args.save_probabilities, not args.no_qc))
+    return RunOptions(
+        model_dir=model_dir, device=args.device, prediction=PredictionSettings(use_mirroring=not args.fast),
+        output=OutputSettings(LesionSettings(args.threshold, args.min_size_mm3), args.save_probabilities, not args.no_qc),
+        resume=getattr(args, "resume", False), shard=getattr(args, "shard", None),
+        participants=tuple(getattr(args, "participant_label", ())), sessions=tuple(getattr(args, "session_label", ())))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,18 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="segment microbleeds in a folder of cases (seed layout)")
     predict.add_argument("-i", "--input", type=Path, required=True,
-                         help="folder with sub-<id>_space-<space>_desc-masked_{T1,T2,T2S}.nii.gz")
+                         help="folder with sub-<id>[_ses-<id>]_space-<space>_desc-masked_<channel>.nii[.gz]")
     predict.add_argument("-o", "--output", type=Path, required=True, help="output folder (created)")
     predict.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
                          help=f"nnU-Net v2 model folder (default: {DEFAULT_MODEL_DIR})")
     add_prediction_options(predict)
+    add_cohort_options(predict)
+
+    merge = commands.add_parser("merge", help="rebuild results.json and summary.csv from the records in an output "
+                                              "folder (after several processes wrote to it)")
+    merge.add_argument("output", type=Path)
 
     phantoms = commands.add_parser("phantoms", help="write synthetic microbleed phantoms with labels")
     phantoms.add_argument("--out", type=Path, required=True)
     phantoms.add_argument("--n", type=int, required=True, help="number of cases (cohorts take turns)")
     phantoms.add_argument("--seed", type=int, required=True)
-    phantoms.add_argument("--cohort", action="append", choices=tuple(COHORTS),
-                          help="acquisition(s) to use, in turn (default: all three)")
+    phantoms.add_argument("--cohort", action="append",
+                          help="acquisition(s) to use, in turn: highres3d, thickslice, lowres (default: all three)")
 
     train = commands.add_parser("train", help="train fold 'all' with nnU-Net v2 on labelled cases")
     train.add_argument("--data", type=Path, required=True, help="seed-layout folder with sub-<id>_space-T2S_CMB.nii.gz labels")
@@ -106,22 +137,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command == "predict":
-        from .cases import InputFolderError
-        from .model import ModelError
-        from .pipeline import predict_folder
+        from .runner import run
 
-        prediction, settings = settings_from_args(args)
-        try:
-            results = predict_folder(args.input, args.output, args.model, args.device, prediction, settings)
-        except (InputFolderError, ModelError) as exc:
-            log.error("%s", exc)
+        return run(args.input, args.output, run_options(args, args.model))[0]
+    if args.command == "merge":
+        from .records import merge
+
+        if not args.output.is_dir():
+            log.error("%s: no such output folder", args.output)
             return 2
-        failed = [r for r in results if r.error_messages]
-        return 1 if failed or not results else 0
+        merged = merge(args.output)
+        log.info("%s: results.json and summary.csv rebuilt from %d record(s)", args.output, len(merged))
+        return 0
     if args.command == "phantoms":
         from .phantoms import generate
 
-        generate(args.out, args.n, args.seed, args.cohort)
+        try:
+            generate(args.out, args.n, args.seed, args.cohort)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
         return 0
     if args.command == "train":
         from .train import train

@@ -102,14 +102,14 @@ def evaluate_folders(labels_dir: Path, predictions_dir: Path, out_dir: Path | No
     if missing:
         raise ValueError(f"no prediction for {len(missing)} labelled case(s): {', '.join(missing)}")
     rows = []
-    for subject in sorted(labels):
-        reference = sitk.ReadImage(str(labels[subject]))
-        prediction = sitk.ReadImage(str(predictions[subject]))
+    for case_id in sorted(labels):
+        reference = sitk.ReadImage(str(labels[case_id]))
+        prediction = sitk.ReadImage(str(predictions[case_id]))
         if reference.GetSize() != prediction.GetSize():
-            raise ValueError(f"{subject}: prediction grid {prediction.GetSize()} != label grid {reference.GetSize()}")
-        rows.append({"subject": subject, **case_measures(sitk.GetArrayViewFromImage(reference),
-                                                         sitk.GetArrayViewFromImage(prediction),
-                                                         float(np.prod(reference.GetSpacing())))})
+            raise ValueError(f"{case_id}: prediction grid {prediction.GetSize()} != label grid {reference.GetSize()}")
+        rows.append({"case": case_id, "subject": layout.parse_stem(case_id)["subject"],
+                     **case_measures(sitk.GetArrayViewFromImage(reference), sitk.GetArrayViewFromImage(prediction),
+                                     float(np.prod(reference.GetSpacing())))})
     per_case = pd.DataFrame(rows)
     if cohorts_csv:
         per_case = per_case.merge(pd.read_csv(cohorts_csv)[["subject", "cohort"]], on="subject", how="left")

@@ -28,8 +28,8 @@ DIRECTION_TOLERANCE = 1e-4
 class ChannelStack:
     """All channels of a case on the T2* grid, in network channel order."""
 
-    subject: str
-    array: np.ndarray  # float32, (channel, z, y, x)
+    case_id: str
+    array: np.ndarray  # float32, (channel, z, y, x), channels in the model's order
     reference: sitk.Image  # the T2* image: its grid is the grid of every output
     alignment: dict[str, str]  # channel -> what was done to put it on the T2* grid
 
@@ -38,10 +38,10 @@ class ChannelStack:
         return tuple(float(s) for s in self.reference.GetSpacing()[::-1])
 
 
-def read_channel(path: Path, channel: str) -> sitk.Image:
+def read_channel(path: Path, channel: str, needed_by: str = "the model") -> sitk.Image:
     """Read one channel and check that it is a usable 3D scalar image."""
     if not path.is_file():
-        raise CaseError(f"missing {channel} channel: expected file {path.name}")
+        raise CaseError(f"missing {channel} channel: expected file {path.name}, needed by {needed_by}")
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -98,22 +98,25 @@ def align_to_reference(image: sitk.Image, reference: sitk.Image) -> tuple[sitk.I
     return resampled, f"resampled onto the T2S grid (was {detail})"
 
 
-def load_case(case: Case) -> ChannelStack:
-    """Read every channel of a case, check it and align it on the T2* grid."""
+def load_case(case: Case, channels: tuple[str, ...] = layout.CHANNELS, needed_by: str = "the model") -> ChannelStack:
+    """Read the channels a model needs (in its order), check them and align them on the T2* grid;
+    `needed_by` names the model in the message about a missing channel."""
     if case.input_problem:
         raise CaseError(case.input_problem)
-    images = {channel: read_channel(case.channel_paths[channel], channel) for channel in layout.CHANNELS}
+    # The T2* first: without it there is no case, whatever else is wrong.
+    images = {channel: read_channel(case.channel_paths[channel], channel, needed_by)
+              for channel in sorted(channels, key=lambda c: c != layout.REFERENCE_CHANNEL)}
     reference = images[layout.REFERENCE_CHANNEL]
     arrays, alignment = [], {}
-    for channel in layout.CHANNELS:
+    for channel in channels:
         if channel == layout.REFERENCE_CHANNEL:
             aligned, alignment[channel] = reference, "reference grid"
         else:
             aligned, alignment[channel] = align_to_reference(images[channel], reference)
             if alignment[channel].startswith("resampled"):
-                log.warning("%s: %s %s", case.subject, channel, alignment[channel])
+                log.warning("%s: %s %s", case.case_id, channel, alignment[channel])
         arrays.append(sitk.GetArrayFromImage(aligned).astype(np.float32, copy=False))
-    return ChannelStack(case.subject, np.stack(arrays), reference, alignment)
+    return ChannelStack(case.case_id, np.stack(arrays), reference, alignment)
 
 
 def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
@@ -123,13 +126,23 @@ def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
+PARTIAL = ".partial-"  # in the name of a file being written
+
+
+def remove_partials(path: Path) -> None:
+    """Remove what a killed process left half-written of `path` (before it is written again)."""
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    for stale in path.parent.glob(f".{path.name[: len(path.name) - len(suffix)]}{PARTIAL}*{suffix}"):
+        stale.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path in the same folder to write to; rename it to `path` only when the
     writing finished, so a reader never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix  # writers pick the format by it
-    temporary = path.with_name(f".{path.name[: len(path.name) - len(suffix)]}.partial{suffix}")
+    temporary = path.with_name(f".{path.name[: len(path.name) - len(suffix)]}{PARTIAL}{os.getpid()}{suffix}")
     try:
         yield temporary
         os.replace(temporary, path)

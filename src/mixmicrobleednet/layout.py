@@ -11,61 +11,86 @@ import re
 import tomllib
 from pathlib import Path
 
-#: Input channels in the order the network sees them (nnU-Net channel 0, 1, 2).
+#: Every channel the tool knows, in the seed model's network order. A model folder declares which
+#: of them it needs, in its own order (dataset.json's channel_names; modelfolder.py).
 CHANNELS: tuple[str, ...] = ("T1", "T2", "T2S")
-#: The channel whose grid every other channel and every output lives on.
+#: The channel whose grid every other channel and every output lives on; every model needs it.
 REFERENCE_CHANNEL = "T2S"
-#: The channel whose file starts a case (as in the seed: "every T1 file starts a case").
-CASE_CHANNEL = "T1"
 
 NIFTI = ".nii.gz"
-_INPUT_RE = re.compile(
-    r"^sub-(?P<subject>[A-Za-z0-9]+)_space-(?P<space>[A-Za-z0-9]+)_desc-masked_(?P<channel>T1|T2|T2S)\.nii\.gz$"
-)
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+#: The entities that tell two inputs apart, in the order they stand in a name (BIDS order).
+_STEM = r"sub-(?P<subject>[A-Za-z0-9]+)(?:_ses-(?P<session>[A-Za-z0-9]+))?(?:_acq-(?P<acquisition>[A-Za-z0-9]+))?" \
+        r"(?:_run-(?P<run>[A-Za-z0-9]+))?_space-(?P<space>[A-Za-z0-9]+)"
+_INPUT_RE = re.compile(rf"^(?P<stem>{_STEM})_desc-masked_(?P<channel>{'|'.join(CHANNELS)})(?P<extension>\.nii(?:\.gz)?)$")
+_LABEL_RE = re.compile(rf"^(?P<stem>{_STEM})_CMB\.nii\.gz$")
+_PREDICTION_RE = re.compile(rf"^(?P<stem>{_STEM})_prediction\.nii\.gz$")
+
+
+def case_stem(subject: str, session: str | None = None, space: str = REFERENCE_CHANNEL) -> str:
+    """The name every file of one case starts with: sub-<id>[_ses-<id>]_space-<space>."""
+    return f"sub-{subject}" + (f"_ses-{session}" if session else "") + f"_space-{space}"
 
 
 def parse_input_name(name: str) -> dict[str, str] | None:
-    """Subject, space and channel of an input file name, or None when it is not one."""
+    """stem, subject, session, acquisition, run, space, channel and extension of an input file
+    name (seed layout), or None when it is not one."""
     match = _INPUT_RE.match(name)
     return match.groupdict() if match else None
 
 
-def input_name(subject: str, channel: str, space: str = REFERENCE_CHANNEL) -> str:
-    return f"sub-{subject}_space-{space}_desc-masked_{channel}{NIFTI}"
+def parse_stem(stem: str) -> dict[str, str | None]:
+    match = re.fullmatch(_STEM, stem)
+    if match is None:
+        raise ValueError(f"not a case name: {stem!r}")
+    return match.groupdict()
 
 
-def label_name(subject: str) -> str:
+def input_name(stem: str, channel: str, extension: str = NIFTI) -> str:
+    return f"{stem}_desc-masked_{channel}{extension}"
+
+
+def label_name(stem: str) -> str:
     """Reference microbleed mask of a training or phantom case (VALDO naming)."""
-    return f"sub-{subject}_space-{REFERENCE_CHANNEL}_CMB{NIFTI}"
+    return f"{stem}_CMB{NIFTI}"
 
 
 def parse_label_name(name: str) -> str | None:
-    match = re.match(rf"^sub-([A-Za-z0-9]+)_space-{REFERENCE_CHANNEL}_CMB\.nii\.gz$", name)
-    return match.group(1) if match else None
+    """The case stem of a label file name, or None."""
+    match = _LABEL_RE.match(name)
+    return match.group("stem") if match else None
 
+
+# A model folder (nnU-Net v2's results layout, fold `all` only; modelfolder.py reads and writes it).
+PLANS_JSON = "plans.json"
+DATASET_JSON = "dataset.json"
+FOLD = "all"
+CHECKPOINT = f"fold_{FOLD}/checkpoint_final.pth"
 
 IMAGES_DIR = "images"
+RECORDS_DIR = "records"
 RESULTS_JSON = "results.json"
 SUMMARY_CSV = "summary.csv"
+MERGE_LOCK = ".merge.lock"
 
 
-def prediction_name(subject: str) -> str:
-    return f"sub-{subject}_space-{REFERENCE_CHANNEL}_prediction{NIFTI}"
-
-
-def case_output_path(output_dir: Path, subject: str, kind: str) -> Path:
-    """The per-case outputs beside the mask: `lesions` (.csv), `probability` (.nii.gz), `qc` (.png)."""
-    extension = {"lesions": ".csv", "probability": NIFTI, "qc": ".png"}[kind]
-    return output_dir / IMAGES_DIR / f"sub-{subject}_space-{REFERENCE_CHANNEL}_{kind}{extension}"
+def prediction_name(stem: str) -> str:
+    return f"{stem}_prediction{NIFTI}"
 
 
 def parse_prediction_name(name: str) -> str | None:
-    match = re.match(rf"^sub-([A-Za-z0-9]+)_space-{REFERENCE_CHANNEL}_prediction\.nii\.gz$", name)
-    return match.group(1) if match else None
+    """The case stem of a mask file name, or None."""
+    match = _PREDICTION_RE.match(name)
+    return match.group("stem") if match else None
 
 
-def prediction_path(output_dir: Path, subject: str) -> Path:
-    return output_dir / IMAGES_DIR / prediction_name(subject)
+def prediction_path(output_dir: Path, stem: str) -> Path:
+    return output_dir / IMAGES_DIR / prediction_name(stem)
+
+
+def record_name(case_id: str) -> str:
+    """The record of a case: written last, it says the case is finished (records.py)."""
+    return f"{case_id}_record.json"
 
 
 # Grand-Challenge algorithm interface (the platform's layout since 2024; grand-challenge-forge 0.7.5).
@@ -89,8 +114,11 @@ def platform_output_paths() -> dict[str, str]:
             "count": f"{OUTPUT_SOCKETS['count']}.json", "total_volume": f"{OUTPUT_SOCKETS['total_volume']}.json"}
 
 
-def seed_output_paths(subject: str) -> dict[str, str]:
-    """Output kind -> path relative to the output folder, in the seed's layout."""
-    paths = {"mask": f"{IMAGES_DIR}/{prediction_name(subject)}"}
-    paths.update({kind: str(case_output_path(Path(), subject, kind)) for kind in ("lesions", "probability", "qc")})
+def seed_output_paths(stem: str) -> dict[str, str]:
+    """Output kind -> path relative to the output folder, in the seed's layout: every name carries
+    the case's stem, so no two cases share an output."""
+    paths = {"mask": f"{IMAGES_DIR}/{prediction_name(stem)}"}
+    paths.update({kind: f"{IMAGES_DIR}/{stem}_{kind}{extension}"
+                  for kind, extension in (("lesions", ".csv"), ("probability", NIFTI), ("qc", ".png"))})
+    paths["record"] = f"{RECORDS_DIR}/{record_name(stem)}"
     return paths

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -13,17 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import layout
+from .modelfolder import ModelError, ModelFolder, read_model_folder
 from .preprocessing import crop_to_nonzero, resample_to_shape
-from .v1import import PROBABILITY_AGGREGATION
 
 log = logging.getLogger(__name__)
-
-FOLD = "all"
-CHECKPOINT = "checkpoint_final.pth"
-
-
-class ModelError(Exception):
-    """The model folder or the device cannot be used: nothing can be predicted."""
 
 
 def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -63,34 +56,6 @@ def resolve_device(requested: str):
     return torch.device("cuda")
 
 
-#: Where Grand-Challenge extracts a model tarball uploaded beside the image.
-PLATFORM_MODEL_DIR = Path("/opt/ml/model")
-
-
-def choose_model_dir(baked_in: Path, mounted: Path = PLATFORM_MODEL_DIR) -> Path:
-    """A model folder mounted or extracted at `mounted` (itself, or its one subfolder holding
-    plans.json) wins over the weights baked into the image."""
-    try:
-        candidates = [mounted, *sorted(p for p in mounted.iterdir() if p.is_dir())] if mounted.is_dir() else []
-    except OSError as exc:
-        log.warning("cannot read %s (%s): using the baked-in model", mounted, exc.strerror)
-        candidates = []
-    found = [c for c in candidates if (c / "plans.json").is_file()]
-    if found:
-        log.info("model: %s (provided at %s, used instead of the baked-in %s)", found[0], mounted, baked_in)
-        return found[0]
-    log.info("model: baked-in %s (nothing at %s)", baked_in, mounted)
-    return baked_in
-
-
-def model_checksum(model_dir: Path) -> str:
-    """SHA-256 over the files that define the model: plans, dataset and checkpoint."""
-    digest = hashlib.sha256()
-    for path in (model_dir / "plans.json", model_dir / "dataset.json", model_dir / f"fold_{FOLD}" / CHECKPOINT):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class PredictionSettings:
     """The paper's defaults: 3d_fullres-style sliding window, fold all, mirroring, step 0.5."""
@@ -106,29 +71,35 @@ class PredictionSettings:
 class Model:
     """An nnUNetPredictor with the weights loaded; create once per process, reuse for every case."""
 
-    def __init__(self, model_dir: Path, device: str = "auto", settings: PredictionSettings = PredictionSettings()):
-        model_dir = Path(model_dir)
-        for required in ("plans.json", "dataset.json", f"fold_{FOLD}/{CHECKPOINT}"):
-            if not (model_dir / required).is_file():
-                raise ModelError(f"{model_dir} is not an nnU-Net v2 model folder: {required} is missing")
+    def __init__(self, model: Path | ModelFolder, device: str = "auto", settings: PredictionSettings = PredictionSettings()):
         started = time.perf_counter()
-        self.model_dir = model_dir
+        self.folder = model if isinstance(model, ModelFolder) else read_model_folder(Path(model))
+        try:
+            self._load(device, settings)
+        except ModelError:
+            raise
+        except Exception as exc:  # nnU-Net and PyTorch raise many kinds (KeyError, RuntimeError, pickle errors)
+            raise ModelError(f"cannot load the model in {self.folder.path}: {type(exc).__name__}: {exc}") from exc
+        log.info("model loaded once from %s (sha256 %s…, channels %s, mirroring %s, %.1f s)", self.folder.path,
+                 self.folder.checksum[:12], ", ".join(self.folder.channels),
+                 "on" if settings.use_mirroring else "off", time.perf_counter() - started)
+
+    def _load(self, device: str, settings: PredictionSettings) -> None:
+        model_dir = self.folder.path
         self.device = resolve_device(device)
         self.settings = settings
-        self.checksum = model_checksum(model_dir)
         tiles_per_batch = settings.tiles_per_batch or (1 if self.device.type == "cuda" else 4)
         self.predictor = _batched_tile_predictor_class()(
             tiles_per_batch, tile_step_size=settings.tile_step_size, use_gaussian=True,
             use_mirroring=settings.use_mirroring, perform_everything_on_device=self.device.type == "cuda",
             device=self.device, verbose=False, verbose_preprocessing=False, allow_tqdm=False,
         )
-        try:
-            self.predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(FOLD,), checkpoint_name=CHECKPOINT)
-            # Fold `all` is one set of weights: put it into the network once, not again for every
-            # case as nnU-Net's predict_logits_from_preprocessed_data does.
-            self.predictor.network.load_state_dict(self.predictor.list_of_parameters[0])
-        except Exception as exc:  # nnU-Net raises many kinds (KeyError, RuntimeError, pickle errors)
-            raise ModelError(f"cannot load the model in {model_dir}: {type(exc).__name__}: {exc}") from exc
+        checkpoint = layout.CHECKPOINT.split("/")[-1]
+        self.predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(layout.FOLD,),
+                                                            checkpoint_name=checkpoint)
+        # Fold `all` is one set of weights: put it into the network once, not again for every
+        # case as nnU-Net's predict_logits_from_preprocessed_data does.
+        self.predictor.network.load_state_dict(self.predictor.list_of_parameters[0])
         from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
         configuration = self.predictor.configuration_manager
@@ -136,7 +107,7 @@ class Model:
         # _preprocess takes DefaultPreprocessor's steps (3D); a model with another preprocessor runs its own.
         self.default_preprocessing = type(self.preprocessor) is DefaultPreprocessor and len(configuration.spacing) == 3
         self.resample_data, self.resample_probabilities = (_resampling(configuration, k) for k in ("data", "probabilities"))
-        self.v1_probabilities = bool(self.predictor.plans_manager.plans.get(PROBABILITY_AGGREGATION))
+        self.v1_probabilities = self.folder.imported_from_v1
         if self.v1_probabilities:
             # A model imported from nnU-Net v1, which averaged softmax probabilities over tiles and
             # mirrorings: with the softmax inside the network every tile and mirrored pass gives
@@ -144,8 +115,6 @@ class Model:
             import torch
 
             self.predictor.network = torch.nn.Sequential(self.predictor.network, torch.nn.Softmax(dim=1))
-        log.info("model loaded once from %s (sha256 %s…, mirroring %s, %.1f s)", model_dir, self.checksum[:12],
-                 "on" if settings.use_mirroring else "off", time.perf_counter() - started)
 
     def predict_probabilities(self, channels: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
         """Microbleed probability (float32) on the input grid for a (channel, z, y, x) array.

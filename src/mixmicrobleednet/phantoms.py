@@ -309,16 +309,20 @@ def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None)
     """Write `n` phantoms (cohorts in turn) with their labels, phantoms.csv and microbleeds.csv."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cohorts = cohorts or list(COHORTS)
+    unknown = sorted(set(cohorts) - set(COHORTS))
+    if unknown:
+        raise ValueError(f"unknown acquisition(s) {', '.join(unknown)}: choose from {', '.join(COHORTS)}")
     template = _Template()
     cases, lesion_rows = [], []
     for i in range(n):
         rng = np.random.default_rng([seed, i])
         acquisition = COHORTS[cohorts[i % len(cohorts)]]
         subject = f"s{seed}c{i:03d}"
+        stem = layout.case_stem(subject)
         channels, label, bleeds = make_case(subject, acquisition, draw_microbleed_count(rng), rng, template)
         for channel, image in channels.items():
-            write_image_atomic(image, out_dir / layout.input_name(subject, channel))
-        write_image_atomic(label, out_dir / layout.label_name(subject))
+            write_image_atomic(image, out_dir / layout.input_name(stem, channel))
+        write_image_atomic(label, out_dir / layout.label_name(stem))
         cases.append({"subject": subject, "cohort": acquisition.name, "n_microbleeds": len(bleeds),
                       "size_xyz": "x".join(map(str, label.GetSize())),
                       "spacing_xyz": "x".join(f"{s:.3f}" for s in label.GetSpacing())})

@@ -1,28 +1,31 @@
-"""Run cases through the stages: load and align → predict → lesions → write; one result per case.
+"""Run cases through the stages: load and align → predict → lesions → write outputs → record.
 
 Nothing below this module prints or exits: stages raise, and this module turns each case's error
-into that case's result while the other cases go on. The next case is read and aligned in a
-background thread while the network works on the current one.
+into that case's result (and record) while the other cases go on. The next case is read and
+aligned in a background thread while the network works on the current one.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from . import DEFAULT_MODEL_DIR, layout
-from .cases import Case, CaseError, discover_cases, uses_platform_interface
-from .imaging import ChannelStack, image_like, load_case, write_image_atomic
+from . import records
+from .cases import Case, CaseError
+from .imaging import ChannelStack, image_like, load_case, remove_partials, write_image_atomic
 from .lesions import Lesions, LesionSettings, extract_lesions
-from .model import Model, ModelError, PredictionSettings
-from .report import write_json_value, write_lesion_table, write_qc_picture, write_results_json, write_summary_csv
+from .model import Model, PredictionSettings
+from .modelfolder import ModelError, ModelFolder
+from .report import write_json_value, write_lesion_table, write_qc_picture
 
 log = logging.getLogger(__name__)
 
@@ -38,46 +41,61 @@ class OutputSettings:
 
 @dataclass
 class CaseResult:
+    case_id: str
     subject: str
-    inputs: list[str]
-    outputs: list[str] = field(default_factory=list)  # images, relative to the output folder
+    outputs: dict[str, str] = field(default_factory=dict)  # kind -> path relative to the output folder
     error_messages: list[str] = field(default_factory=list)
     microbleed_count: int | None = None
     total_volume_mm3: float | None = None
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False  # finished by an earlier run (--resume)
 
-    def as_json(self) -> dict:
-        """The entry the seed's evalutils processor wrote to results.json."""
-        return {
-            "outputs": [{"type": "metaio_image", "filename": self.outputs}],
-            "inputs": [{"type": "metaio_image", "filename": self.inputs}],
-            "error_messages": self.error_messages,
-        }
 
-    def as_summary_row(self) -> dict:
-        return {"subject": self.subject, "status": "error" if self.error_messages else "ok",
-                "message": "; ".join(self.error_messages), "microbleed_count": self.microbleed_count,
-                "total_volume_mm3": self.total_volume_mm3, "runtime_s": round(self.seconds, 1)}
+class ModelPredictor:
+    """The predict stage (a case's aligned channels → microbleed probability on the T2* grid) with
+    a model that loads in a background thread from now on (PyTorch and nnU-Net imports, weights:
+    seconds), so that the first case is read meanwhile. Its first call waits for the model; any
+    failure to load raises ModelError there, which stops the run before any mask is written."""
+
+    def __init__(self, folder: ModelFolder, device: str, prediction: PredictionSettings):
+        self.folder = folder
+        loader = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._model = loader.submit(Model, folder, device, prediction)
+        loader.shutdown(wait=False)
+
+    @property
+    def model(self) -> Model:
+        return self._model.result()
+
+    @property
+    def device(self) -> str:
+        return str(self.model.device) if self._model.done() and not self._model.exception() else "not loaded"
+
+    def __call__(self, stack: ChannelStack) -> np.ndarray:
+        return self.model.predict_probabilities(stack.array, stack.spacing_zyx)
 
 
 #: The predict stage: a case's aligned channels → microbleed probability (float32) on the T2* grid.
 Predictor = Callable[[ChannelStack], np.ndarray]
 
 
-def model_predictor(model: Model) -> Predictor:
-    return lambda stack: model.predict_probabilities(stack.array, stack.spacing_zyx)
+@dataclass(frozen=True)
+class CaseRun:
+    """What every case of a run shares: the model, the settings, where outputs go."""
 
+    model: ModelFolder
+    predict: Predictor
+    output_dir: Path
+    prediction: PredictionSettings = PredictionSettings()
+    settings: OutputSettings = OutputSettings()
+    records: bool = True  # records and merged reports (not for a Grand-Challenge job: its sockets alone)
+    resume: bool = False
+    device: Callable[[], str] = lambda: "unknown"  # for the records, once the model is loaded
 
-def loading_model_predictor(model_dir: Path, device: str, prediction: PredictionSettings) -> Predictor:
-    """A predictor whose model (PyTorch and nnU-Net imports, weights: seconds) loads in a
-    background thread from now on, so that the first case is read meanwhile. Its first call waits
-    for the model; a model that cannot be loaded raises ModelError there, which stops the run
-    before any mask is written."""
-    loader = ThreadPoolExecutor(1, thread_name_prefix="model")
-    model = loader.submit(Model, model_dir, device, prediction)
-    loader.shutdown(wait=False)
-    return lambda stack: model_predictor(model.result())(stack)
+    @property
+    def settings_record(self) -> dict:
+        return {"prediction": asdict(self.prediction), "output": asdict(self.settings)}
 
 
 @contextmanager
@@ -85,102 +103,115 @@ def _stage(result: CaseResult, name: str) -> Iterator[None]:
     started = time.perf_counter()
     yield
     result.stage_seconds[name] = time.perf_counter() - started
-    log.info("%s: %s %.1f s", result.subject, name, result.stage_seconds[name])
+    log.info("%s: %s %.1f s", result.case_id, name, result.stage_seconds[name])
 
 
-def _load_timed(case: Case) -> tuple[ChannelStack, float]:
+def _load_timed(case: Case, model: ModelFolder) -> tuple[ChannelStack, float]:
     started = time.perf_counter()
-    return load_case(case), time.perf_counter() - started
+    return load_case(case, model.channels, model.describe()), time.perf_counter() - started
 
 
-def _run_case(case: Case, loaded: Future, predict: Predictor, output_dir: Path,
-             settings: OutputSettings = OutputSettings()) -> CaseResult:
+def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
     """Predict one case; an input problem becomes the result's error message, not an exception."""
-    result = CaseResult(case.subject, case.input_names)
+    result = CaseResult(case.case_id, case.subject)
     started = time.perf_counter()
     try:
         stack, result.stage_seconds["read"] = loaded.result()
-        log.info("%s: read and aligned in %.1f s (ahead); grid %s spacing %s mm; %s", case.subject,
+        log.info("%s: read and aligned in %.1f s (ahead); grid %s spacing %s mm; %s", case.case_id,
                  result.stage_seconds["read"], stack.reference.GetSize(),
                  tuple(round(s, 3) for s in stack.reference.GetSpacing()),
                  "; ".join(f"{c}: {a}" for c, a in stack.alignment.items()))
         with _stage(result, "prediction"):
-            probabilities = predict(stack)
+            probabilities = run.predict(stack)
         with _stage(result, "lesions"):
-            lesions = extract_lesions(probabilities, stack.reference, settings.lesions)
+            lesions = extract_lesions(probabilities, stack.reference, run.settings.lesions)
         with _stage(result, "write"):
-            result.outputs = write_case_outputs(case, stack, probabilities, lesions, output_dir, settings)
+            result.outputs = write_case_outputs(case, stack, probabilities, lesions, run.output_dir, run.settings)
         result.microbleed_count, result.total_volume_mm3 = lesions.count, lesions.total_volume_mm3
     except CaseError as exc:
         result.error_messages.append(str(exc))
     except ModelError:
         raise  # no case can be predicted: not this case's error
     except Exception as exc:  # one case's unexpected failure must not stop the cohort
-        log.exception("%s: unexpected error", case.subject)
+        log.exception("%s: unexpected error", case.case_id)
         result.error_messages.append(f"{type(exc).__name__}: {exc}")
     result.seconds = time.perf_counter() - started
     if result.error_messages:
-        log.error("%s: failed: %s", case.subject, "; ".join(result.error_messages))
+        log.error("%s: failed: %s", case.case_id, "; ".join(result.error_messages))
     else:
-        log.info("%s: %d microbleed(s), %.1f mm³ in all; %s written (%.1f s)", case.subject,
-                 result.microbleed_count, result.total_volume_mm3, result.outputs[0], result.seconds)
+        log.info("%s: %d microbleed(s), %.1f mm³ in all; %s written (%.1f s)", case.case_id,
+                 result.microbleed_count, result.total_volume_mm3, result.outputs["mask"], result.seconds)
     return result
 
 
 def write_case_outputs(case: Case, stack: ChannelStack, probabilities: np.ndarray, lesions: Lesions,
-                       output_dir: Path, settings: OutputSettings) -> list[str]:
-    """Write what the case's layout asks for (its output_paths); return the images written."""
-    paths = {kind: output_dir / relative for kind, relative in case.output_paths.items()}
-    images = [paths["mask"]]
-    write_image_atomic(image_like(lesions.mask, stack.reference), paths["mask"])
-    if settings.save_probabilities and "probability" in paths:
-        write_image_atomic(image_like(probabilities, stack.reference), paths["probability"])
-        images.append(paths["probability"])
-    if "lesions" in paths:
-        write_lesion_table(lesions, paths["lesions"])
-    if settings.qc_picture and "qc" in paths:
-        write_qc_picture(paths["qc"], case.subject, stack.reference, lesions, settings.lesions)
-    if "count" in paths:
-        write_json_value(lesions.count, paths["count"])
-    if "total_volume" in paths:
-        write_json_value(round(lesions.total_volume_mm3, 3), paths["total_volume"])
-    return [str(path.relative_to(output_dir)) for path in images]
+                       output_dir: Path, settings: OutputSettings) -> dict[str, str]:
+    """Write what the case's layout asks for (its output_paths); return kind -> path written."""
+    paths = {kind: output_dir / relative for kind, relative in case.output_paths.items() if kind != "record"}
+    for path in paths.values():
+        remove_partials(path)  # left by a run that was killed while writing this case
+    writers = {"mask": lambda path: write_image_atomic(image_like(lesions.mask, stack.reference), path),
+               "lesions": lambda path: write_lesion_table(lesions, path),
+               "count": lambda path: write_json_value(lesions.count, path),
+               "total_volume": lambda path: write_json_value(round(lesions.total_volume_mm3, 3), path)}
+    if settings.save_probabilities:
+        writers["probability"] = lambda path: write_image_atomic(image_like(probabilities, stack.reference), path)
+    if settings.qc_picture:
+        writers["qc"] = lambda path: write_qc_picture(path, case.case_id, stack.reference, lesions, settings.lesions)
+    written = {}
+    for kind, write in writers.items():
+        if kind in paths:
+            write(paths[kind])
+            written[kind] = case.output_paths[kind]
+    return written
 
 
-def write_reports(results: list[CaseResult], output_dir: Path) -> None:
-    """results.json and summary.csv, each replaced atomically so a reader never sees half a file."""
-    write_results_json([r.as_json() for r in results], output_dir)
-    write_summary_csv([r.as_summary_row() for r in results], output_dir)
+def _record(case: Case, result: CaseResult, run: CaseRun, fingerprint: list[dict], device: str) -> dict:
+    return {"case_id": case.case_id, "subject": case.subject, "session": case.session,
+            "status": "error" if result.error_messages else "ok", "error_messages": result.error_messages,
+            "inputs": fingerprint,
+            "model": {"path": str(run.model.path), "sha256": run.model.checksum, "channels": list(run.model.channels)},
+            "settings": run.settings_record, "outputs": result.outputs,
+            "microbleed_count": result.microbleed_count,
+            "total_volume_mm3": None if result.total_volume_mm3 is None else round(result.total_volume_mm3, 3),
+            "device": device, "versions": records.versions(), "host": socket.gethostname(),
+            "stage_seconds": {k: round(v, 2) for k, v in result.stage_seconds.items()},
+            "runtime_s": round(result.seconds, 1), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def run_cases(cases: list[Case], predict: Predictor, output_dir: Path, settings: OutputSettings = OutputSettings(),
-              reports: bool = True) -> list[CaseResult]:
-    """Every case in turn with the one model; the reports (results.json, summary.csv; not for a
-    Grand-Challenge job, whose outputs are its sockets alone) are rewritten after each case."""
-    results: list[CaseResult] = []
+def _already_done(cases: list[Case], run: CaseRun) -> dict[str, CaseResult]:
+    """The cases whose record says they were finished with the same inputs, model and settings."""
+    done = {}
+    for case in cases:
+        record = records.read_record(records.record_path(run.output_dir, case))
+        reason = records.finished_before(record, records.input_fingerprint(case, run.model.channels),
+                                         run.model.checksum, run.settings_record, run.output_dir)
+        if reason:
+            log.info("%s: skipped, %s (--resume)", case.case_id, reason)
+            done[case.case_id] = CaseResult(case.case_id, case.subject, record["outputs"], [],
+                                            record["microbleed_count"], record["total_volume_mm3"], skipped=True)
+    return done
+
+
+def run_cases(cases: list[Case], run: CaseRun) -> list[CaseResult]:
+    """Every case in turn with the one model; after each, its record and the merged reports."""
+    done = _already_done(cases, run) if run.resume and run.records else {}
+    todo = [case for case in cases if case.case_id not in done]
+    results = dict(done)
     with ThreadPoolExecutor(1, thread_name_prefix="reader") as reader:
-        upcoming = reader.submit(_load_timed, cases[0]) if cases else None
-        for number, case in enumerate(cases, 1):
+        upcoming = reader.submit(_load_timed, todo[0], run.model) if todo else None
+        for number, case in enumerate(todo, 1):
             loaded = upcoming
-            upcoming = reader.submit(_load_timed, cases[number]) if number < len(cases) else None
-            log.info("case %d/%d: %s", number, len(cases), case.subject)
-            results.append(_run_case(case, loaded, predict, output_dir, settings))
-            if reports:
-                write_reports(results, output_dir)
-    failed = sum(bool(r.error_messages) for r in results)
-    log.info("%d case(s): %d ok, %d failed", len(results), len(results) - failed, failed)
-    return results
-
-
-def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path = DEFAULT_MODEL_DIR, device: str = "auto",
-                   prediction: PredictionSettings = PredictionSettings(),
-                   settings: OutputSettings = OutputSettings()) -> list[CaseResult]:
-    """Find the cases in `input_dir`, open the model once, write masks, tables and reports."""
-    cases = discover_cases(Path(input_dir))
-    reports = not uses_platform_interface(Path(input_dir))
-    if not cases:
-        log.error("no cases in %s: expected files named %s", input_dir, layout.input_name("<id>", layout.CASE_CHANNEL))
-        write_reports([], Path(output_dir))
-        return []
-    log.info("%d case(s) in %s (%s layout)", len(cases), input_dir, "seed" if reports else "Grand-Challenge")
-    return run_cases(cases, loading_model_predictor(model_dir, device, prediction), Path(output_dir), settings, reports)
+            upcoming = reader.submit(_load_timed, todo[number], run.model) if number < len(todo) else None
+            log.info("case %d/%d: %s", number, len(todo), case.case_id)
+            fingerprint = records.input_fingerprint(case, run.model.channels)
+            result = results[case.case_id] = _run_case(case, loaded, run)
+            if run.records:
+                records.write_record(run.output_dir, case, _record(case, result, run, fingerprint, run.device()))
+                records.merge(run.output_dir)
+    if run.records and not todo:
+        records.merge(run.output_dir)
+    ordered = [results[case.case_id] for case in cases]
+    failed = sum(bool(r.error_messages) for r in ordered)
+    log.info("%d case(s): %d ok (%d finished before), %d failed", len(ordered), len(ordered) - failed, len(done), failed)
+    return ordered

@@ -22,7 +22,9 @@ from .lesions import LesionSettings, Lesions
 QC_MAX_PANELS = 12
 QC_FIELD_OF_VIEW_MM = 50.0
 QC_COLUMNS = 4
-SUMMARY_COLUMNS = ["subject", "status", "message", "microbleed_count", "total_volume_mm3", "runtime_s"]
+# The seed's columns first; later ones only ever added at the end.
+SUMMARY_COLUMNS = ["subject", "status", "message", "microbleed_count", "total_volume_mm3", "runtime_s", "session",
+                   "case", "model_sha256"]
 
 
 def write_results_json(entries: list[dict], output_dir: Path) -> None:
@@ -61,7 +63,7 @@ def _window(t2s: np.ndarray) -> tuple[float, float]:
     return float(low), float(max(high, low + 1e-6))
 
 
-def write_qc_picture(path: Path, subject: str, t2s: sitk.Image, lesions: Lesions, settings: LesionSettings) -> None:
+def write_qc_picture(path: Path, case_id: str, t2s: sitk.Image, lesions: Lesions, settings: LesionSettings) -> None:
     """T2* slices through each detected microbleed with its outline and a one-line caption; a
     lightbox of the T2* saying "no microbleeds detected" when there are none."""
     import matplotlib
@@ -74,7 +76,7 @@ def write_qc_picture(path: Path, subject: str, t2s: sitk.Image, lesions: Lesions
     mask = sitk.GetArrayFromImage(_display_lps(image_like(lesions.mask, t2s)))
     spacing_x, spacing_y, _ = display.GetSpacing()
     vmin, vmax = _window(image)
-    caption = (f"sub-{subject}: {lesions.count} microbleed{'s' if lesions.count != 1 else ''}, "
+    caption = (f"{case_id}: {lesions.count} microbleed{'s' if lesions.count != 1 else ''}, "
                f"total {lesions.total_volume_mm3:.1f} mm³  (p > {settings.threshold:g}, "
                f"min size {settings.min_size_mm3:g} mm³)")
 
@@ -94,7 +96,7 @@ def write_qc_picture(path: Path, subject: str, t2s: sitk.Image, lesions: Lesions
                      f"z={row.centroid_z_ras_mm:.0f} mm")
             panels.append((image[crop], mask[crop], title))
     else:
-        caption = f"sub-{subject}: no microbleeds detected  (p > {settings.threshold:g}, min size {settings.min_size_mm3:g} mm³)"
+        caption = f"{case_id}: no microbleeds detected  (p > {settings.threshold:g}, min size {settings.min_size_mm3:g} mm³)"
         occupied = np.flatnonzero(image.reshape(image.shape[0], -1).max(1) > 0)
         first, last = (occupied[0], occupied[-1]) if occupied.size else (0, image.shape[0] - 1)
         slices = np.unique(np.linspace(first, last, min(QC_MAX_PANELS, last - first + 1)).round().astype(int))

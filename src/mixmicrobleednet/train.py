@@ -23,8 +23,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import layout
-from .cases import Case, discover_cases
+from .cases import Case, seed_cases
 from .imaging import image_like, load_case
+from .modelfolder import dataset_json, write_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ DATASET_ID = 501
 DATASET_NAME = f"Dataset{DATASET_ID:03d}_MixMicrobleedNet"
 PLANS_NAME = "nnUNetPlans"
 LABELS = {"background": 0, "CMB": 1}
-FILE_ENDING = ".nii.gz"
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ CONFIGS: dict[str, TrainingConfig] = {
 }
 
 
-def configuration_plans(config: TrainingConfig, median_shape: list[int]) -> dict:
+def configuration_plans(config: TrainingConfig, median_shape: list[int], n_channels: int = len(layout.CHANNELS)) -> dict:
     """The nnU-Net v2 plans entry for one configuration (same keys as ExperimentPlanner writes)."""
     n_stages = len(config.features_per_stage)
     return {
@@ -92,8 +92,8 @@ def configuration_plans(config: TrainingConfig, median_shape: list[int]) -> dict
         "median_image_size_in_voxels": median_shape,
         "spacing": list(config.spacing),
         # Z-score inside the brain mask: the inputs are brain-masked ("desc-masked").
-        "normalization_schemes": ["ZScoreNormalization"] * len(layout.CHANNELS),
-        "use_mask_for_norm": [True] * len(layout.CHANNELS),
+        "normalization_schemes": ["ZScoreNormalization"] * n_channels,
+        "use_mask_for_norm": [True] * n_channels,
         "resampling_fn_data": "resample_data_or_seg_to_shape",
         "resampling_fn_seg": "resample_data_or_seg_to_shape",
         "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
@@ -124,7 +124,8 @@ def configuration_plans(config: TrainingConfig, median_shape: list[int]) -> dict
     }
 
 
-def make_plans(config: TrainingConfig, median_spacing: list[float], median_shape: list[int]) -> dict:
+def make_plans(config: TrainingConfig, median_spacing: list[float], median_shape: list[int],
+               channels: tuple[str, ...] = layout.CHANNELS) -> dict:
     return {
         "dataset_name": DATASET_NAME,
         "plans_name": PLANS_NAME,
@@ -133,38 +134,40 @@ def make_plans(config: TrainingConfig, median_spacing: list[float], median_shape
         "image_reader_writer": "SimpleITKIO",
         "transpose_forward": [0, 1, 2],
         "transpose_backward": [0, 1, 2],
-        "configurations": {config.configuration: configuration_plans(config, median_shape)},
+        "configurations": {config.configuration: configuration_plans(config, median_shape, len(channels))},
         "experiment_planner_used": f"mixmicrobleednet.train ({config.name})",
         "label_manager": "LabelManager",
         # Only CT normalisation reads these; kept so the plans have nnU-Net's full shape.
         "foreground_intensity_properties_per_channel": {
             str(i): {"max": 0.0, "mean": 0.0, "median": 0.0, "min": 0.0, "percentile_00_5": 0.0,
-                     "percentile_99_5": 0.0, "std": 1.0} for i in range(len(layout.CHANNELS))
+                     "percentile_99_5": 0.0, "std": 1.0} for i in range(len(channels))
         },
     }
 
 
-def build_network(plans: dict, configuration: str, deep_supervision: bool = False):
+def build_network(plans: dict, configuration: str, n_channels: int = len(layout.CHANNELS),
+                  deep_supervision: bool = False):
     """The PyTorch network nnU-Net builds for these plans (used by training, import and tests)."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     arch = plans["configurations"][configuration]["architecture"]
     return get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
-                                  len(layout.CHANNELS), len(LABELS), allow_init=True,
+                                  n_channels, len(LABELS), allow_init=True,
                                   deep_supervision=deep_supervision)
 
 
 def training_cases(data_dir: Path) -> list[tuple[Case, Path]]:
     """Cases of the seed layout that have a label file beside them."""
     pairs = []
-    for case in discover_cases(data_dir):
-        label = data_dir / layout.label_name(case.subject)
+    for case in seed_cases(data_dir):
+        label = data_dir / layout.label_name(case.case_id)
         if label.is_file():
             pairs.append((case, label))
         else:
-            log.warning("%s: no label %s, not used for training", case.subject, label.name)
+            log.warning("%s: no label %s, not used for training", case.case_id, label.name)
     if not pairs:
-        raise ValueError(f"{data_dir}: no cases with labels (expected {layout.label_name('<id>')} beside the inputs)")
+        raise ValueError(f"{data_dir}: no cases with labels (expected "
+                         f"{layout.label_name(layout.case_stem('<id>'))} beside the inputs)")
     return pairs
 
 
@@ -178,22 +181,17 @@ def write_raw_dataset(pairs: list[tuple[Case, Path]], raw_dir: Path) -> dict:
         stack = load_case(case)
         for index in range(len(layout.CHANNELS)):
             sitk.WriteImage(image_like(stack.array[index], stack.reference),
-                            str(images_dir / f"{case.subject}_{index:04d}{FILE_ENDING}"), True, 1)
+                            str(images_dir / f"{case.case_id}_{index:04d}{layout.NIFTI}"), True, 1)
         label = sitk.ReadImage(str(label_path), sitk.sitkUInt8)
         label.CopyInformation(stack.reference)
-        sitk.WriteImage(label, str(labels_dir / f"{case.subject}{FILE_ENDING}"), True, 1)
+        sitk.WriteImage(label, str(labels_dir / f"{case.case_id}{layout.NIFTI}"), True, 1)
         spacings.append(stack.spacing_zyx)
         shapes.append(stack.array.shape[1:])
-        log.info("raw dataset: %s (%s)", case.subject, "; ".join(f"{k}: {v}" for k, v in stack.alignment.items()))
-    dataset_json = {
-        "channel_names": {str(i): c for i, c in enumerate(layout.CHANNELS)},
-        "labels": LABELS,
-        "numTraining": len(pairs),
-        "file_ending": FILE_ENDING,
-        "name": "MixMicrobleedNet",
-        "description": "Cerebral microbleeds on T1, T2, T2* (seed layout converted by mixmicrobleednet train)",
-    }
-    (raw_dir / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+        log.info("raw dataset: %s (%s)", case.case_id, "; ".join(f"{k}: {v}" for k, v in stack.alignment.items()))
+    dataset = dataset_json(layout.CHANNELS, LABELS, numTraining=len(pairs), name="MixMicrobleedNet",
+                           description="Cerebral microbleeds on T1, T2, T2* (seed layout converted by "
+                                       "mixmicrobleednet train)")
+    (raw_dir / layout.DATASET_JSON).write_text(json.dumps(dataset, indent=2))
     # The part of nnU-Net's dataset fingerprint that the trainer copies; our plans are written
     # from the configuration, not derived from intensity statistics.
     return {"spacings": [list(s) for s in spacings], "shapes_before_crop": [list(map(int, s)) for s in shapes]}
@@ -268,37 +266,31 @@ def export_model(results_dir: Path, out_dir: Path) -> None:
     collapse of training, not a selection on held-out data."""
     import torch
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("dataset.json", "plans.json"):
-        shutil.copy(results_dir / name, out_dir / name)
     checkpoint = torch.load(results_dir / "fold_all" / "checkpoint_best.pth", map_location="cpu", weights_only=False)
     lean = {k: checkpoint[k] for k in ("network_weights", "init_args", "trainer_name",
                                        "inference_allowed_mirroring_axes", "current_epoch")}
-    (out_dir / "fold_all").mkdir(exist_ok=True)
-    torch.save(lean, out_dir / "fold_all" / "checkpoint_final.pth")
+    write_model_folder(out_dir, *(json.loads((results_dir / name).read_text())
+                                  for name in (layout.PLANS_JSON, layout.DATASET_JSON)), lean)
     for extra in ("progress.png",):
         if (results_dir / "fold_all" / extra).is_file():
             shutil.copy(results_dir / "fold_all" / extra, out_dir / "fold_all" / extra)
 
 
-def write_random_model(out_dir: Path, config_name: str = "compact", seed: int = 0) -> Path:
-    """A model folder with a configuration's architecture and random weights: for plumbing tests
-    and speed measurements (the network's cost does not depend on its weights), not for masks."""
+def write_random_model(out_dir: Path, config_name: str = "compact", seed: int = 0,
+                       channels: tuple[str, ...] = layout.CHANNELS) -> Path:
+    """A model folder with a configuration's architecture and random weights, for `channels`: for
+    plumbing tests and speed measurements (the network's cost does not depend on its weights), not
+    for masks."""
     import torch
 
     config = CONFIGS[config_name]
-    plans = make_plans(config, list(config.spacing), [20, 40, 36])
-    dataset = {"channel_names": {str(i): c for i, c in enumerate(layout.CHANNELS)}, "labels": LABELS,
-               "numTraining": 0, "file_ending": FILE_ENDING, "name": DATASET_NAME}
-    (out_dir / "fold_all").mkdir(parents=True, exist_ok=True)
-    (out_dir / "plans.json").write_text(json.dumps(plans))
-    (out_dir / "dataset.json").write_text(json.dumps(dataset))
+    plans = make_plans(config, list(config.spacing), [20, 40, 36], channels)
     torch.manual_seed(seed)
-    network = build_network(plans, config.configuration)
-    torch.save({"network_weights": network.state_dict(), "init_args": {"configuration": config.configuration},
-                "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)},
-               out_dir / "fold_all" / "checkpoint_final.pth")
-    return out_dir
+    network = build_network(plans, config.configuration, len(channels))
+    return write_model_folder(out_dir, plans, dataset_json(channels, LABELS, numTraining=0, name=DATASET_NAME),
+                              {"network_weights": network.state_dict(),
+                               "init_args": {"configuration": config.configuration},
+                               "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)})
 
 
 def _write_training_record(out_dir: Path, config: TrainingConfig, trainer, data_dir: Path, hours: float, device) -> None:

@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from . import layout
+from .modelfolder import PROBABILITY_AGGREGATION, dataset_json, write_model_folder
 
 log = logging.getLogger(__name__)
 
-#: plans.json key (ignored by nnU-Net) telling `Model` to aggregate and resample probabilities as v1.
-PROBABILITY_AGGREGATION = "mixmicrobleednet_v1_probability_aggregation"
 V1_MAX_FEATURES_3D = 320  # Generic_UNet.MAX_NUM_FILTERS_3D
 V1_TRAINER_MIRROR_AXES = (0, 1, 2)  # nnUNetTrainerV2's 3D mirroring
 
@@ -118,8 +117,7 @@ def v2_plans_from_v1(v1: dict) -> tuple[dict, dict]:
     modalities = {int(k): str(v) for k, v in v1.get("modalities", {}).items()}
     if modalities and [modalities[i] for i in sorted(modalities)] != list(layout.CHANNELS):
         log.warning("v1 modalities %s: assuming they are %s in this order", modalities, ", ".join(layout.CHANNELS))
-    dataset = {"channel_names": {str(i): c for i, c in enumerate(layout.CHANNELS)}, "labels": LABELS,
-               "numTraining": 0, "file_ending": layout.NIFTI, "name": "MixMicrobleedNet (imported from nnU-Net v1)"}
+    dataset = dataset_json(layout.CHANNELS, LABELS, numTraining=0, name="MixMicrobleedNet (imported from nnU-Net v1)")
     return plans, dataset
 
 
@@ -182,10 +180,6 @@ def load_v1_weights(v1_state: dict, network) -> None:
 
 def import_v1(plans_path: Path, checkpoint_path: Path, out_dir: Path) -> Path:
     """Write an nnU-Net v2 model folder for a v1 3d_fullres model; returns `out_dir`."""
-    import torch
-
-    from .imaging import atomic_output
-    from .model import CHECKPOINT, FOLD
     from .train import build_network
 
     plans, dataset = v2_plans_from_v1(read_v1_plans(Path(plans_path)))
@@ -193,15 +187,10 @@ def import_v1(plans_path: Path, checkpoint_path: Path, out_dir: Path) -> Path:
     v1_state, epoch = read_v1_weights(Path(checkpoint_path))
     network = build_network(plans, configuration)
     load_v1_weights(v1_state, network)
-    out_dir = Path(out_dir)
-    # the checkpoint last: a folder without it is no model folder, so an interrupted import is never used
-    for name, content in (("plans.json", plans), ("dataset.json", dataset)):
-        with atomic_output(out_dir / name) as temporary:
-            temporary.write_text(json.dumps(content, indent=2))
-    with atomic_output(out_dir / f"fold_{FOLD}" / CHECKPOINT) as temporary:
-        torch.save({"network_weights": network.state_dict(), "init_args": {"configuration": configuration},
-                    "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": V1_TRAINER_MIRROR_AXES,
-                    "current_epoch": epoch}, temporary)
+    write_model_folder(Path(out_dir), plans, dataset, {
+        "network_weights": network.state_dict(), "init_args": {"configuration": configuration},
+        "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": V1_TRAINER_MIRROR_AXES,
+        "current_epoch": epoch})
     parameters = sum(p.numel() for p in network.parameters())
     log.info("imported %s (epoch %d, %s parameters) into %s", checkpoint_path, epoch, f"{parameters:,}", out_dir)
     return out_dir

@@ -1,0 +1,139 @@
+"""A record per case, and the reports merged from the records in an output folder.
+
+A case's record (OUTPUT/records/<case>_record.json) is written atomically after its last output:
+a case with a record is finished. It holds what the case was computed from (its inputs' sizes and
+modification times, the model's checksum, the settings) and what came out (outputs, counts, errors,
+device, versions, stage timings). results.json and summary.csv are rebuilt from all the records in
+the folder, under a lock, so any number of processes (shards, array tasks) can share one output
+folder; `mixmicrobleednet merge OUTPUT` rebuilds them at any time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+from . import layout
+from .cases import Case
+from .imaging import atomic_output, remove_partials
+from .report import write_results_json, write_summary_csv
+
+log = logging.getLogger(__name__)
+
+RECORD_VERSION = 1
+_VERSIONED = ("mixmicrobleednet", "nnunetv2", "torch", "numpy", "SimpleITK")
+
+
+def versions() -> dict[str, str]:
+    """The package's and its main libraries' versions, without importing them."""
+    found = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def input_fingerprint(case: Case, channels: tuple[str, ...]) -> list[dict]:
+    """Each input file's name, size and modification time: what resuming compares."""
+    entries = []
+    for channel, path in zip(channels, case.inputs(channels)):
+        try:
+            status = path.stat()
+            entries.append({"channel": channel, "file": path.name, "size": status.st_size,
+                            "mtime_ns": status.st_mtime_ns})
+        except OSError:
+            entries.append({"channel": channel, "file": path.name, "size": None, "mtime_ns": None})
+    return entries
+
+
+def record_path(output_dir: Path, case: Case) -> Path:
+    return output_dir / case.output_paths["record"]
+
+
+def read_record(path: Path) -> dict | None:
+    """A record, or None when there is none or it cannot be read (then the case runs again)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("record_version") == RECORD_VERSION else None
+
+
+def finished_before(record: dict | None, fingerprint: list[dict], model_sha256: str, settings: dict,
+                    output_dir: Path) -> str | None:
+    """Why a case need not run again (its record matches and its outputs exist), or None."""
+    if record is None or record.get("status") != "ok":
+        return None
+    same = (record.get("inputs") == fingerprint and record.get("model", {}).get("sha256") == model_sha256
+            and record.get("settings") == settings)
+    if not same or not all((output_dir / p).is_file() for p in record.get("outputs", {}).values()):
+        return None
+    return f"finished at {record.get('finished', '?')} with the same inputs, model and settings"
+
+
+def write_record(output_dir: Path, case: Case, record: dict) -> None:
+    path = record_path(output_dir, case)
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps({"record_version": RECORD_VERSION, **record}, indent=2))
+
+
+def read_records(output_dir: Path) -> list[dict]:
+    records_dir = output_dir / layout.RECORDS_DIR
+    paths = sorted(records_dir.glob(layout.record_name("*"))) if records_dir.is_dir() else []
+    records = []
+    for path in paths:
+        record = read_record(path)
+        if record is None:
+            log.warning("%s: not a readable record, left out of the reports", path)
+        else:
+            records.append(record)
+    return sorted(records, key=lambda r: r["case_id"])
+
+
+def results_entry(record: dict) -> dict:
+    """The entry the seed's evalutils processor wrote to results.json."""
+    images = [path for kind, path in record.get("outputs", {}).items() if kind in ("mask", "probability")]
+    return {"outputs": [{"type": "metaio_image", "filename": images}],
+            "inputs": [{"type": "metaio_image", "filename": [i["file"] for i in record["inputs"]]}],
+            "error_messages": record["error_messages"]}
+
+
+def summary_row(record: dict) -> dict:
+    return {"subject": record["subject"], "status": record["status"], "message": "; ".join(record["error_messages"]),
+            "microbleed_count": record.get("microbleed_count"), "total_volume_mm3": record.get("total_volume_mm3"),
+            "runtime_s": record.get("runtime_s"), "session": record.get("session"), "case": record["case_id"],
+            "model_sha256": record.get("model", {}).get("sha256", "")[:12]}
+
+
+@contextmanager
+def _merge_lock(output_dir: Path) -> Iterator[None]:
+    """One merge at a time per output folder: a lock on the records folder itself (no lock file)."""
+    records_dir = output_dir / layout.RECORDS_DIR
+    records_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(records_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def merge(output_dir: Path) -> list[dict]:
+    """Rebuild results.json and summary.csv from every record in `output_dir`; returns the records."""
+    output_dir = Path(output_dir)
+    with _merge_lock(output_dir):
+        records = read_records(output_dir)
+        for report in (layout.RESULTS_JSON, layout.SUMMARY_CSV):
+            remove_partials(output_dir / report)  # left by a merge that was killed
+        write_results_json([results_entry(r) for r in records], output_dir)
+        write_summary_csv([summary_row(r) for r in records], output_dir)
+    return records

@@ -1,0 +1,135 @@
+"""The composition root: from an input folder, an output folder and options to a finished run.
+
+The CLI (`mixmicrobleednet predict`), the container's process.py and the Python API all start
+runs here: the model folder is read (and starts loading), the output folder is checked, the input
+layout is detected once, the cases are found, chosen (participants, sessions, shard) and run.
+Whatever stops the whole run (model folder, input folder, output folder) is a RunError: one
+message, exit code 2, no case written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import layout, records
+from .cases import Case, InputFolderError, platform_case, seed_cases, select_cases, uses_platform_interface
+from .model import PredictionSettings
+from .modelfolder import DEFAULT_MODEL_DIR, ModelError, ModelFolder, read_model_folder
+from .pipeline import CaseResult, CaseRun, ModelPredictor, OutputSettings, Predictor, run_cases
+
+log = logging.getLogger(__name__)
+
+#: Exit codes: 0 every case finished; 1 a case failed or none was found; 2 the run could not start.
+EXIT_OK, EXIT_CASE_FAILED, EXIT_RUN_FAILED = 0, 1, 2
+
+
+class RunError(Exception):
+    """The run cannot start or go on: nothing, or nothing more, can be predicted."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    model_dir: Path = DEFAULT_MODEL_DIR
+    device: str = "auto"
+    prediction: PredictionSettings = PredictionSettings()
+    output: OutputSettings = OutputSettings()
+    resume: bool = False
+    shard: tuple[int, int] | None = None  # (K, N), 1-based
+    participants: tuple[str, ...] = ()
+    sessions: tuple[str, ...] = ()
+
+
+def check_output_folder(output_dir: Path) -> None:
+    """Create the output folder and write a file in it now, not after the first case's network."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise RunError(f"cannot write to the output folder {output_dir}: {exc.strerror or exc} "
+                       f"(it must be writable by user id {os.getuid()})") from None
+
+
+@dataclass
+class Run:
+    input_dir: Path
+    output_dir: Path
+    options: RunOptions
+    model: ModelFolder
+    platform: bool  # a Grand-Challenge job: sockets in, sockets out, no records or reports
+    cases: list[Case] = field(default_factory=list)
+    selected: int = 0  # cases of the chosen participants and sessions, before sharding
+    _predictor: ModelPredictor | None = field(default=None, repr=False)
+
+    @property
+    def empty_shard(self) -> bool:
+        """More shards than cases: this one has none, which is no failure."""
+        return not self.cases and self.selected > 0
+
+    def start_model(self) -> ModelPredictor:
+        """The model, loading in the background from the first call on (once per run)."""
+        if self._predictor is None:
+            self._predictor = ModelPredictor(self.model, self.options.device, self.options.prediction)
+        return self._predictor
+
+    def execute(self, predict: Predictor | None = None) -> list[CaseResult]:
+        """Run the cases; `predict` replaces the model's predict stage (process.py's evalutils
+        `predict`, which calls start_model()'s predictor)."""
+        if self.empty_shard:
+            log.info("shard %d/%d: none of the %d case(s) falls to it", *self.options.shard, self.selected)
+        elif not self.cases:
+            wanted = " ".join([*self.options.participants, *self.options.sessions])
+            log.error("no cases in %s%s: expected files named %s", self.input_dir, f" for {wanted}" if wanted else "",
+                      layout.input_name(layout.case_stem("<id>"), layout.REFERENCE_CHANNEL))
+        if not self.cases:
+            if not self.platform:
+                records.merge(self.output_dir)
+            return []
+        predictor = self.start_model()
+        run = CaseRun(self.model, predict or predictor, self.output_dir, self.options.prediction, self.options.output,
+                      records=not self.platform, resume=self.options.resume, device=lambda: predictor.device)
+        try:
+            return run_cases(self.cases, run)
+        except ModelError as exc:
+            raise RunError(str(exc)) from None
+
+
+def prepare_run(input_dir: Path, output_dir: Path, options: RunOptions = RunOptions()) -> Run:
+    """Everything before the first case: model folder, output folder, layout, cases."""
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    try:
+        model = read_model_folder(options.model_dir)
+    except ModelError as exc:
+        raise RunError(str(exc)) from None
+    check_output_folder(output_dir)
+    platform = uses_platform_interface(input_dir)
+    try:
+        cases = [platform_case(input_dir, model.channels)] if platform else seed_cases(input_dir)
+    except InputFolderError as exc:
+        raise RunError(str(exc)) from None
+    selected = cases if platform else select_cases(cases, options.participants, options.sessions)
+    chosen = selected if platform else select_cases(selected, shard=options.shard)
+    log.info("%d case(s) in %s (%s layout)%s; %s", len(cases), input_dir, "Grand-Challenge" if platform else "seed",
+             f", {len(chosen)} chosen" if len(chosen) != len(cases) else "", model.describe())
+    return Run(input_dir, output_dir, options, model, platform, chosen, len(selected))
+
+
+def run(input_dir: Path, output_dir: Path, options: RunOptions = RunOptions()) -> tuple[int, list[CaseResult]]:
+    """A whole run; (exit code, results). The one place that turns outcomes into exit codes."""
+    try:
+        prepared = prepare_run(input_dir, output_dir, options)
+        results = prepared.execute()
+    except RunError as exc:
+        log.error("%s", exc)
+        return EXIT_RUN_FAILED, []
+    return exit_code(prepared, results), results
+
+
+def exit_code(prepared: Run, results: list[CaseResult]) -> int:
+    if not results:
+        return EXIT_OK if prepared.empty_shard else EXIT_CASE_FAILED
+    return EXIT_CASE_FAILED if any(r.error_messages for r in results) else EXIT_OK
