@@ -1,33 +1,43 @@
-# MixMicrobleedNet container: one Dockerfile, two builds.
-#   GPU (default):  docker build -t mixmicrobleednet:latest .                      (./build.sh)
-#   CPU:            docker build --build-arg DEVICE=cpu -t mixmicrobleednet:cpu .   (./build.sh --cpu)
-# Offline (no registry, no network in the build): put the wheels in wheelhouse/ and use a local
-# base image with python3 (./build.sh --cpu --offline does both, see scripts/).
+# MixMicrobleedNet container: one Dockerfile, two builds, both from a host-made wheelhouse
+# (scripts/wheelhouse.sh), so no registry or network is needed inside the build.
+#   GPU (default):  ./build.sh           mixmicrobleednet:latest, PyPI's CUDA build of PyTorch
+#   CPU:            ./build.sh --cpu     mixmicrobleednet:cpu, PyTorch's CPU build
+# --offline also takes a local base image with python3 (debootstrap; scripts/offline-base.sh).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS builder
 ARG DEVICE=gpu
-ARG OFFLINE=0
-# requirements.txt is the whole tested environment (pip freeze), so it installs with --no-deps.
+# The wheelhouse to install from (normally the device's own; the tests give a wrong one on purpose).
+ARG WHEELHOUSE=${DEVICE}
+ARG TORCH_VERSION
+ARG TORCH_CUDA
 COPY requirements.txt /build/
-COPY wheelhouse/ /build/wheelhouse/
+COPY wheelhouse/${WHEELHOUSE}/ /build/wheelhouse/
+# requirements.txt is the tested environment (pip freeze of the CPU build), so the rest installs with
+# --no-deps; torch installs with its dependencies (on the GPU build: the CUDA libraries, once),
+# held to the same pins.
 RUN set -eu; python3 -m venv /opt/venv; \
-    if [ "$OFFLINE" = 1 ]; then \
-      [ "$(cat /build/wheelhouse/DEVICE)" = "$DEVICE" ] || { echo "wheelhouse/ holds $(cat /build/wheelhouse/DEVICE) wheels, DEVICE=$DEVICE" >&2; exit 1; }; \
-      /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /build/wheelhouse --no-deps -r /build/requirements.txt; \
-    else \
-      index=""; if [ "$DEVICE" = cpu ]; then index="--index-url https://download.pytorch.org/whl/cpu"; fi; \
-      /opt/venv/bin/pip install --no-cache-dir $index torch==2.13.0; \
-      /opt/venv/bin/pip install --no-cache-dir --no-deps -r /build/requirements.txt; \
-    fi
+    grep -v '^torch==' /build/requirements.txt > /build/pins.txt; \
+    pip="/opt/venv/bin/pip install --no-cache-dir --no-index --find-links /build/wheelhouse"; \
+    $pip -c /build/pins.txt "torch===${TORCH_VERSION}"; \
+    $pip --no-deps -r /build/pins.txt
+# The build fails when the image's PyTorch is not what DEVICE and the labels say.
+RUN /opt/venv/bin/python -c "import sys, torch; cuda = torch.version.cuda or 'none'; \
+    problems = [p for p, bad in ((f'DEVICE=${DEVICE} but torch {torch.__version__} has CUDA {cuda}', \
+                                  ('${DEVICE}' == 'gpu') != (cuda != 'none')), \
+                                 (f'torch {torch.__version__} with CUDA {cuda} is not the labelled ${TORCH_VERSION} with CUDA ${TORCH_CUDA}', \
+                                  (torch.__version__, cuda) != ('${TORCH_VERSION}', '${TORCH_CUDA}'))) if bad]; \
+    sys.exit('; '.join(problems) if problems else 0)"
 COPY pyproject.toml README.md /build/package/
 COPY src /build/package/src
-RUN if [ "$OFFLINE" = 1 ]; then extra="--no-index --find-links /build/wheelhouse"; fi; \
-    /opt/venv/bin/pip install --no-cache-dir --no-deps $extra /build/package
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-index --find-links /build/wheelhouse /build/package
 
 FROM ${BASE_IMAGE}
 ARG DEVICE=gpu
 ARG GPU_COUNT=1
+ARG GPU_MEMORY=4G
+ARG TORCH_VERSION
+ARG TORCH_CUDA
 RUN groupadd -r algorithm && useradd -m --no-log-init -r -g algorithm algorithm \
     && mkdir -p /input /output /opt/ml/model && chown algorithm:algorithm /output
 COPY --from=builder /opt/venv /opt/venv
@@ -55,5 +65,7 @@ LABEL org.opencontainers.image.title="MixMicrobleedNet" \
       nl.diagnijmegen.rse.algorithm.hardware.memory=8G \
       nl.diagnijmegen.rse.algorithm.hardware.gpu.count=${GPU_COUNT} \
       nl.diagnijmegen.rse.algorithm.hardware.gpu.cuda_compute_capability=() \
-      nl.diagnijmegen.rse.algorithm.hardware.gpu.memory=4G \
-      mixmicrobleednet.device=${DEVICE}
+      nl.diagnijmegen.rse.algorithm.hardware.gpu.memory=${GPU_MEMORY} \
+      mixmicrobleednet.device=${DEVICE} \
+      mixmicrobleednet.torch.version=${TORCH_VERSION} \
+      mixmicrobleednet.torch.cuda=${TORCH_CUDA}

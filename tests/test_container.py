@@ -89,7 +89,7 @@ def test_a_model_that_cannot_load_is_a_clear_error_and_no_case_is_written(image,
     readable_by_the_image_user(broken)
     result = run_container(image, cohorts, tmp_path / "out", "-v", f"{broken}:/opt/ml/model:ro")
     assert result.returncode == 2
-    assert "cannot load the model in /opt/ml/model" in result.stderr
+    assert "/opt/ml/model: unreadable plans.json or dataset.json" in result.stderr
     assert not list((tmp_path / "out").rglob("*.nii.gz"))
 
 
@@ -114,7 +114,7 @@ def test_three_cohorts_then_broken_cases_container_and_cli_agree(image, cohorts,
     assert errors[layout.input_name(stem("nochannel"), "T1")] == [
         "missing T2 channel: expected file sub-nochannel_space-T2S_desc-masked_T2.nii.gz, needed by model weights "
         "(channels T1, T2, T2S)"]
-    assert "sub-garbage_space-T2S_desc-masked_T1.nii.gz: not a readable image" in errors[layout.input_name(stem("garbage"), "T1")][0]
+    assert "sub-garbage_space-T2S_desc-masked_T2S.nii.gz: not a readable image" in errors[layout.input_name(stem("garbage"), "T1")][0]
     assert "missing T2 channel" in container.stderr and "not a readable image" in container.stderr
     assert_masks_on_t2s_grids(cohorts, tmp_path / "container", subjects)
 

@@ -70,3 +70,103 @@ def test_missing_prediction_is_an_error(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(_blank()), str(tmp_path / "l" / layout.label_name(stem("a"))))
     with pytest.raises(ValueError, match="no prediction for 1 labelled case"):
         evaluate_folders(tmp_path / "l", tmp_path / "p")
+
+
+# The VALDO 2021 Task 2 rule, on hand-built cases (spacing z, y, x in mm).
+SPACING = (3.0, 1.0, 1.0)
+
+
+def _valdo(reference, prediction, distance=3.0, unit="voxel"):
+    from mixmicrobleednet.evaluate import valdo_case_measures
+
+    return valdo_case_measures(reference, prediction, SPACING, distance, unit)
+
+
+def test_valdo_two_predictions_near_one_reference_the_nearer_is_the_hit():
+    reference, prediction = _blank(), _blank()
+    reference[4, 8:11, 8:11] = 1                      # centre (4, 9, 9)
+    prediction[4, 9, 9:11] = 1                        # centre (4, 9, 9.5): nearer, TP
+    prediction[4, 11, 11] = 1                         # centre (4, 11, 11): 2.8 voxels away, FP
+    m = _valdo(reference, prediction)
+    assert (m["true_positives"], m["false_positives"], m["false_negatives"]) == (1, 1, 0)
+    assert m["f1"] == pytest.approx(2 / 3)
+    # Dice of the reference with both predictions assigned to it: 2 * 2 / (9 + 3)
+    assert m["mean_dice"] == pytest.approx(4 / 12)
+    assert m["absolute_count_difference"] == 1
+    assert m["absolute_volume_difference_mm3"] == pytest.approx((9 - 3) * 3.0)
+
+
+def test_valdo_a_prediction_beyond_the_distance_is_a_false_positive_and_a_miss():
+    reference, prediction = _blank(), _blank()
+    reference[2, 5, 5] = 1
+    prediction[2, 5, 9] = 1                           # 4 voxels, 4 mm away
+    m = _valdo(reference, prediction, distance=3.0)
+    assert (m["true_positives"], m["false_positives"], m["false_negatives"]) == (0, 1, 1)
+    assert m["f1"] == 0 and m["mean_dice"] == 0
+    prediction[:] = 0
+    prediction[3, 5, 5] = 1                           # 1 voxel but 3 mm away (thick slices)
+    assert _valdo(reference, prediction, 2.0, "voxel")["true_positives"] == 1
+    assert _valdo(reference, prediction, 2.0, "mm")["true_positives"] == 0
+
+
+def test_valdo_label_agreement_half_is_not_a_reference_microbleed_as_in_the_challenge_code():
+    reference, prediction = _blank(), np.zeros((10, 20, 20), np.float32)
+    reference = reference.astype(np.float32)
+    reference[2, 2:4, 2:4] = 1.0                      # both raters
+    reference[6, 12:14, 12:14] = 0.5                  # one rater: rounds to 0
+    prediction[2, 2:4, 2:4] = 1
+    prediction[6, 12:14, 12:14] = 1
+    m = _valdo(reference, prediction)
+    assert (m["n_reference"], m["true_positives"], m["false_positives"], m["false_negatives"]) == (1, 1, 1, 0)
+    assert m["absolute_volume_difference_mm3"] == pytest.approx(4 * 3.0)
+
+
+def test_valdo_empty_reference_and_empty_prediction():
+    prediction = _blank()
+    prediction[1, 1, 1] = 1
+    m = _valdo(_blank(), prediction)
+    assert np.isnan(m["f1"]) and np.isnan(m["mean_dice"])
+    assert (m["false_positives"], m["absolute_count_difference"]) == (1, 1)
+    reference = _blank()
+    reference[5, 5, 5] = 1
+    m = _valdo(reference, _blank())
+    assert m["f1"] == 0 and m["mean_dice"] == 0 and m["false_negatives"] == 1
+    both = _valdo(_blank(), _blank())
+    assert np.isnan(both["f1"]) and both["absolute_count_difference"] == 0
+
+
+def test_valdo_probabilities_are_thresholded_and_their_volume_counts_probabilities():
+    reference, probability = _blank(), np.zeros((10, 20, 20), np.float32)
+    reference[2, 2:4, 2:4] = 1
+    probability[2, 2:4, 2:4] = 0.75
+    probability[2, 4, 2:4] = 0.4                      # below 0.5: not a microbleed voxel
+    m = _valdo(reference, probability)
+    assert m["true_positives"] == 1 and m["mean_dice"] == 1.0
+    assert m["absolute_volume_difference_mm3"] == pytest.approx((4 - 4 * 0.75) * 3.0)
+    binary = _valdo(reference, (probability >= 0.5).astype(np.uint8))
+    assert binary["absolute_volume_difference_mm3"] == 0.0
+    with pytest.raises(ValueError, match="expected 0..1"):
+        _valdo(reference, probability * 3)
+
+
+def test_valdo_folder_summary_is_median_and_interquartile_range(tmp_path):
+    labels, predictions = tmp_path / "labels", tmp_path / "pred" / layout.IMAGES_DIR
+    labels.mkdir()
+    predictions.mkdir(parents=True)
+    for index, hits in enumerate((0, 1, 2, 2)):  # 2 reference microbleeds per case
+        reference, prediction = _blank(), _blank()
+        reference[2, 2, 2] = reference[7, 15, 15] = 1
+        for z, y, x in ((2, 2, 2), (7, 15, 15))[:hits]:
+            prediction[z, y, x] = 1
+        for name, folder, array in ((layout.label_name(stem(f"v{index}")), labels, reference),
+                                    (layout.prediction_name(stem(f"v{index}")), predictions, prediction)):
+            sitk.WriteImage(sitk.GetImageFromArray(array), str(folder / name))
+    summary = evaluate_folders(labels, tmp_path / "pred", tmp_path / "eval", matching="valdo", distance=2.0)
+    f1 = [0, 2 / 3, 1, 1]
+    assert summary.loc["all", "f1_median"] == pytest.approx(np.median(f1))
+    assert summary.loc["all", "f1_q1"] == pytest.approx(np.quantile(f1, 0.25))
+    assert summary.loc["all", "absolute_count_difference_q3"] == pytest.approx(np.quantile([2, 1, 0, 0], 0.75))
+    per_case = (tmp_path / "eval" / "per_case.csv").read_text().splitlines()
+    assert per_case[0].startswith("case,subject,matching,") and "valdo (centres closer than 2 voxels)" in per_case[1]
+    with pytest.raises(ValueError, match="needs a matching distance"):
+        evaluate_folders(labels, tmp_path / "pred", matching="valdo")

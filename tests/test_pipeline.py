@@ -262,3 +262,27 @@ def test_log_names_each_stage_with_its_time_as_the_benchmark_reads_it(cohort, tm
     for seconds in stages.values():
         assert set(seconds) == {"read", "preprocess", "network", "resample", "lesions", "write"}
         assert all(value >= 0 for value in seconds.values())
+
+
+def test_prediction_options_from_the_environment_and_the_command_line_wins(monkeypatch, capsys):
+    import argparse
+
+    from mixmicrobleednet.cli import add_prediction_options
+
+    def parse(*argv):
+        parser = argparse.ArgumentParser()
+        add_prediction_options(parser)
+        return parser.parse_args(argv)
+
+    assert (parse().fast, parse().threshold, parse().device) == (False, 0.5, "auto")
+    monkeypatch.setenv("MIXMICROBLEEDNET_FAST", "yes")
+    monkeypatch.setenv("MIXMICROBLEEDNET_THRESHOLD", "0.7")
+    monkeypatch.setenv("MIXMICROBLEEDNET_DEVICE", "cpu")
+    monkeypatch.setenv("MIXMICROBLEEDNET_NO_QC", "0")
+    args = parse()
+    assert (args.fast, args.threshold, args.device, args.no_qc) == (True, 0.7, "cpu", False)
+    assert parse("--threshold", "0.3").threshold == 0.3
+    monkeypatch.setenv("MIXMICROBLEEDNET_THRESHOLD", "2")
+    with pytest.raises(SystemExit):
+        parse()
+    assert "MIXMICROBLEEDNET_THRESHOLD='2': must be a probability" in capsys.readouterr().err

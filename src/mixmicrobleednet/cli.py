@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,41 @@ def add_prediction_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write the microbleed probability map (float32, T2* grid)")
     parser.add_argument("--no-qc", action="store_true", help="do not draw the QC picture per case")
+    _defaults_from_environment(parser)
+
+
+def _flag(text: str) -> bool:
+    if text.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected 1/0, true/false, yes/no or on/off: {text}")
+
+
+#: The prediction options as environment variables, for starts without arguments (Grand-Challenge
+#: and its forge test run start the image so): option destination -> (variable, parser of its value).
+ENVIRONMENT_OPTIONS = {
+    "device": ("MIXMICROBLEEDNET_DEVICE", str),
+    "fast": ("MIXMICROBLEEDNET_FAST", _flag),
+    "threshold": ("MIXMICROBLEEDNET_THRESHOLD", _probability),
+    "min_size_mm3": ("MIXMICROBLEEDNET_MIN_SIZE_MM3", _non_negative),
+    "save_probabilities": ("MIXMICROBLEEDNET_SAVE_PROBABILITIES", _flag),
+    "no_qc": ("MIXMICROBLEEDNET_NO_QC", _flag),
+}
+
+
+def _defaults_from_environment(parser: argparse.ArgumentParser) -> None:
+    """Variables set in the environment become the options' defaults; the command line wins."""
+    defaults = {}
+    for destination, (variable, parse) in ENVIRONMENT_OPTIONS.items():
+        if variable in os.environ:
+            try:
+                defaults[destination] = parse(os.environ[variable])
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                parser.error(f"environment variable {variable}={os.environ[variable]!r}: {exc}")
+            if destination == "device" and defaults[destination] not in ("auto", "cuda", "cpu"):
+                parser.error(f"environment variable {variable}={os.environ[variable]!r}: use auto, cuda or cpu")
+    parser.set_defaults(**defaults)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -129,6 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
                           help="folder with sub-<id>_space-T2S_prediction.nii.gz (or its images/ subfolder)")
     evaluate.add_argument("--out", type=Path, help="write per-case CSV and summary JSON here")
     evaluate.add_argument("--cohorts", type=Path, help="phantoms.csv (subject,cohort) for per-cohort results")
+    evaluate.add_argument("--matching", choices=("overlap", "valdo"), default="overlap",
+                          help="overlap: a reference microbleed is found when a prediction overlaps it (default); "
+                               "valdo: the VALDO 2021 challenge's Task 2 rule (centre-of-mass distance, median/IQR)")
+    distance = evaluate.add_mutually_exclusive_group()
+    distance.add_argument("--distance-voxels", type=float, help="valdo: matching distance in voxel indices, "
+                                                                 "as the challenge's code measured it")
+    distance.add_argument("--distance-mm", type=float, help="valdo: matching distance in millimetres")
+    evaluate.add_argument("--probabilities", action="store_true",
+                          help="score the probability maps (<case>_probability.nii.gz, --save-probabilities) "
+                               "instead of the masks (valdo: volume from probabilities >= 0.5)")
     return parser
 
 
@@ -176,7 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "evaluate":
         from .evaluate import evaluate_folders
 
-        summary = evaluate_folders(args.labels, args.predictions, args.out, args.cohorts)
+        unit, distance = ("mm", args.distance_mm) if args.distance_mm is not None else ("voxel", args.distance_voxels)
+        try:
+            summary = evaluate_folders(args.labels, args.predictions, args.out, args.cohorts, args.matching, distance,
+                                       unit, args.probabilities)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
         print(summary.to_string())
         return 0
     return 2

@@ -1,6 +1,6 @@
-"""VALDO 2021 Task 2 measures of predicted microbleed masks against reference masks.
+"""Measures of predicted microbleeds against reference labels, by one of two rules.
 
-Per case:
+`overlap` (the default: what our model cards report) — per case:
 - dice: voxel Dice; NaN when reference and prediction are both empty (nothing to overlap).
 - volume_difference_mm3: |predicted - reference| volume (the absolute volume difference).
 - count_difference: |predicted - reference| number of microbleeds.
@@ -14,6 +14,9 @@ Per case:
 
 Overall, counts are pooled over cases (sensitivity = all TP / all reference microbleeds,
 false positives per scan = all FP / cases); Dice is the mean over cases with microbleeds.
+
+`valdo` — the VALDO 2021 challenge's own Task 2 rule (valdo_case_measures), as its public
+evaluation code computes it, aggregated as the challenge did (median and interquartile range).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+from scipy import ndimage
+from scipy.spatial.distance import cdist
+
 from . import layout
 from .lesions import label_microbleeds
 
@@ -83,9 +89,92 @@ def summarise(per_case: pd.DataFrame) -> dict:
     }
 
 
-def _find_predictions(folder: Path) -> dict[str, Path]:
+#: The four Task 2 measures the challenge ranked microbleeds by.
+VALDO_MEASURES = ("absolute_count_difference", "f1", "mean_dice", "absolute_volume_difference_mm3")
+VALDO_THRESHOLD = 0.5
+
+
+def valdo_case_measures(reference: np.ndarray, prediction: np.ndarray, spacing_zyx, distance: float,
+                        distance_unit: str = "voxel", threshold: float = VALDO_THRESHOLD) -> dict:
+    """The VALDO 2021 Task 2 microbleed measures of one case, by the rules of the challenge's public
+    evaluation code (WhereIsValdo/valdo-eval-2021: evaluation_comparison/pairwise_measures.py with
+    `compare_segmentations.py -task microbleeds`), in our own words and code:
+
+    - The prediction may be probabilities: voxels >= `threshold` (0.5) are microbleed voxels, and
+      the volume counts the probabilities of those voxels ("clipped" map), not their number.
+    - The label is rounded to whole numbers as numpy rounds (half to even), so voxels labelled 0.5
+      (the raters' lower agreement) are not reference voxels and only those labelled 1 are. (The
+      challenge describes 0.5/1 as rater agreement; its code gives 0.5 no weight, and so do we.)
+    - Microbleeds are 26-connected components. Each predicted one is assigned to the reference
+      microbleed whose centre of mass is nearest, if closer than `distance`; none → false positive.
+      A reference microbleed with one assigned prediction: that one is a true positive; with several,
+      the nearest is (all of them on an exact tie, as the code's equality test does) and the others
+      are false positives. Misses = reference microbleeds - true positives.
+    - Centres of mass are in voxel indices: the challenge's distance is in voxels
+      (`distance_unit="voxel"`), whatever the spacing; `"mm"` measures it in millimetres instead.
+    - F1 = 2 TP / (2 TP + FP + FN). Mean Dice: over reference microbleeds with a true positive, the
+      Dice of the microbleed with the union of every prediction assigned to it (false positives
+      among them too), averaged. Absolute count difference: |reference - predicted components|.
+      Absolute volume difference: |sum of the clipped map - reference voxels| x voxel volume.
+    - An empty prediction (nothing >= threshold): F1 and mean Dice 0, or NaN when the reference is
+      empty too; an empty reference: F1 and mean Dice NaN (every prediction a false positive).
+    - The public code's input checks (`np.all(seg) >= 0` and the like) compare a boolean with 0 or
+      1 and so can never fail; here a prediction outside [0, 1] or a grid mismatch is an error.
+    """
+    if distance_unit not in ("voxel", "mm"):
+        raise ValueError(f"distance unit {distance_unit!r}: use voxel or mm")
+    prediction = np.asarray(prediction, np.float64)
+    if prediction.size and (prediction.min() < 0 or prediction.max() > 1):
+        raise ValueError(f"prediction values in [{prediction.min()}, {prediction.max()}]: expected 0..1")
+    reference = np.rint(np.asarray(reference, np.float64))
+    binary = prediction >= threshold
+    clipped_sum = float(prediction[binary].sum())
+    ref_labels, n_ref = label_microbleeds(reference)
+    seg_labels, n_seg = label_microbleeds(binary)
+    result = {"n_reference": n_ref, "n_predicted": n_seg,
+              "absolute_count_difference": abs(n_ref - n_seg),
+              "absolute_volume_difference_mm3": abs(clipped_sum - float(reference.sum())) * float(np.prod(spacing_zyx))}
+    if clipped_sum == 0 or n_ref == 0:  # nothing predicted, or nothing to find
+        undefined = np.nan if n_ref == 0 else 0.0
+        return {**result, "true_positives": 0, "false_positives": n_seg, "false_negatives": n_ref,
+                "f1": undefined, "mean_dice": undefined}
+    scale = np.asarray(spacing_zyx, np.float64) if distance_unit == "mm" else 1.0
+    seg_centres = np.array(ndimage.center_of_mass(binary, seg_labels, range(1, n_seg + 1))) * scale
+    ref_centres = np.array(ndimage.center_of_mass(reference > 0, ref_labels, range(1, n_ref + 1))) * scale
+    distances = cdist(seg_centres, ref_centres)
+    nearest = distances.argmin(axis=1)
+    nearest_distance = distances[np.arange(n_seg), nearest]
+    assigned = np.where(nearest_distance < distance, nearest + 1, 0)  # reference label, 0: none
+    true_positive = np.zeros(n_seg, bool)
+    dice = []
+    for ref_label in np.unique(assigned[assigned > 0]):
+        mine = np.flatnonzero(assigned == ref_label)
+        true_positive[mine[nearest_distance[mine] == nearest_distance[mine].min()]] = True
+        predicted = np.isin(seg_labels, mine + 1)
+        actual = ref_labels == ref_label
+        dice.append(2 * np.count_nonzero(predicted & actual) / (predicted.sum() + actual.sum()))
+    tp = int(true_positive.sum())
+    fp, fn = n_seg - tp, n_ref - tp
+    return {**result, "true_positives": tp, "false_positives": fp, "false_negatives": fn,
+            "f1": 2 * tp / (2 * tp + fp + fn), "mean_dice": float(np.mean(dice)) if dice else 0.0}
+
+
+def valdo_summary(per_case: pd.DataFrame) -> dict:
+    """The challenge's aggregation: median and interquartile range of each measure over cases
+    (cases where a measure is undefined are left out of it)."""
+    summary = {"cases": len(per_case)}
+    for measure in VALDO_MEASURES:
+        values = per_case[measure].astype(float)
+        summary.update({f"{measure}_median": float(values.median()), f"{measure}_q1": float(values.quantile(0.25)),
+                        f"{measure}_q3": float(values.quantile(0.75))})
+    return summary
+
+
+def _find_predictions(folder: Path, kind: str) -> dict[str, Path]:
+    """Case stem -> file of the given output kind (mask or probability) in an output folder (or its
+    images/ subfolder)."""
     for candidate in (folder / layout.IMAGES_DIR, folder):
-        found = {layout.parse_prediction_name(p.name): p for p in candidate.glob("*.nii.gz")}
+        found = {layout.parse_output_name(p.name, kind): p for p in candidate.glob("*.nii.gz")}
         found.pop(None, None)
         if found:
             return found
@@ -93,29 +182,41 @@ def _find_predictions(folder: Path) -> dict[str, Path]:
 
 
 def evaluate_folders(labels_dir: Path, predictions_dir: Path, out_dir: Path | None = None,
-                     cohorts_csv: Path | None = None) -> pd.DataFrame:
-    """Per-case table (CSV) and overall / per-cohort summary (JSON); returns the summary table."""
+                     cohorts_csv: Path | None = None, matching: str = "overlap", distance: float | None = None,
+                     distance_unit: str = "voxel", probabilities: bool = False) -> pd.DataFrame:
+    """Per-case table (CSV) and overall / per-cohort summary (JSON); returns the summary table.
+    `matching`: overlap (ours) or valdo (the challenge's, with `distance` in `distance_unit`);
+    `probabilities`: score the probability maps (--save-probabilities) instead of the masks."""
+    if matching == "valdo" and distance is None:
+        raise ValueError("the valdo rule needs a matching distance (--distance-voxels or --distance-mm)")
     labels = {layout.parse_label_name(p.name): p for p in Path(labels_dir).glob("*.nii.gz")}
     labels.pop(None, None)
-    predictions = _find_predictions(Path(predictions_dir))
+    predictions = _find_predictions(Path(predictions_dir), "probability" if probabilities else "mask")
     missing = sorted(set(labels) - set(predictions))
     if missing:
         raise ValueError(f"no prediction for {len(missing)} labelled case(s): {', '.join(missing)}")
+    rule = "overlap" if matching == "overlap" else \
+        f"valdo (centres closer than {distance:g} {'voxels' if distance_unit == 'voxel' else 'mm'})"
     rows = []
     for case_id in sorted(labels):
         reference = sitk.ReadImage(str(labels[case_id]))
         prediction = sitk.ReadImage(str(predictions[case_id]))
         if reference.GetSize() != prediction.GetSize():
             raise ValueError(f"{case_id}: prediction grid {prediction.GetSize()} != label grid {reference.GetSize()}")
-        rows.append({"case": case_id, "subject": layout.parse_stem(case_id)["subject"],
-                     **case_measures(sitk.GetArrayViewFromImage(reference), sitk.GetArrayViewFromImage(prediction),
-                                     float(np.prod(reference.GetSpacing())))})
+        reference_array, prediction_array = sitk.GetArrayViewFromImage(reference), sitk.GetArrayViewFromImage(prediction)
+        if matching == "valdo":
+            measures = valdo_case_measures(reference_array, prediction_array, reference.GetSpacing()[::-1],
+                                           distance, distance_unit)
+        else:
+            measures = case_measures(reference_array, prediction_array, float(np.prod(reference.GetSpacing())))
+        rows.append({"case": case_id, "subject": layout.parse_stem(case_id)["subject"], "matching": rule, **measures})
     per_case = pd.DataFrame(rows)
     if cohorts_csv:
         per_case = per_case.merge(pd.read_csv(cohorts_csv)[["subject", "cohort"]], on="subject", how="left")
-    groups = {"all": summarise(per_case)}
+    summarise_group = valdo_summary if matching == "valdo" else summarise
+    groups = {"all": summarise_group(per_case)}
     if "cohort" in per_case:
-        groups.update({str(c): summarise(g) for c, g in per_case.groupby("cohort")})
+        groups.update({str(c): summarise_group(g) for c, g in per_case.groupby("cohort")})
     summary = pd.DataFrame(groups).T
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)

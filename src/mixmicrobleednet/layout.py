@@ -24,7 +24,6 @@ _STEM = r"sub-(?P<subject>[A-Za-z0-9]+)(?:_ses-(?P<session>[A-Za-z0-9]+))?(?:_ac
         r"(?:_run-(?P<run>[A-Za-z0-9]+))?_space-(?P<space>[A-Za-z0-9]+)"
 _INPUT_RE = re.compile(rf"^(?P<stem>{_STEM})_desc-masked_(?P<channel>{'|'.join(CHANNELS)})(?P<extension>\.nii(?:\.gz)?)$")
 _LABEL_RE = re.compile(rf"^(?P<stem>{_STEM})_CMB\.nii\.gz$")
-_PREDICTION_RE = re.compile(rf"^(?P<stem>{_STEM})_prediction\.nii\.gz$")
 
 
 def case_stem(subject: str, session: str | None = None, space: str = REFERENCE_CHANNEL) -> str:
@@ -74,14 +73,24 @@ SUMMARY_CSV = "summary.csv"
 MERGE_LOCK = ".merge.lock"
 
 
+#: A case's outputs in the seed layout: its stem plus one of these.
+_OUTPUT_SUFFIXES = {"mask": f"_prediction{NIFTI}", "lesions": "_lesions.csv", "probability": f"_probability{NIFTI}",
+                    "qc": "_qc.png"}
+
+
 def prediction_name(stem: str) -> str:
-    return f"{stem}_prediction{NIFTI}"
+    return stem + _OUTPUT_SUFFIXES["mask"]
+
+
+def parse_output_name(name: str, kind: str) -> str | None:
+    """The case stem of a seed-layout output file name of this kind (mask, probability, ...), or None."""
+    match = re.fullmatch(rf"(?P<stem>{_STEM}){re.escape(_OUTPUT_SUFFIXES[kind])}", name)
+    return match.group("stem") if match else None
 
 
 def parse_prediction_name(name: str) -> str | None:
     """The case stem of a mask file name, or None."""
-    match = _PREDICTION_RE.match(name)
-    return match.group("stem") if match else None
+    return parse_output_name(name, "mask")
 
 
 def prediction_path(output_dir: Path, stem: str) -> Path:
@@ -117,8 +126,6 @@ def platform_output_paths() -> dict[str, str]:
 def seed_output_paths(stem: str) -> dict[str, str]:
     """Output kind -> path relative to the output folder, in the seed's layout: every name carries
     the case's stem, so no two cases share an output."""
-    paths = {"mask": f"{IMAGES_DIR}/{prediction_name(stem)}"}
-    paths.update({kind: f"{IMAGES_DIR}/{stem}_{kind}{extension}"
-                  for kind, extension in (("lesions", ".csv"), ("probability", NIFTI), ("qc", ".png"))})
+    paths = {kind: f"{IMAGES_DIR}/{stem}{suffix}" for kind, suffix in _OUTPUT_SUFFIXES.items()}
     paths["record"] = f"{RECORDS_DIR}/{record_name(stem)}"
     return paths
