@@ -21,12 +21,13 @@ RUN set -eu; python3 -m venv /opt/venv; \
     pip="/opt/venv/bin/pip install --no-cache-dir --no-index --find-links /build/wheelhouse"; \
     $pip -c /build/pins.txt "torch===${TORCH_VERSION}"; \
     $pip --no-deps -r /build/pins.txt
-# The build fails when the image's PyTorch is not what DEVICE and the labels say.
+# The build fails when the image's PyTorch is not what DEVICE and the labels say (the CUDA wheel's
+# file says 2.13.0, torch itself 2.13.0+cu130: the public version and the CUDA version must agree).
 RUN /opt/venv/bin/python -c "import sys, torch; cuda = torch.version.cuda or 'none'; \
     problems = [p for p, bad in ((f'DEVICE=${DEVICE} but torch {torch.__version__} has CUDA {cuda}', \
                                   ('${DEVICE}' == 'gpu') != (cuda != 'none')), \
                                  (f'torch {torch.__version__} with CUDA {cuda} is not the labelled ${TORCH_VERSION} with CUDA ${TORCH_CUDA}', \
-                                  (torch.__version__, cuda) != ('${TORCH_VERSION}', '${TORCH_CUDA}'))) if bad]; \
+                                  (torch.__version__.split('+')[0], cuda) != ('${TORCH_VERSION}'.split('+')[0], '${TORCH_CUDA}'))) if bad]; \
     sys.exit('; '.join(problems) if problems else 0)"
 COPY pyproject.toml README.md /build/package/
 COPY src /build/package/src

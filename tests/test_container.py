@@ -5,6 +5,7 @@ runs these after test.sh. Select them out with `-m "not docker"` on machines wit
 """
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -151,3 +152,42 @@ def test_platform_job_with_a_missing_socket_file_is_a_clear_error(image, tmp_pat
     assert run.returncode == 1
     assert "images/t2-brain-mri/: 0 .mha/.tif files for socket 't2-brain-mri', expected exactly 1" in run.stderr
     assert not (tmp_path / "out" / layout.platform_output_paths()["mask"]).exists()
+
+
+def _torch_inside(image: str) -> list[str]:
+    run = docker("run", "--rm", "--network", "none", "--entrypoint", "python", image, "-c",
+                 "import torch; print(torch.__version__, torch.version.cuda or 'none')")
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout.split()
+
+
+def _labels(image: str) -> dict:
+    return json.loads(docker("image", "inspect", "--format", "{{json .Config.Labels}}", image).stdout)
+
+
+@pytest.mark.parametrize("tag, has_cuda", [("mixmicrobleednet:latest", True), ("mixmicrobleednet:cpu", False)])
+def test_each_image_holds_the_pytorch_its_labels_name(tag, has_cuda):
+    if docker("image", "inspect", tag).returncode != 0:
+        pytest.fail(f"{tag} is not built: run ./test.sh first")
+    version, cuda = _torch_inside(tag)
+    assert (cuda != "none") == has_cuda, (tag, version, cuda)
+    assert ("+cpu" in version) != has_cuda
+    labels = _labels(tag)
+    assert labels["mixmicrobleednet.torch.version"].split("+")[0] == version.split("+")[0]
+    assert labels["mixmicrobleednet.torch.cuda"] == cuda
+    assert labels["mixmicrobleednet.device"] == ("gpu" if has_cuda else "cpu")
+    assert labels["nl.diagnijmegen.rse.algorithm.hardware.gpu.count"] == ("1" if has_cuda else "0")
+
+
+def test_a_build_whose_pytorch_does_not_match_its_device_fails():
+    """A GPU build handed CPU wheels (what a pip configuration with a local CPU wheel did) stops."""
+    context = REPO / "build" / "context-cpu"
+    if not (context / "Dockerfile").is_file():
+        pytest.fail("build/context-cpu is missing: run ./build.sh --cpu --offline (./test.sh) first")
+    version = (context / "wheelhouse" / "cpu" / "TORCH").read_text().split()[0]
+    run = docker("build", "--network", "none", "--target", "builder", "--build-arg", "DEVICE=gpu",
+                 "--build-arg", "WHEELHOUSE=cpu", "--build-arg", f"TORCH_VERSION={version}",
+                 "--build-arg", "TORCH_CUDA=none", "--build-arg", "BASE_IMAGE=mixmicrobleednet-base:bookworm",
+                 "-t", "mixmicrobleednet:mismatch", str(context), env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    assert run.returncode != 0
+    assert f"DEVICE=gpu but torch {version} has CUDA none" in run.stdout + run.stderr

@@ -106,6 +106,13 @@ def prepare_run(input_dir: Path, output_dir: Path, options: RunOptions = RunOpti
     except ModelError as exc:
         raise RunError(str(exc)) from None
     check_output_folder(output_dir)
+    if options.device == "cuda":  # no GPU: stop now, not after the first case is read
+        from .model import resolve_device
+
+        try:
+            resolve_device("cuda")
+        except ModelError as exc:
+            raise RunError(str(exc)) from None
     platform = uses_platform_interface(input_dir)
     try:
         cases = [platform_case(input_dir, model.channels)] if platform else seed_cases(input_dir)
