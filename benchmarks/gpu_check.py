@@ -49,7 +49,9 @@ def big_phantom(case_dir: Path) -> Path:
 
 
 def _mask(probabilities: np.ndarray) -> np.ndarray:
-    return (probabilities > 0.5).astype(np.uint8)
+    from mixmicrobleednet.lesions import DEFAULT_THRESHOLD
+
+    return (probabilities > DEFAULT_THRESHOLD).astype(np.uint8)
 
 
 def _count(mask: np.ndarray) -> int:

@@ -30,7 +30,7 @@ def test_batched_tiles_and_single_map_resampling_keep_nnunets_mask(tmp_path):
     reference = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=__import__("torch").device("cpu"),
                                 perform_everything_on_device=False, allow_tqdm=False)
     reference.initialize_from_trained_model_folder(str(WEIGHTS), use_folds=(layout.FOLD,),
-                                                   checkpoint_name=layout.CHECKPOINT.split("/")[-1])
+                                                   checkpoint_name=layout.CHECKPOINT_NAME)
     _, nnunet = reference.predict_single_npy_array(stack.array, {"spacing": list(stack.spacing_zyx)}, None, None, True)
     nnunet_mask = nnunet.argmax(0)
 

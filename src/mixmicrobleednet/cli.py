@@ -14,9 +14,18 @@ from .modelfolder import DEFAULT_MODEL_DIR
 log = logging.getLogger("mixmicrobleednet")
 
 
+DEVICES = ("auto", "cuda", "cpu")
+
+
 def _add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+    parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="auto: CUDA when a GPU is visible, else CPU (default: auto)")
+
+
+def _device(text: str) -> str:
+    if text not in DEVICES:
+        raise argparse.ArgumentTypeError(f"use {', '.join(DEVICES)}")
+    return text
 
 
 def _probability(text: str) -> float:
@@ -59,7 +68,7 @@ def _flag(text: str) -> bool:
 #: The prediction options as environment variables, for starts without arguments (Grand-Challenge
 #: and its forge test run start the image so): option destination -> (variable, parser of its value).
 ENVIRONMENT_OPTIONS = {
-    "device": ("MIXMICROBLEEDNET_DEVICE", str),
+    "device": ("MIXMICROBLEEDNET_DEVICE", _device),
     "fast": ("MIXMICROBLEEDNET_FAST", _flag),
     "threshold": ("MIXMICROBLEEDNET_THRESHOLD", _probability),
     "min_size_mm3": ("MIXMICROBLEEDNET_MIN_SIZE_MM3", _non_negative),
@@ -77,8 +86,6 @@ def _defaults_from_environment(parser: argparse.ArgumentParser) -> None:
                 defaults[destination] = parse(os.environ[variable])
             except (argparse.ArgumentTypeError, ValueError) as exc:
                 parser.error(f"environment variable {variable}={os.environ[variable]!r}: {exc}")
-            if destination == "device" and defaults[destination] not in ("auto", "cuda", "cpu"):
-                parser.error(f"environment variable {variable}={os.environ[variable]!r}: use auto, cuda or cpu")
     parser.set_defaults(**defaults)
 
 
@@ -106,7 +113,7 @@ def add_cohort_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_options(args: argparse.Namespace, model_dir: Path):
-    """RunOptions from the options of add_prediction_options (and add_cohort_options, if added)."""
+    """RunOptions from the options of add_prediction_options and add_cohort_options."""
     from .lesions import LesionSettings
     from .model import PredictionSettings
     from .pipeline import OutputSettings
@@ -115,8 +122,8 @@ def run_options(args: argparse.Namespace, model_dir: Path):
     return RunOptions(
         model_dir=model_dir, device=args.device, prediction=PredictionSettings(use_mirroring=not args.fast),
         output=OutputSettings(LesionSettings(args.threshold, args.min_size_mm3), args.save_probabilities, not args.no_qc),
-        resume=getattr(args, "resume", False), shard=getattr(args, "shard", None),
-        participants=tuple(getattr(args, "participant_label", ())), sessions=tuple(getattr(args, "session_label", ())))
+        resume=args.resume, shard=args.shard, participants=tuple(args.participant_label),
+        sessions=tuple(args.session_label))
 
 
 def build_parser() -> argparse.ArgumentParser:

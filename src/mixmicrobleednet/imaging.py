@@ -129,10 +129,16 @@ def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
 PARTIAL = ".partial-"  # in the name of a file being written
 
 
+def _partial_name(path: Path, writer: str) -> str:
+    """The hidden name `path` is written under by `writer` (a process id, or * to match any); it
+    keeps the suffix, since writers pick the format by it."""
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    return f".{path.name[: len(path.name) - len(suffix)]}{PARTIAL}{writer}{suffix}"
+
+
 def remove_partials(path: Path) -> None:
     """Remove what a killed process left half-written of `path` (before it is written again)."""
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    for stale in path.parent.glob(f".{path.name[: len(path.name) - len(suffix)]}{PARTIAL}*{suffix}"):
+    for stale in path.parent.glob(_partial_name(path, "*")):
         stale.unlink(missing_ok=True)
 
 
@@ -141,8 +147,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path in the same folder to write to; rename it to `path` only when the
     writing finished, so a reader never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix  # writers pick the format by it
-    temporary = path.with_name(f".{path.name[: len(path.name) - len(suffix)]}{PARTIAL}{os.getpid()}{suffix}")
+    temporary = path.with_name(_partial_name(path, str(os.getpid())))
     try:
         yield temporary
         os.replace(temporary, path)

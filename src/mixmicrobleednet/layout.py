@@ -18,7 +18,6 @@ CHANNELS: tuple[str, ...] = ("T1", "T2", "T2S")
 REFERENCE_CHANNEL = "T2S"
 
 NIFTI = ".nii.gz"
-NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 #: The entities that tell two inputs apart, in the order they stand in a name (BIDS order).
 _STEM = r"sub-(?P<subject>[A-Za-z0-9]+)(?:_ses-(?P<session>[A-Za-z0-9]+))?(?:_acq-(?P<acquisition>[A-Za-z0-9]+))?" \
         r"(?:_run-(?P<run>[A-Za-z0-9]+))?_space-(?P<space>[A-Za-z0-9]+)"
@@ -64,13 +63,13 @@ def parse_label_name(name: str) -> str | None:
 PLANS_JSON = "plans.json"
 DATASET_JSON = "dataset.json"
 FOLD = "all"
-CHECKPOINT = f"fold_{FOLD}/checkpoint_final.pth"
+CHECKPOINT_NAME = "checkpoint_final.pth"
+CHECKPOINT = f"fold_{FOLD}/{CHECKPOINT_NAME}"
 
 IMAGES_DIR = "images"
 RECORDS_DIR = "records"
 RESULTS_JSON = "results.json"
 SUMMARY_CSV = "summary.csv"
-MERGE_LOCK = ".merge.lock"
 
 
 #: A case's outputs in the seed layout: its stem plus one of these.

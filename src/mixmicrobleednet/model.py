@@ -94,9 +94,8 @@ class Model:
             use_mirroring=settings.use_mirroring, perform_everything_on_device=self.device.type == "cuda",
             device=self.device, verbose=False, verbose_preprocessing=False, allow_tqdm=False,
         )
-        checkpoint = layout.CHECKPOINT.split("/")[-1]
         self.predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(layout.FOLD,),
-                                                            checkpoint_name=checkpoint)
+                                                            checkpoint_name=layout.CHECKPOINT_NAME)
         # Fold `all` is one set of weights: put it into the network once, not again for every
         # case as nnU-Net's predict_logits_from_preprocessed_data does.
         self.predictor.network.load_state_dict(self.predictor.list_of_parameters[0])

@@ -11,6 +11,7 @@ folder; `mixmicrobleednet merge OUTPUT` rebuilds them at any time.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -31,8 +32,9 @@ RECORD_VERSION = 1
 _VERSIONED = ("mixmicrobleednet", "nnunetv2", "torch", "numpy", "SimpleITK")
 
 
+@functools.cache
 def versions() -> dict[str, str]:
-    """The package's and its main libraries' versions, without importing them."""
+    """The package's and its main libraries' versions, without importing them (read once)."""
     found = {"python": platform.python_version()}
     for name in _VERSIONED:
         try:

@@ -14,7 +14,6 @@ nnU-Net v2 model folder that `predict` and the container load like any other.
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 from pathlib import Path
