@@ -1,26 +1,32 @@
 # MixMicrobleedNet container: one Dockerfile, two builds, both from a host-made wheelhouse
-# (scripts/wheelhouse.sh), so no registry or network is needed inside the build.
+# (scripts/wheelhouse.sh) that build.sh serves on the host's loopback for the length of the build:
+# no registry is reached, and the GBs of wheels are neither sent as build context nor kept in a layer
+# (one stage, one copy of PyTorch: the CI machine ran out of disk with a builder stage).
 #   GPU (default):  ./build.sh           mixmicrobleednet:latest, PyPI's CUDA build of PyTorch
 #   CPU:            ./build.sh --cpu     mixmicrobleednet:cpu, PyTorch's CPU build
 # --offline also takes a local base image with python3 (debootstrap; scripts/offline-base.sh).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-FROM ${BASE_IMAGE} AS builder
+FROM ${BASE_IMAGE}
 ARG DEVICE=gpu
-# The wheelhouse to install from (normally the device's own; the tests give a wrong one on purpose).
-ARG WHEELHOUSE=${DEVICE}
+ARG GPU_COUNT=1
+ARG GPU_MEMORY=4G
 ARG TORCH_VERSION
 ARG TORCH_CUDA
-COPY requirements.txt /build/
-COPY wheelhouse/${WHEELHOUSE}/ /build/wheelhouse/
+# Where build.sh serves the wheelhouse (a fixed address, so that the layers below stay cached).
+ARG WHEELS
+RUN groupadd -r algorithm && useradd -m --no-log-init -r -g algorithm algorithm \
+    && mkdir -p /input /output /opt/ml/model && chown algorithm:algorithm /output
+COPY requirements.txt /opt/mixmicrobleednet/
 # requirements.txt is the tested environment (pip freeze of the CPU build), so the rest installs with
 # --no-deps; torch installs with its dependencies (on the GPU build: the CUDA libraries, once),
 # held to the same pins.
 RUN set -eu; python3 -m venv /opt/venv; \
-    grep -v '^torch==' /build/requirements.txt > /build/pins.txt; \
-    pip="/opt/venv/bin/pip install --no-cache-dir --no-index --find-links /build/wheelhouse"; \
-    $pip -c /build/pins.txt "torch===${TORCH_VERSION}"; \
-    $pip --no-deps -r /build/pins.txt
+    grep -v '^torch==' /opt/mixmicrobleednet/requirements.txt > /tmp/pins.txt; \
+    pip="/opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-index --find-links ${WHEELS}"; \
+    $pip -c /tmp/pins.txt "torch===${TORCH_VERSION}"; \
+    $pip --no-deps -r /tmp/pins.txt; \
+    rm /tmp/pins.txt
 # The build fails when the image's PyTorch is not what DEVICE and the labels say (the CUDA wheel's
 # file says 2.13.0, torch itself 2.13.0+cu130: the public version and the CUDA version must agree).
 RUN /opt/venv/bin/python -c "import sys, torch; cuda = torch.version.cuda or 'none'; \
@@ -29,19 +35,12 @@ RUN /opt/venv/bin/python -c "import sys, torch; cuda = torch.version.cuda or 'no
                                  (f'torch {torch.__version__} with CUDA {cuda} is not the labelled ${TORCH_VERSION} with CUDA ${TORCH_CUDA}', \
                                   (torch.__version__.split('+')[0], cuda) != ('${TORCH_VERSION}'.split('+')[0], '${TORCH_CUDA}'))) if bad]; \
     sys.exit('; '.join(problems) if problems else 0)"
-COPY pyproject.toml README.md /build/package/
-COPY src /build/package/src
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-index --find-links /build/wheelhouse /build/package
-
-FROM ${BASE_IMAGE}
-ARG DEVICE=gpu
-ARG GPU_COUNT=1
-ARG GPU_MEMORY=4G
-ARG TORCH_VERSION
-ARG TORCH_CUDA
-RUN groupadd -r algorithm && useradd -m --no-log-init -r -g algorithm algorithm \
-    && mkdir -p /input /output /opt/ml/model && chown algorithm:algorithm /output
-COPY --from=builder /opt/venv /opt/venv
+# Our package last: a change to src/ rebuilds a small layer, not the GBs above.
+COPY pyproject.toml README.md /tmp/package/
+COPY src /tmp/package/src
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps --no-index \
+        --find-links ${WHEELS} /tmp/package \
+    && rm -rf /tmp/package
 COPY weights /opt/mixmicrobleednet/weights
 COPY process.py /opt/mixmicrobleednet/
 # Read-only root filesystem: every cache goes to /tmp (a tmpfs under `docker run --read-only`).
