@@ -11,8 +11,9 @@ then in one run times, each in a fresh process so that start-up counts as a user
       nnU-Net's raw layout (not timed) — for a model folder its command is
       nnUNetv2_predict_from_modelfolder, the same predictor code;
 checks that the masks are identical, and prints per-case stages (read+align, preprocess, network,
-resample to the input grid, lesions, write), the network-only sliding-window time, peak resident
-memory of each process tree, and a last line `speedup_vs_nnunetv2_predict=X.XX`.
+resample to the input grid, lesions, write), the network-only sliding-window time and its GFLOP/s
+against the machine's fp32 peak (a matrix multiply, measured in the same run; cpu_network.py), peak
+resident memory of each process tree, and a last line `speedup_vs_nnunetv2_predict=X.XX`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def prepare(work: Path) -> tuple[Path, Path, list[str]]:
     seed_dir, raw_dir = work / "input", work / "nnunet-raw"
     done = work / "prepared-cases"  # the case stems, one a line
     if not done.is_file():
+        for folder in (seed_dir, raw_dir):  # files of an older layout would be predicted too
+            shutil.rmtree(folder, ignore_errors=True)
         cases = generate(seed_dir, 3, SEED, ["highres3d", "thickslice", "lowres"])
         big = cases[0]["subject"]
         stem = layout.case_stem(big)
@@ -90,6 +93,9 @@ def main() -> int:
     from mixmicrobleednet import layout
 
     seed_dir, raw_dir, subjects = prepare(args.work)
+    raw_cases = sorted({path.name.rsplit("_", 1)[0] for path in raw_dir.iterdir()})
+    if raw_cases != sorted(subjects):  # both tools must get the same cases
+        sys.exit(f"{raw_dir} holds {raw_cases}, not the prepared {subjects}: delete {args.work} and run again")
     ours_out, theirs_out = args.work / "out-ours", args.work / "out-nnunetv2"
     for folder in (ours_out, theirs_out):
         shutil.rmtree(folder, ignore_errors=True)
@@ -125,6 +131,18 @@ def main() -> int:
     print(f"ours (whole process, start-up included): {ours_seconds:.1f} s, peak RSS {ours_gb:.2f} GB; "
           f"network-only sliding window {network:.1f} s; outside the network {ours_seconds - network:.1f} s "
           f"({(ours_seconds - network) / ours_seconds:.0%})")
+    if args.device == "cpu":
+        import torch
+        from cpu_network import fp32_peak_gflops, gflop_per_tile
+        from mixmicrobleednet.model import Model, PredictionSettings
+
+        model = Model(args.model, "cpu", PredictionSettings(use_mirroring=False))
+        per_tile = gflop_per_tile(model.predictor.network, tuple(model.predictor.configuration_manager.patch_size),
+                                  len(model.folder.channels))
+        achieved = per_tile * sum(s["tiles"] * s["passes"] for s in stages.values()) / network
+        peak = fp32_peak_gflops()
+        print(f"network: {achieved:.1f} GFLOP/s ({per_tile:.2f} GFLOP per tile), {achieved / peak:.0%} of the "
+              f"fp32 peak of {peak:.0f} GFLOP/s (matmul, {torch.get_num_threads()} threads)")
     print(f"nnUNetv2_predict (whole process tree): {theirs_seconds:.1f} s, peak RSS {theirs_gb:.2f} GB")
     print(f"masks identical: {identical}")
     print(f"speedup_vs_nnunetv2_predict={theirs_seconds / ours_seconds:.2f}")
@@ -144,8 +162,9 @@ def _stages_from_log(text: str) -> dict[str, dict[str, float]]:
         elif current is not None and (match := re.search(r"read and aligned in ([\d.]+) s", line)):
             current["read"] = float(match.group(1))
         elif current is not None and (match := re.search(
-                r"preprocess ([\d.]+) s, network ([\d.]+) s, resample to the input grid ([\d.]+) s", line)):
-            current.update(zip(("preprocess", "network", "resample"), map(float, match.groups())))
+                r"preprocess ([\d.]+) s, network ([\d.]+) s \((\d+) tiles x (\d+) passes\), "
+                r"resample to the input grid ([\d.]+) s", line)):
+            current.update(zip(("preprocess", "network", "tiles", "passes", "resample"), map(float, match.groups())))
         elif current is not None and (match := re.search(r": (lesions|write) ([\d.]+) s$", line)):
             current[match.group(1)] = float(match.group(2))
     return stages

@@ -5,7 +5,6 @@ runs these after test.sh. Select them out with `-m "not docker"` on machines wit
 """
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path

@@ -260,8 +260,9 @@ def test_log_names_each_stage_with_its_time_as_the_benchmark_reads_it(cohort, tm
     stages = _stages_from_log(run.stderr)
     assert list(stages) == [stem(s) for s in ("hr1", "lr3", "ts2")]
     for seconds in stages.values():
-        assert set(seconds) == {"read", "preprocess", "network", "resample", "lesions", "write"}
+        assert set(seconds) == {"read", "preprocess", "network", "tiles", "passes", "resample", "lesions", "write"}
         assert all(value >= 0 for value in seconds.values())
+        assert seconds["tiles"] >= 1 and seconds["passes"] == 1  # --fast: no mirrored passes
 
 
 def test_prediction_options_from_the_environment_and_the_command_line_wins(monkeypatch, capsys):
@@ -274,7 +275,9 @@ def test_prediction_options_from_the_environment_and_the_command_line_wins(monke
         add_prediction_options(parser)
         return parser.parse_args(argv)
 
-    assert (parse().fast, parse().threshold, parse().device) == (False, 0.5, "auto")
+    assert (parse().fast, parse().threshold, parse().device, parse().precision) == (False, 0.5, "auto", "float32")
+    monkeypatch.setenv("MIXMICROBLEEDNET_PRECISION", "bfloat16")
+    assert parse().precision == "bfloat16"
     monkeypatch.setenv("MIXMICROBLEEDNET_FAST", "yes")
     monkeypatch.setenv("MIXMICROBLEEDNET_THRESHOLD", "0.7")
     monkeypatch.setenv("MIXMICROBLEEDNET_DEVICE", "cpu")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .lesions import DEFAULT_THRESHOLD
+from .model import PRECISIONS
 from .modelfolder import DEFAULT_MODEL_DIR
 
 log = logging.getLogger("mixmicrobleednet")
@@ -46,6 +47,9 @@ def add_prediction_options(parser: argparse.ArgumentParser) -> None:
     """The options that `predict` and the container (process.py) share."""
     _add_device(parser)
     parser.add_argument("--fast", action="store_true", help="no mirroring test-time augmentation (8x fewer passes)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="the network's arithmetic on the CPU (default float32; bfloat16 is faster only on CPUs "
+                             "with AMX or AVX-512 BF16 and changes masks a little: see the model card)")
     parser.add_argument("--threshold", type=_probability, default=DEFAULT_THRESHOLD,
                         help="microbleed probability above which a voxel is a microbleed voxel (default: 0.5, "
                              "nnU-Net's argmax, as the seed)")
@@ -65,11 +69,18 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected 1/0, true/false, yes/no or on/off: {text}")
 
 
+def _precision(text: str) -> str:
+    if text not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(PRECISIONS)}")
+    return text
+
+
 #: The prediction options as environment variables, for starts without arguments (Grand-Challenge
 #: and its forge test run start the image so): option destination -> (variable, parser of its value).
 ENVIRONMENT_OPTIONS = {
     "device": ("MIXMICROBLEEDNET_DEVICE", _device),
     "fast": ("MIXMICROBLEEDNET_FAST", _flag),
+    "precision": ("MIXMICROBLEEDNET_PRECISION", _precision),
     "threshold": ("MIXMICROBLEEDNET_THRESHOLD", _probability),
     "min_size_mm3": ("MIXMICROBLEEDNET_MIN_SIZE_MM3", _non_negative),
     "save_probabilities": ("MIXMICROBLEEDNET_SAVE_PROBABILITIES", _flag),
@@ -120,7 +131,7 @@ def run_options(args: argparse.Namespace, model_dir: Path):
     from .runner import RunOptions
 
     return RunOptions(
-        model_dir=model_dir, device=args.device, prediction=PredictionSettings(use_mirroring=not args.fast),
+        model_dir=model_dir, device=args.device, prediction=PredictionSettings(use_mirroring=not args.fast, precision=args.precision),
         output=OutputSettings(LesionSettings(args.threshold, args.min_size_mm3), args.save_probabilities, not args.no_qc),
         resume=args.resume, shard=args.shard, participants=tuple(args.participant_label),
         sessions=tuple(args.session_label))

@@ -66,6 +66,15 @@ class PredictionSettings:
     #: CPU PyTorch runs small 3D convolutions of a single tile on a slow path (no oneDNN), so 4
     #: tiles at once take about the time of one (tests/test_model_speed.py keeps the masks equal).
     tiles_per_batch: int | None = None
+    #: The network's arithmetic on the CPU: float32 (default; nnU-Net's logits to 1e-4) or bfloat16
+    #: (torch.autocast: faster only where the CPU has bfloat16 instructions, AMX or AVX-512 BF16; it
+    #: moves logits and can change masks, measured in weights/MODEL_CARD.md). On a GPU nnU-Net's
+    #: float16 autocast runs whatever this says.
+    precision: str = "float32"
+
+
+#: The values PredictionSettings.precision takes.
+PRECISIONS = ("float32", "bfloat16")
 
 
 class Model:
@@ -80,9 +89,10 @@ class Model:
             raise
         except Exception as exc:  # nnU-Net and PyTorch raise many kinds (KeyError, RuntimeError, pickle errors)
             raise ModelError(f"cannot load the model in {self.folder.path}: {type(exc).__name__}: {exc}") from exc
-        log.info("model loaded once from %s (sha256 %s…, channels %s, mirroring %s, %.1f s)", self.folder.path,
-                 self.folder.checksum[:12], ", ".join(self.folder.channels),
-                 "on" if settings.use_mirroring else "off", time.perf_counter() - started)
+        log.info("model loaded once from %s (sha256 %s…, channels %s, mirroring %s, %s, %.1f s)", self.folder.path,
+                 self.folder.checksum[:12], ", ".join(self.folder.channels), "on" if settings.use_mirroring else "off",
+                 settings.precision if self.device.type == "cpu" else "float16 autocast",
+                 time.perf_counter() - started)
 
     def _load(self, device: str, settings: PredictionSettings) -> None:
         model_dir = self.folder.path
@@ -99,6 +109,14 @@ class Model:
         # Fold `all` is one set of weights: put it into the network once, not again for every
         # case as nnU-Net's predict_logits_from_preprocessed_data does.
         self.predictor.network.load_state_dict(self.predictor.list_of_parameters[0])
+        if settings.precision not in PRECISIONS:
+            raise ModelError(f"unknown precision {settings.precision!r}: use {' or '.join(PRECISIONS)}")
+        if self.device.type == "cpu":
+            if settings.precision == "bfloat16" and not _cpu_has_bfloat16():
+                log.warning("this CPU has no bfloat16 instructions (AMX or AVX-512 BF16): the network runs "
+                            "about 100x slower in bfloat16 than in float32 here (measured on an AVX2 EPYC)")
+            self.predictor.network, self.predictor.tile_memory_format = _cpu_network(
+                self.predictor.network, settings.precision)
         from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
         configuration = self.predictor.configuration_manager
@@ -147,7 +165,10 @@ class Model:
             _sigmoid_in_place(probability)
         del output
         seconds["resample"] = time.perf_counter() - started
-        log.info("preprocess %.1f s, network %.1f s, resample to the input grid %.1f s", *seconds.values())
+        passes = 2 ** len(predictor.allowed_mirroring_axes or ()) if predictor.use_mirroring else 1
+        log.info("preprocess %.1f s, network %.1f s (%d tiles x %d passes), resample to the input grid %.1f s",
+                 seconds["preprocess"], seconds["network"], predictor.tiles_last_case, passes,
+                 seconds["resample"])
         return probability
 
     def _preprocess(self, channels: np.ndarray, spacing_zyx) -> tuple[np.ndarray, dict]:
@@ -180,6 +201,7 @@ class Model:
         padded, revert_padding = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
         steps = compute_steps_for_sliding_window(padded.shape[1:], patch, self.settings.tile_step_size)
         one_tile = all(len(s) == 1 for s in steps)
+        predictor.tiles_last_case = math.prod(len(s) for s in steps)
         weight = torch.ones(patch) if one_tile else compute_gaussian(patch, 1 / 8, 1, torch.float32, torch.device("cpu"))
         total = torch.zeros((len(predictor.label_manager.all_labels), *padded.shape[1:]))
         weights = torch.zeros(padded.shape[1:])
@@ -221,6 +243,56 @@ def _resampling(configuration, kind: str):
     return getattr(configuration, f"resampling_fn_{kind}")
 
 
+def _cpu_has_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU flags name bfloat16 arithmetic (Linux; elsewhere assume it does)."""
+    try:
+        flags = cpuinfo.read_text().split()
+    except OSError:
+        return True
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def _cpu_network(network, precision: str = "float32"):
+    """The network as it runs fastest on the CPU with the same weights (benchmarks/cpu_network.py):
+    channels-last 3D tensors, on which oneDNN's convolutions are faster on some CPUs (2x on an
+    AVX-512 Xeon, equal on an AVX2 EPYC), and instance normalisation as one var_mean and one
+    multiply-add (PyTorch's instance_norm copies channels-last tensors to the default layout and
+    back). Logits within 1e-4 of nnU-Net's network (tests/test_model_speed.py); with precision
+    bfloat16 the network runs under torch.autocast and returns float32. Returns the network and the
+    memory format its input tiles should have."""
+    import torch
+
+    class BFloat16(torch.nn.Module):
+        def __init__(self, network: torch.nn.Module):
+            super().__init__()
+            self.network = network
+
+        def forward(self, x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self.network(x).float()
+
+    class InstanceNorm(torch.nn.Module):
+        def __init__(self, norm: torch.nn.InstanceNorm3d):
+            super().__init__()
+            self.eps, self.weight, self.bias = norm.eps, norm.weight, norm.bias
+
+        def forward(self, x):
+            variance, mean = torch.var_mean(x, dim=(2, 3, 4), keepdim=True, correction=0)
+            scale = self.weight.view(1, -1, 1, 1, 1) * torch.rsqrt(variance + self.eps)
+            return torch.addcmul(self.bias.view(1, -1, 1, 1, 1) - mean * scale, x, scale)
+
+    def replace_norms(module: torch.nn.Module) -> None:
+        for name, child in module.named_children():
+            if type(child) is torch.nn.InstanceNorm3d and child.affine and not child.track_running_stats:
+                setattr(module, name, InstanceNorm(child))
+            else:
+                replace_norms(child)
+
+    replace_norms(network)
+    network = network.to(memory_format=torch.channels_last_3d)
+    return (BFloat16(network) if precision == "bfloat16" else network), torch.channels_last_3d
+
+
 def _batched_tile_predictor_class():
     """nnUNetPredictor whose sliding window sends several tiles through the network at once; the
     tiles, Gaussian weights, float16 sums and their order are nnU-Net 2.8.1's own."""
@@ -232,6 +304,8 @@ def _batched_tile_predictor_class():
         def __init__(self, tiles_per_batch: int, **kwargs):
             super().__init__(**kwargs)
             self.tiles_per_batch = tiles_per_batch
+            self.tile_memory_format = torch.contiguous_format
+            self.tiles_last_case = 0  # tiles of the last sliding window, for the log's GFLOP/s
 
         @torch.inference_mode()
         def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
@@ -245,11 +319,13 @@ def _batched_tile_predictor_class():
             for start in range(0, len(slicers), self.tiles_per_batch):
                 batch = slicers[start:start + self.tiles_per_batch]
                 tiles = torch.stack([data[tile] for tile in batch]).to(self.device)
+                tiles = tiles.contiguous(memory_format=self.tile_memory_format)
                 for prediction, tile in zip(self._internal_maybe_mirror_and_predict(tiles).to(results_device), batch):
                     if self.use_gaussian:
                         prediction *= gaussian
                     logits[tile] += prediction
                     weights[tile[1:]] += gaussian
+            self.tiles_last_case = len(slicers)
             torch.div(logits, weights, out=logits)
             if torch.any(torch.isinf(logits)):
                 raise RuntimeError("infinite logits in the sliding window (float16 overflow)")
