@@ -23,10 +23,13 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
                         help="auto: CUDA when a GPU is visible, else CPU (default: auto)")
 
 
-def _device(text: str) -> str:
-    if text not in DEVICES:
-        raise argparse.ArgumentTypeError(f"use {', '.join(DEVICES)}")
-    return text
+def _one_of(choices: tuple[str, ...]):
+    """A parser of an environment variable's value for an option with `choices`."""
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"use {', '.join(choices)}")
+        return text
+    return parse
 
 
 def _probability(text: str) -> float:
@@ -69,18 +72,12 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected 1/0, true/false, yes/no or on/off: {text}")
 
 
-def _precision(text: str) -> str:
-    if text not in PRECISIONS:
-        raise argparse.ArgumentTypeError(f"expected {' or '.join(PRECISIONS)}")
-    return text
-
-
 #: The prediction options as environment variables, for starts without arguments (Grand-Challenge
 #: and its forge test run start the image so): option destination -> (variable, parser of its value).
 ENVIRONMENT_OPTIONS = {
-    "device": ("MIXMICROBLEEDNET_DEVICE", _device),
+    "device": ("MIXMICROBLEEDNET_DEVICE", _one_of(DEVICES)),
     "fast": ("MIXMICROBLEEDNET_FAST", _flag),
-    "precision": ("MIXMICROBLEEDNET_PRECISION", _precision),
+    "precision": ("MIXMICROBLEEDNET_PRECISION", _one_of(PRECISIONS)),
     "threshold": ("MIXMICROBLEEDNET_THRESHOLD", _probability),
     "min_size_mm3": ("MIXMICROBLEEDNET_MIN_SIZE_MM3", _non_negative),
     "save_probabilities": ("MIXMICROBLEEDNET_SAVE_PROBABILITIES", _flag),

@@ -95,6 +95,8 @@ class Model:
                  time.perf_counter() - started)
 
     def _load(self, device: str, settings: PredictionSettings) -> None:
+        if settings.precision not in PRECISIONS:  # before the weights are read
+            raise ModelError(f"unknown precision {settings.precision!r}: use {' or '.join(PRECISIONS)}")
         model_dir = self.folder.path
         self.device = resolve_device(device)
         self.settings = settings
@@ -109,8 +111,6 @@ class Model:
         # Fold `all` is one set of weights: put it into the network once, not again for every
         # case as nnU-Net's predict_logits_from_preprocessed_data does.
         self.predictor.network.load_state_dict(self.predictor.list_of_parameters[0])
-        if settings.precision not in PRECISIONS:
-            raise ModelError(f"unknown precision {settings.precision!r}: use {' or '.join(PRECISIONS)}")
         if self.device.type == "cpu":
             if settings.precision == "bfloat16" and not _cpu_has_bfloat16():
                 log.warning("this CPU has no bfloat16 instructions (AMX or AVX-512 BF16): the network runs "
