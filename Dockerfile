@@ -43,8 +43,11 @@ RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-de
     && rm -rf /tmp/package
 COPY weights /opt/mixmicrobleednet/weights
 COPY process.py /opt/mixmicrobleednet/
+# The image's own name, for the BIDS derivatives' GeneratedBy (declared here: changing it rebuilds nothing above).
+ARG IMAGE_TAG=mixmicrobleednet
 # Read-only root filesystem: every cache goes to /tmp (a tmpfs under `docker run --read-only`).
 ENV PATH=/opt/venv/bin:$PATH \
+    MIXMICROBLEEDNET_IMAGE=${IMAGE_TAG} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MIXMICROBLEEDNET_MODEL=/opt/mixmicrobleednet/weights \
@@ -53,7 +56,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp
 USER algorithm
 WORKDIR /opt/mixmicrobleednet
-ENTRYPOINT ["python", "-m", "process"]
+# By path, not `-m process`: Apptainer starts in the caller's folder, not in WORKDIR.
+ENTRYPOINT ["python", "/opt/mixmicrobleednet/process.py"]
 
 # gpu.memory: the paper's network peaked at 2.6 GiB reserved on a 192x512x512 case (README, H100).
 LABEL org.opencontainers.image.title="MixMicrobleedNet" \

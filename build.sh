@@ -43,7 +43,7 @@ kill -0 "$server" 2>/dev/null \
   || { echo "port $port is taken: set MIXMICROBLEEDNET_WHEEL_PORT to a free one" >&2; exit 1; }
 args=(--network host --force-rm --build-arg WHEELS="http://127.0.0.1:$port/"
       --build-arg DEVICE="$device" --build-arg GPU_COUNT="$gpus" --build-arg GPU_MEMORY="$gpu_memory"
-      --build-arg TORCH_VERSION="$torch_version" --build-arg TORCH_CUDA="$torch_cuda" -t "$tag")
+      --build-arg TORCH_VERSION="$torch_version" --build-arg TORCH_CUDA="$torch_cuda" --build-arg IMAGE_TAG="$tag" -t "$tag")
 if [ "$offline" = 1 ]; then args+=(--build-arg BASE_IMAGE="$(scripts/offline-base.sh)"); fi
 # The classic builder where BuildKit (buildx) is not installed.
 if ! docker buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=0; fi

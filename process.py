@@ -10,6 +10,9 @@ total volume as JSON values (slugs: mixmicrobleednet/sockets.toml). A model fold
 /opt/ml/model wins over the baked-in weights. Exit code 0 when every case finished, 1 when a case
 failed or none was found, 2 when the run could not start (model, input or output folder). Options
 after the image name are those of `mixmicrobleednet predict` but -i/-o/--model.
+
+The BIDS-App form, `IMAGE BIDS_DIR OUTPUT_DIR participant|group [options]`, is `mixmicrobleednet
+bids` (the same code; the model as above unless --model is given).
 """
 
 import argparse
@@ -22,7 +25,7 @@ from evalutils import SegmentationAlgorithm
 from pandas import DataFrame
 
 from mixmicrobleednet import DEFAULT_MODEL_DIR, layout
-from mixmicrobleednet.cli import add_cohort_options, add_prediction_options, run_options
+from mixmicrobleednet.cli import add_bids_arguments, add_cohort_options, add_prediction_options, run_bids_app, run_options
 from mixmicrobleednet.imaging import ChannelStack
 from mixmicrobleednet.modelfolder import choose_model_dir
 from mixmicrobleednet.runner import Run, RunError, exit_code, prepare_run
@@ -58,12 +61,26 @@ class MixMicrobleedNet(SegmentationAlgorithm):
         pass  # each case's record and the merged results.json / summary.csv are written as it finishes
 
 
+def bids_app(argv: list[str]) -> int:
+    """BIDS_DIR OUTPUT_DIR participant|group [options]: the BIDS App convention."""
+    parser = argparse.ArgumentParser(description="MixMicrobleedNet BIDS App")
+    add_bids_arguments(parser)
+    add_prediction_options(parser)
+    add_cohort_options(parser)
+    parser.set_defaults(model=choose_model_dir(DEFAULT_MODEL_DIR))
+    return run_bids_app(parser.parse_args(argv))
+
+
 def main(argv=None, input_dir: Path = INPUT_DIR, output_dir: Path = OUTPUT_DIR) -> int:
-    parser = argparse.ArgumentParser(description="MixMicrobleedNet container: /input → /output")
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if argv and not argv[0].startswith("-"):
+        return bids_app(argv)
+    parser = argparse.ArgumentParser(description="MixMicrobleedNet container: /input → /output "
+                                                 "(or BIDS_DIR OUTPUT_DIR participant|group: the BIDS App)")
     add_prediction_options(parser)
     add_cohort_options(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         run = prepare_run(input_dir, output_dir, run_options(args, choose_model_dir(DEFAULT_MODEL_DIR)))
         algorithm = MixMicrobleedNet(run)

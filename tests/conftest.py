@@ -146,3 +146,28 @@ def imported_v1(v1_run, tmp_path_factory):
     return import_v1(v1_run / "model" / "plans.pkl", v1_run / "model" / "all" / "model_final_checkpoint.model", out)
 
 
+
+
+#: The BIDS phantom dataset's visits: three subjects, one with two sessions (the SLURM test's cohort).
+BIDS_VISITS = (("01", None), ("02", "1"), ("02", "2"), ("03", None))
+
+
+def write_bids_dataset(root: Path, visits=BIDS_VISITS, channels=layout.CHANNELS, shape=(20, 40, 36)) -> Path:
+    """A small BIDS raw dataset (dataset_description.json, README, participants.tsv, per visit
+    anat/ images with JSON sidecars) that bids-validator accepts; the images are brain_volume()s."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / layout.DATASET_DESCRIPTION).write_text(json.dumps(
+        {"Name": "MixMicrobleedNet BIDS phantoms", "BIDSVersion": "1.10.1", "DatasetType": "raw",
+         "License": "CC0", "Authors": ["MixMicrobleedNet tests"]}, indent=2))
+    (root / "README").write_text("Synthetic phantoms for the MixMicrobleedNet tests (no real data).\n")
+    subjects = sorted({subject for subject, _ in visits})
+    (root / "participants.tsv").write_text("participant_id\n" + "".join(f"sub-{s}\n" for s in subjects))
+    for number, (subject, session) in enumerate(visits):
+        anat = root / layout.bids_anat_dir(subject, session)
+        anat.mkdir(parents=True, exist_ok=True)
+        for index, channel in enumerate(channels):
+            name = layout.bids_image_name(subject, session, channel)
+            sitk.WriteImage(make_image(brain_volume(shape, seed=10 * number + index)), str(anat / name))
+            (anat / name.replace(layout.BIDS_IMAGE_EXTENSIONS[0], ".json")).write_text(
+                json.dumps({"MagneticFieldStrength": 3, "EchoTime": 0.02 if channel == layout.REFERENCE_CHANNEL else 0.004}))
+    return root

@@ -5,6 +5,7 @@ runs these after test.sh. Select them out with `-m "not docker"` on machines wit
 """
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -71,6 +72,22 @@ def assert_masks_on_t2s_grids(input_dir: Path, output_dir: Path, subjects):
 
 def test_runs_as_non_root(image):
     assert docker("run", "--rm", "--entrypoint", "id", image, "-u").stdout.strip() != "0"
+
+
+def test_runs_as_apptainer_runs_it(image, tmp_path):
+    """Apptainer's conditions with Docker: the caller's arbitrary user id (no passwd entry), a
+    read-only image, no writable HOME, started in another folder than WORKDIR, nothing from the
+    host's environment; the shipped case gives the expected outputs."""
+    output = tmp_path / "out"
+    output.mkdir(mode=0o777)
+    output.chmod(0o777)
+    run = docker("run", *LOCKED, "-u", "12345:12345", "-e", "HOME=/nonexistent", "-w", "/",
+                 "-v", f"{REPO / 'test' / 'input'}:/input:ro", "-v", f"{output}:/output", image, "--fast",
+                 env={"PATH": os.environ["PATH"]})
+    assert run.returncode == 0, run.stderr[-3000:]
+    from mixmicrobleednet.regression import compare
+
+    assert compare(REPO / "test" / "expected", output) == []
 
 
 def test_unreadable_input_folder_is_a_clear_error(image, tmp_path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import layout
@@ -35,6 +35,7 @@ class Case:
     channel_paths: dict[str, Path]  # channel -> its file (an expected name when it is missing)
     output_paths: dict[str, str]  # output kind (mask, lesions, qc, record, ...) -> path relative to the output folder
     input_problem: str | None = None  # found while discovering; reported as the case's error
+    sources: dict[str, str] = field(default_factory=dict)  # channel -> BIDS URI (bids:raw:sub-01/anat/...), for sidecars
 
     def inputs(self, channels: tuple[str, ...]) -> list[Path]:
         return [self.channel_paths[c] for c in channels]

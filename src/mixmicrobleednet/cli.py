@@ -1,4 +1,4 @@
-"""`mixmicrobleednet predict|merge|phantoms|train|import-v1|evaluate`: the command line over the package."""
+"""`mixmicrobleednet predict|bids|merge|phantoms|train|import-v1|evaluate`: the command line over the package."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import layout
 from .lesions import DEFAULT_THRESHOLD
 from .model import PRECISIONS
 from .modelfolder import DEFAULT_MODEL_DIR
@@ -120,6 +121,39 @@ def add_cohort_options(parser: argparse.ArgumentParser) -> None:
                         help="only these sessions (with or without ses-)")
 
 
+def add_bids_arguments(parser: argparse.ArgumentParser) -> None:
+    """The BIDS-App positional arguments (the CLI's `bids` command and the container's BIDS form)."""
+    parser.add_argument("bids_dir", type=Path, help="the BIDS dataset (with dataset_description.json)")
+    parser.add_argument("output_dir", type=Path, help="the derivatives dataset to write (created)")
+    parser.add_argument("analysis_level", choices=("participant", "group"))
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
+                        help=f"nnU-Net v2 model folder (default: {DEFAULT_MODEL_DIR})")
+
+
+def run_bids_app(args: argparse.Namespace) -> int:
+    """`participant`: a run over the BIDS dataset (runner); `group`: the cohort table."""
+    from .bids import group, is_bids_dataset
+    from .cases import InputFolderError
+    from .modelfolder import ModelError, read_model_folder
+    from .runner import EXIT_CASE_FAILED, EXIT_OK, EXIT_RUN_FAILED, run
+
+    if not is_bids_dataset(args.bids_dir):
+        log.error("%s: not a BIDS dataset (no dataset_description.json)", args.bids_dir)
+        return EXIT_RUN_FAILED
+    if args.analysis_level == "participant":
+        return run(args.bids_dir, args.output_dir, run_options(args, args.model))[0]
+    try:
+        rows = group(args.bids_dir, args.output_dir, read_model_folder(args.model).channels,
+                     tuple(args.participant_label), tuple(args.session_label))
+    except (ModelError, InputFolderError, OSError) as exc:
+        log.error("%s", exc)
+        return EXIT_RUN_FAILED
+    unfinished = [f"{r['case']} ({r['status']})" for r in rows if r["status"] != "ok"]
+    log.info("%s: %d case(s), %d ok%s", args.output_dir / layout.BIDS_COHORT_TSV, len(rows), len(rows) - len(unfinished),
+             f"; not ok: {', '.join(unfinished)}" if unfinished else "")
+    return EXIT_CASE_FAILED if unfinished or not rows else EXIT_OK
+
+
 def run_options(args: argparse.Namespace, model_dir: Path):
     """RunOptions from the options of add_prediction_options and add_cohort_options."""
     from .lesions import LesionSettings
@@ -147,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"nnU-Net v2 model folder (default: {DEFAULT_MODEL_DIR})")
     add_prediction_options(predict)
     add_cohort_options(predict)
+
+    bids = commands.add_parser("bids", help="the BIDS App: a BIDS dataset in, a BIDS derivatives dataset out",
+                               description="BIDS App: `participant` segments the chosen participants' T2starw images "
+                                           "(with T1w and T2w when the model needs them), `group` writes cohort.tsv "
+                                           "from the records of the participant runs.")
+    add_bids_arguments(bids)
+    add_prediction_options(bids)
+    add_cohort_options(bids)
 
     merge = commands.add_parser("merge", help="rebuild results.json and summary.csv from the records in an output "
                                               "folder (after several processes wrote to it)")
@@ -201,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         from .runner import run
 
         return run(args.input, args.output, run_options(args, args.model))[0]
+    if args.command == "bids":
+        return run_bids_app(args)
     if args.command == "merge":
         from .records import merge
 

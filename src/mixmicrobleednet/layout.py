@@ -111,6 +111,47 @@ INPUT_SOCKETS: dict[str, str] = {channel: _SOCKETS["inputs"][channel] for channe
 OUTPUT_SOCKETS: dict[str, str] = dict(_SOCKETS["outputs"])
 
 
+# BIDS (bids.py): raw dataset in, derivatives dataset out.
+DATASET_DESCRIPTION = "dataset_description.json"
+BIDSIGNORE = ".bidsignore"
+#: channel -> the BIDS suffix of its anat/ image (SWI magnitude exported as T2*-weighted is T2starw too).
+BIDS_SUFFIXES: dict[str, str] = {"T1": "T1w", "T2": "T2w", "T2S": "T2starw"}
+BIDS_IMAGE_EXTENSIONS = (".nii.gz", ".nii")
+#: The entities a case keeps from its T2starw image, in BIDS order.
+BIDS_CASE_ENTITIES = ("subject", "session", "acquisition", "run")
+_BIDS_PREFIXES = {"subject": "sub", "session": "ses", "acquisition": "acq", "run": "run"}
+BIDS_COHORT_TSV = "cohort.tsv"
+BIDS_FIGURES_DIR = "figures"
+BIDS_LOGS_DIR = "logs"  # slurm/submit.sh's job logs
+#: What the BIDS specification does not cover in our derivatives (.bidsignore).
+BIDS_IGNORED = (f"/{RECORDS_DIR}", f"/{BIDS_FIGURES_DIR}", f"/{BIDS_LOGS_DIR}", f"/{BIDS_COHORT_TSV}", "*_lesions.tsv")  # the validator misses "dir/"
+
+
+def bids_case_id(entities: dict[str, str | None]) -> str:
+    """sub-<l>[_ses-<l>][_acq-<l>][_run-<l>]: what a BIDS case's output names start with."""
+    return "_".join(f"{_BIDS_PREFIXES[e]}-{entities[e]}" for e in BIDS_CASE_ENTITIES if entities.get(e))
+
+
+def bids_anat_dir(subject: str, session: str | None) -> str:
+    return f"sub-{subject}/" + (f"ses-{session}/" if session else "") + "anat"
+
+
+def bids_image_name(subject: str, session: str | None, channel: str) -> str:
+    """The plain name a channel's image has in a BIDS dataset (for messages about a missing one)."""
+    return f"{bids_case_id({'subject': subject, 'session': session})}_{BIDS_SUFFIXES[channel]}{BIDS_IMAGE_EXTENSIONS[0]}"
+
+
+def bids_output_paths(entities: dict[str, str | None]) -> dict[str, str]:
+    """Output kind -> path in the derivatives dataset: the mask (and its sidecar) and the probability
+    map on the T2starw grid, the lesion table beside them, the QC picture under figures/."""
+    case_id = bids_case_id(entities)
+    stem = f"{bids_anat_dir(entities['subject'], entities.get('session'))}/{case_id}_space-{BIDS_SUFFIXES[REFERENCE_CHANNEL]}_label-CMB"
+    return {"mask": f"{stem}_mask{NIFTI}", "mask_sidecar": f"{stem}_mask.json", "probability": f"{stem}_probseg{NIFTI}",
+            "probability_sidecar": f"{stem}_probseg.json",
+            "lesions": f"{stem}_lesions.tsv", "qc": f"{BIDS_FIGURES_DIR}/{case_id}_label-CMB_qc.png",
+            "record": f"{RECORDS_DIR}/{record_name(case_id)}"}
+
+
 def platform_image_dir(slug: str) -> str:
     """Where the platform puts an image socket's file, relative to /input or /output."""
     return f"{IMAGES_DIR}/{slug}"

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import records
+from .bids import sidecars
 from .cases import Case, CaseError
 from .imaging import ChannelStack, image_like, load_case, remove_partials, write_image_atomic
 from .lesions import Lesions, LesionSettings, extract_lesions
@@ -90,6 +91,7 @@ class CaseRun:
     prediction: PredictionSettings = PredictionSettings()
     settings: OutputSettings = OutputSettings()
     records: bool = True  # records and merged reports (not for a Grand-Challenge job: its sockets alone)
+    merge_each: bool = True  # merge the reports after every case (BIDS: the group level merges, once)
     resume: bool = False
     device: Callable[[], str] = lambda: "unknown"  # for the records, once the model is loaded
 
@@ -126,7 +128,8 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
         with _stage(result, "lesions"):
             lesions = extract_lesions(probabilities, stack.reference, run.settings.lesions)
         with _stage(result, "write"):
-            result.outputs = write_case_outputs(case, stack, probabilities, lesions, run.output_dir, run.settings)
+            result.outputs = write_case_outputs(case, stack, probabilities, lesions, run.output_dir, run.settings,
+                                                sidecars(case, run.model.checksum, run.settings.lesions))
         result.microbleed_count, result.total_volume_mm3 = lesions.count, lesions.total_volume_mm3
     except CaseError as exc:
         result.error_messages.append(str(exc))
@@ -145,17 +148,21 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
 
 
 def write_case_outputs(case: Case, stack: ChannelStack, probabilities: np.ndarray, lesions: Lesions,
-                       output_dir: Path, settings: OutputSettings) -> dict[str, str]:
-    """Write what the case's layout asks for (its output_paths); return kind -> path written."""
+                       output_dir: Path, settings: OutputSettings, sidecars: dict[str, dict] | None = None
+                       ) -> dict[str, str]:
+    """Write what the case's layout asks for (its output_paths; `sidecars`: kind -> content of the
+    JSON sidecars where the layout has them); return kind -> path written."""
     paths = {kind: output_dir / relative for kind, relative in case.output_paths.items() if kind != "record"}
     for path in paths.values():
         remove_partials(path)  # left by a run that was killed while writing this case
     writers = {"mask": lambda path: write_image_atomic(image_like(lesions.mask, stack.reference), path),
                "lesions": lambda path: write_lesion_table(lesions, path),
                "count": lambda path: write_json_value(lesions.count, path),
-               "total_volume": lambda path: write_json_value(round(lesions.total_volume_mm3, 3), path)}
+               "total_volume": lambda path: write_json_value(round(lesions.total_volume_mm3, 3), path),
+               "mask_sidecar": lambda path: write_json_value(sidecars["mask_sidecar"], path)}
     if settings.save_probabilities:
         writers["probability"] = lambda path: write_image_atomic(image_like(probabilities, stack.reference), path)
+        writers["probability_sidecar"] = lambda path: write_json_value(sidecars["probability_sidecar"], path)
     if settings.qc_picture:
         writers["qc"] = lambda path: write_qc_picture(path, case.case_id, stack.reference, lesions, settings.lesions)
     written = {}
@@ -208,8 +215,9 @@ def run_cases(cases: list[Case], run: CaseRun) -> list[CaseResult]:
             result = results[case.case_id] = _run_case(case, loaded, run)
             if run.records:
                 records.write_record(run.output_dir, case, _record(case, result, run, fingerprint, run.device()))
-                records.merge(run.output_dir)
-    if run.records and not todo:
+                if run.merge_each:
+                    records.merge(run.output_dir)
+    if run.records and run.merge_each and not todo:
         records.merge(run.output_dir)
     ordered = [results[case.case_id] for case in cases]
     failed = sum(bool(r.error_messages) for r in ordered)

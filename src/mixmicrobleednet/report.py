@@ -33,7 +33,7 @@ def write_results_json(entries: list[dict], output_dir: Path) -> None:
 
 
 def write_json_value(value, path: Path) -> None:
-    """A Grand-Challenge value socket: the bare JSON value in its own file."""
+    """A Grand-Challenge value socket (the bare JSON value in its own file), or a JSON sidecar."""
     with atomic_output(path) as temporary:
         temporary.write_text(json.dumps(value))
 
@@ -44,10 +44,22 @@ def write_summary_csv(rows: list[dict], output_dir: Path) -> None:
         pd.DataFrame(rows, columns=SUMMARY_COLUMNS).to_csv(temporary, index=False, float_format="%.3f")
 
 
+def write_cohort_tsv(rows: list[dict], output_dir: Path) -> None:
+    """The BIDS group level's table: one row per subject and session, BIDS's n/a for no value."""
+    columns = ["participant_id", "session_id", "case", "status", "microbleed_count", "total_volume_mm3", "message",
+               "runtime_s", "model_sha256"]
+    table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    table.insert(0, "participant_id", "sub-" + table["subject"].astype(str))
+    table.insert(1, "session_id", table["session"].map(lambda s: f"ses-{s}" if isinstance(s, str) and s else None))
+    with atomic_output(output_dir / layout.BIDS_COHORT_TSV) as temporary:
+        table[columns].to_csv(temporary, sep="\t", index=False, na_rep="n/a", float_format="%.3f")
+
+
 def write_lesion_table(lesions: Lesions, path: Path) -> None:
-    """One row per microbleed; a table with only its header when there are none."""
+    """One row per microbleed; a table with only its header when there are none (tab-separated
+    when the name ends in .tsv, as BIDS asks)."""
     with atomic_output(path) as temporary:
-        lesions.table.to_csv(temporary, index=False, float_format="%.3f")
+        lesions.table.to_csv(temporary, sep="\t" if path.suffix == ".tsv" else ",", index=False, float_format="%.3f")
 
 
 def _display_lps(image: sitk.Image) -> sitk.Image:

@@ -1,8 +1,10 @@
 """The composition root: from an input folder, an output folder and options to a finished run.
 
-The CLI (`mixmicrobleednet predict`), the container's process.py and the Python API all start
+The CLI (`mixmicrobleednet predict|bids`), the container's process.py and the Python API all start
 runs here: the model folder is read (and starts loading), the output folder is checked, the input
-layout is detected once, the cases are found, chosen (participants, sessions, shard) and run.
+layout is detected once (inputs.json: a Grand-Challenge job; dataset_description.json: a BIDS
+dataset, written as a BIDS derivatives dataset; else the seed's folder), the cases are found,
+chosen (participants, sessions, shard) and run.
 Whatever stops the whole run (model folder, input folder, output folder) is a RunError: one
 message, exit code 2, no case written.
 """
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import layout, records
+from .bids import bids_cases, is_bids_dataset, write_derivatives_description
 from .cases import Case, InputFolderError, platform_case, seed_cases, select_cases, uses_platform_interface
 from .model import PredictionSettings
 from .modelfolder import DEFAULT_MODEL_DIR, ModelError, ModelFolder, read_model_folder
@@ -25,6 +28,10 @@ log = logging.getLogger(__name__)
 
 #: Exit codes: 0 every case finished; 1 a case failed or none was found; 2 the run could not start.
 EXIT_OK, EXIT_CASE_FAILED, EXIT_RUN_FAILED = 0, 1, 2
+
+
+#: The input layouts, told apart by prepare_run.
+SEED, PLATFORM, BIDS = "seed", "Grand-Challenge", "BIDS"
 
 
 class RunError(Exception):
@@ -60,10 +67,15 @@ class Run:
     output_dir: Path
     options: RunOptions
     model: ModelFolder
-    platform: bool  # a Grand-Challenge job: sockets in, sockets out, no records or reports
+    input_layout: str  # SEED, PLATFORM or BIDS
     cases: list[Case] = field(default_factory=list)
     selected: int = 0  # cases of the chosen participants and sessions, before sharding
     _predictor: ModelPredictor | None = field(default=None, repr=False)
+
+    @property
+    def platform(self) -> bool:
+        """A Grand-Challenge job: sockets in, sockets out, no records or reports."""
+        return self.input_layout == PLATFORM
 
     @property
     def empty_shard(self) -> bool:
@@ -83,15 +95,18 @@ class Run:
             log.info("shard %d/%d: none of the %d case(s) falls to it", *self.options.shard, self.selected)
         elif not self.cases:
             wanted = " ".join([*self.options.participants, *self.options.sessions])
+            expected = layout.bids_image_name("<label>", None, layout.REFERENCE_CHANNEL) if self.input_layout == BIDS \
+                else layout.input_name(layout.case_stem("<id>"), layout.REFERENCE_CHANNEL)
             log.error("no cases in %s%s: expected files named %s", self.input_dir, f" for {wanted}" if wanted else "",
-                      layout.input_name(layout.case_stem("<id>"), layout.REFERENCE_CHANNEL))
+                      expected)
         if not self.cases:
-            if not self.platform:
+            if self.input_layout == SEED:
                 records.merge(self.output_dir)
             return []
         predictor = self.start_model()
         run = CaseRun(self.model, predict or predictor, self.output_dir, self.options.prediction, self.options.output,
-                      records=not self.platform, resume=self.options.resume, device=lambda: predictor.device)
+                      records=not self.platform, merge_each=self.input_layout == SEED, resume=self.options.resume,
+                      device=lambda: predictor.device)
         try:
             return run_cases(self.cases, run)
         except ModelError as exc:
@@ -113,16 +128,22 @@ def prepare_run(input_dir: Path, output_dir: Path, options: RunOptions = RunOpti
             resolve_device("cuda")
         except ModelError as exc:
             raise RunError(str(exc)) from None
-    platform = uses_platform_interface(input_dir)
+    input_layout = PLATFORM if uses_platform_interface(input_dir) else BIDS if is_bids_dataset(input_dir) else SEED
     try:
-        cases = [platform_case(input_dir, model.channels)] if platform else seed_cases(input_dir)
+        if input_layout == PLATFORM:
+            cases = [platform_case(input_dir, model.channels)]
+        elif input_layout == BIDS:
+            cases = bids_cases(input_dir, model.channels, options.participants)
+            write_derivatives_description(output_dir, input_dir)
+        else:
+            cases = seed_cases(input_dir)
     except InputFolderError as exc:
         raise RunError(str(exc)) from None
-    selected = cases if platform else select_cases(cases, options.participants, options.sessions)
-    chosen = selected if platform else select_cases(selected, shard=options.shard)
-    log.info("%d case(s) in %s (%s layout)%s; %s", len(cases), input_dir, "Grand-Challenge" if platform else "seed",
+    selected = cases if input_layout == PLATFORM else select_cases(cases, options.participants, options.sessions)
+    chosen = selected if input_layout == PLATFORM else select_cases(selected, shard=options.shard)
+    log.info("%d case(s) in %s (%s layout)%s; %s", len(cases), input_dir, input_layout,
              f", {len(chosen)} chosen" if len(chosen) != len(cases) else "", model.describe())
-    return Run(input_dir, output_dir, options, model, platform, chosen, len(selected))
+    return Run(input_dir, output_dir, options, model, input_layout, chosen, len(selected))
 
 
 def run(input_dir: Path, output_dir: Path, options: RunOptions = RunOptions()) -> tuple[int, list[CaseResult]]:

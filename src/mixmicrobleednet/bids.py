@@ -1,0 +1,158 @@
+"""BIDS: the cases of a raw BIDS dataset (indexed with pybids), the derivatives dataset we write
+(dataset_description.json, .bidsignore, a JSON sidecar per mask) and the group level's cohort table.
+
+A case is one T2starw image (its acq-/run- entities stay in the case's name, so two runs are two
+cases). For each other channel the model needs, the image of the same subject and session with that
+suffix; of several, the one with the T2starw image's run, else the highest run (the last acquired),
+and the log says which was taken.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from . import __version__, layout, records
+from .cases import Case, InputFolderError
+from .imaging import atomic_output
+from .report import write_cohort_tsv
+
+log = logging.getLogger(__name__)
+
+#: The specification's version our derivatives follow.
+BIDS_VERSION = "1.10.1"
+#: What pybids indexes by default besides our choice of subjects: never code, derivatives etc.
+_NOT_INDEXED = (r"^/(code|derivatives|sourcedata|stimuli|models)(/|$)", r"/\.")
+#: Set in the image (Dockerfile): the container's name for GeneratedBy.
+IMAGE_VARIABLE = "MIXMICROBLEEDNET_IMAGE"
+
+
+def is_bids_dataset(folder: Path) -> bool:
+    try:
+        return (Path(folder) / layout.DATASET_DESCRIPTION).is_file()
+    except OSError:
+        return False
+
+
+def _index(bids_dir: Path, participants: tuple[str, ...], suffixes: list[str]) -> list:
+    """The anat images with these suffixes (pybids, no metadata, only the chosen subjects: one
+    subject of a 1,000-subject tree indexes in a fraction of a second, the whole tree in seconds)."""
+    from bids import BIDSLayout, BIDSLayoutIndexer  # only BIDS runs pay for its import
+
+    ignore = [re.compile(pattern) for pattern in _NOT_INDEXED]
+    if participants:
+        labels = "|".join(re.escape(p.removeprefix("sub-")) for p in participants)
+        ignore.append(re.compile(rf"^/sub-(?!(?:{labels})(?:/|$))"))
+    try:
+        index = BIDSLayout(bids_dir, validate=False, indexer=BIDSLayoutIndexer(index_metadata=False, ignore=ignore))
+    except Exception as exc:  # pybids raises its own types and plain ValueErrors for a broken dataset
+        raise InputFolderError(f"{bids_dir}: cannot index the BIDS dataset: {exc}") from None
+    return index.get(datatype="anat", suffix=suffixes, extension=list(layout.BIDS_IMAGE_EXTENSIONS))
+
+
+def _entities(image) -> dict[str, str | None]:
+    found = image.get_entities()
+    return {name: (str(found[name]) if name in found else None) for name in layout.BIDS_CASE_ENTITIES}
+
+
+def _run_number(image) -> int:
+    run = image.get_entities().get("run")
+    return int(run) if run is not None else -1
+
+
+def _choose(candidates: list, reference_entities: dict, channel: str, case_id: str):
+    """One image of a channel for a case (module docstring's rule); logged when there was a choice."""
+    if len(candidates) == 1:
+        return candidates[0]
+    same_run = [c for c in candidates if _entities(c)["run"] == reference_entities["run"] and reference_entities["run"]]
+    chosen = same_run[0] if len(same_run) == 1 else max(candidates, key=lambda c: (_run_number(c), c.filename))
+    log.info("%s: %d %s images; took %s (%s)", case_id, len(candidates), layout.BIDS_SUFFIXES[channel], chosen.filename,
+             "the T2starw image's run" if len(same_run) == 1 else "the highest run")
+    return chosen
+
+
+def bids_cases(bids_dir: Path, channels: tuple[str, ...], participants: tuple[str, ...] = ()) -> list[Case]:
+    """The cases of a BIDS dataset for a model with `channels`, sorted; a subject or session with
+    images but no T2starw one is a case that carries that problem, as is a missing T1w or T2w."""
+    bids_dir = Path(bids_dir).resolve()
+    if not is_bids_dataset(bids_dir):
+        raise InputFolderError(f"{bids_dir}: not a BIDS dataset (no {layout.DATASET_DESCRIPTION})")
+    suffix_channel = {layout.BIDS_SUFFIXES[c]: c for c in channels}
+    by_visit: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for image in _index(bids_dir, participants, sorted(suffix_channel)):
+        entities = _entities(image)
+        by_visit[(entities["subject"], entities["session"])][suffix_channel[image.get_entities()["suffix"]]].append(image)
+    reference = layout.REFERENCE_CHANNEL
+    cases = []
+    for (subject, session), images in sorted(by_visit.items(), key=lambda item: (item[0][0], item[0][1] or "")):
+        for t2s in images.get(reference) or [None]:
+            entities = _entities(t2s) if t2s else {"subject": subject, "session": session}
+            case_id = layout.bids_case_id(entities)
+            anat = bids_dir / layout.bids_anat_dir(subject, session)
+            paths, problems = {}, []
+            for channel in channels:
+                chosen = t2s if channel == reference else \
+                    (_choose(images[channel], entities, channel, case_id) if images.get(channel) else None)
+                expected = anat / layout.bids_image_name(subject, session, channel)
+                paths[channel] = Path(chosen.path) if chosen else expected
+                if chosen is None:
+                    problems.append(f"no {layout.BIDS_SUFFIXES[channel]} image ({expected.relative_to(bids_dir)})")
+            problem = (f"{'; '.join(problems)}: the model needs {', '.join(layout.BIDS_SUFFIXES[c] for c in channels)}"
+                       if problems else None)
+            sources = {c: f"bids:raw:{paths[c].relative_to(bids_dir)}" for c in channels if paths[c].is_file()}
+            cases.append(Case(case_id, subject, session, paths, layout.bids_output_paths(entities), problem, sources))
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+def write_derivatives_description(output_dir: Path, bids_dir: Path) -> None:
+    """dataset_description.json and .bidsignore of the derivatives dataset (the same content from
+    every array task: each writes it whole, atomically)."""
+    generated_by = {"Name": "MixMicrobleedNet", "Version": __version__,
+                    "Description": "Cerebral microbleed segmentation with nnU-Net v2 (T2starw, T1w, T2w)"}
+    if os.environ.get(IMAGE_VARIABLE):
+        generated_by["Container"] = {"Type": "docker", "Tag": os.environ[IMAGE_VARIABLE]}
+    source = Path(bids_dir).resolve().as_uri()
+    description = {"Name": "MixMicrobleedNet cerebral microbleeds", "BIDSVersion": BIDS_VERSION,
+                   "DatasetType": "derivative", "GeneratedBy": [generated_by], "SourceDatasets": [{"URL": source}],
+                   "DatasetLinks": {"raw": source}}
+    with atomic_output(Path(output_dir) / layout.DATASET_DESCRIPTION) as temporary:
+        temporary.write_text(json.dumps(description, indent=2) + "\n")
+    with atomic_output(Path(output_dir) / layout.BIDSIGNORE) as temporary:
+        temporary.write_text("\n".join(layout.BIDS_IGNORED) + "\n")
+
+
+def sidecars(case: Case, model_sha256: str, settings) -> dict[str, dict]:
+    """The JSON sidecars of the mask and the probability map (output kind -> content): what they
+    are, on which image's grid (space-T2starw is no template, so SpatialReference is required),
+    what they were made from and how."""
+    common = {"Sources": list(case.sources.values()),
+              "SpatialReference": case.sources.get(layout.REFERENCE_CHANNEL, ""), "ModelSHA256": model_sha256,
+              "ModelChannels": [layout.BIDS_SUFFIXES[c] for c in case.sources]}
+    return {"mask_sidecar": {"Type": "Lesion", "Description": "Cerebral microbleeds (MixMicrobleedNet)", **common,
+                             "Threshold": settings.threshold, "MinimumSizeMm3": settings.min_size_mm3},
+            "probability_sidecar": {"Description": "Cerebral microbleed probability (MixMicrobleedNet)", **common}}
+
+
+def group(bids_dir: Path, output_dir: Path, channels: tuple[str, ...], participants: tuple[str, ...] = (),
+          sessions: tuple[str, ...] = ()) -> list[dict]:
+    """The group level: one row per case of the dataset (and per record of a case no longer in it)
+    from the records, written to cohort.tsv; a case without a record is `not run`."""
+    from .cases import select_cases
+
+    cases = select_cases(bids_cases(bids_dir, channels, participants), participants, sessions)
+    by_case = {r["case_id"]: r for r in records.read_records(Path(output_dir))}
+    rows = []
+    for case in cases:
+        record = by_case.pop(case.case_id, None)
+        rows.append(records.summary_row(record) if record else
+                    {"subject": case.subject, "session": case.session, "case": case.case_id, "status": "not run",
+                     "message": case.input_problem or "no record in the output folder"})
+    if not participants and not sessions:
+        rows += [records.summary_row(r) for r in by_case.values()]
+    write_derivatives_description(output_dir, bids_dir)
+    write_cohort_tsv(sorted(rows, key=lambda r: r["case"]), Path(output_dir))
+    return rows
