@@ -18,7 +18,7 @@ from mixmicrobleednet import layout
 from mixmicrobleednet.layout import case_stem as stem
 from mixmicrobleednet.phantoms import generate
 
-from conftest import write_case, write_platform_job
+from conftest import predict, write_bids_dataset, write_case, write_platform_job
 
 pytestmark = [pytest.mark.docker]
 IMAGE = "mixmicrobleednet:cpu"
@@ -88,6 +88,30 @@ def test_runs_as_apptainer_runs_it(image, tmp_path):
     from mixmicrobleednet.regression import compare
 
     assert compare(REPO / "test" / "expected", output) == []
+
+
+def test_bids_app_as_apptainer_runs_it_gives_the_clis_masks(image, tmp_path):
+    """`IMAGE BIDS_DIR OUTPUT_DIR participant|group` under Apptainer's conditions (as above) writes
+    the same masks as `mixmicrobleednet bids` with the same (shipped) weights, and names the image."""
+    raw = readable_by_the_image_user(write_bids_dataset(tmp_path / "raw", visits=(("01", None), ("02", "1"))))
+    output = tmp_path / "out"
+    output.mkdir(mode=0o777)
+    output.chmod(0o777)
+    mounts = ["-v", f"{raw}:/data/raw:ro", "-v", f"{output}:/data/out"]
+    for level in ("participant", "group"):
+        run = docker("run", *LOCKED, "-u", "12345:12345", "-e", "HOME=/nonexistent", "-w", "/", *mounts, image,
+                     "/data/raw", "/data/out", level, "--fast", env={"PATH": os.environ["PATH"]})
+        assert run.returncode == 0, run.stderr[-3000:]
+    results = predict(raw, tmp_path / "cli", REPO / "weights")
+    assert predict.exit_code == 0 and len(results) == 2
+    for result in results:
+        container = sitk.GetArrayFromImage(sitk.ReadImage(str(output / result.outputs["mask"])))
+        cli = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cli" / result.outputs["mask"])))
+        assert np.array_equal(container, cli), result.case_id
+    description = json.loads((output / layout.DATASET_DESCRIPTION).read_text())
+    assert description["GeneratedBy"][0]["Container"] == {"Type": "docker", "Tag": image}
+    assert description["SourceDatasets"] == [{"URL": "file:///data/raw"}]
+    assert (output / layout.BIDS_COHORT_TSV).read_text().count("\tok\t") == 2
 
 
 def test_unreadable_input_folder_is_a_clear_error(image, tmp_path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,8 +24,6 @@ log = logging.getLogger(__name__)
 
 #: The specification's version our derivatives follow.
 BIDS_VERSION = "1.10.1"
-#: What pybids indexes by default besides our choice of subjects: never code, derivatives etc.
-_NOT_INDEXED = (r"^/(code|derivatives|sourcedata|stimuli|models)(/|$)", r"/\.")
 #: Set in the image (Dockerfile): the container's name for GeneratedBy.
 IMAGE_VARIABLE = "MIXMICROBLEEDNET_IMAGE"
 
@@ -38,39 +35,42 @@ def is_bids_dataset(folder: Path) -> bool:
         return False
 
 
-def _index(bids_dir: Path, participants: tuple[str, ...], suffixes: list[str]) -> list:
-    """The anat images with these suffixes (pybids, no metadata, only the chosen subjects: one
-    subject of a 1,000-subject tree indexes in a fraction of a second, the whole tree in seconds)."""
-    from bids import BIDSLayout, BIDSLayoutIndexer  # only BIDS runs pay for its import
+def _anat_images(bids_dir: Path, participants: tuple[str, ...], suffixes: set[str]) -> list[tuple[Path, dict]]:
+    """The anat images with these suffixes and their entities, of the chosen subjects only. The
+    names are parsed by pybids' BIDS grammar; the folders are walked here, because indexing the
+    whole dataset into pybids' database (BIDSLayout) took 4x longer on a 1,000-subject tree
+    (benchmarks/bids_overhead.py) and an array task needs one subject."""
+    from bids.layout import Config, parse_file_entities  # only BIDS runs pay for its import
 
-    ignore = [re.compile(pattern) for pattern in _NOT_INDEXED]
-    if participants:
-        labels = "|".join(re.escape(p.removeprefix("sub-")) for p in participants)
-        ignore.append(re.compile(rf"^/sub-(?!(?:{labels})(?:/|$))"))
-    try:
-        index = BIDSLayout(bids_dir, validate=False, indexer=BIDSLayoutIndexer(index_metadata=False, ignore=ignore))
-    except Exception as exc:  # pybids raises its own types and plain ValueErrors for a broken dataset
-        raise InputFolderError(f"{bids_dir}: cannot index the BIDS dataset: {exc}") from None
-    return index.get(datatype="anat", suffix=suffixes, extension=list(layout.BIDS_IMAGE_EXTENSIONS))
-
-
-def _entities(image) -> dict[str, str | None]:
-    found = image.get_entities()
-    return {name: (str(found[name]) if name in found else None) for name in layout.BIDS_CASE_ENTITIES}
-
-
-def _run_number(image) -> int:
-    run = image.get_entities().get("run")
-    return int(run) if run is not None else -1
+    grammar = [Config.load("bids")]
+    wanted = {p.removeprefix("sub-") for p in participants}
+    subjects = sorted(p for p in bids_dir.glob("sub-*") if p.is_dir() and (not wanted or p.name[4:] in wanted))
+    found = []
+    for subject in subjects:
+        for anat in [subject / "anat", *sorted(subject.glob("ses-*/anat"))]:
+            for path in sorted(anat.glob("sub-*")) if anat.is_dir() else []:
+                if not path.name.endswith(layout.BIDS_IMAGE_EXTENSIONS):
+                    continue
+                entities = parse_file_entities(str(path), config=grammar)
+                if entities.get("suffix") in suffixes and entities.get("subject") == subject.name[4:]:
+                    found.append((path, {name: (str(entities[name]) if name in entities else None)
+                                         for name in (*layout.BIDS_CASE_ENTITIES, "suffix")}))
+    return found
 
 
-def _choose(candidates: list, reference_entities: dict, channel: str, case_id: str):
+def _run_number(entities: dict) -> int:
+    return int(entities["run"]) if entities.get("run") else -1
+
+
+def _choose(candidates: list[tuple[Path, dict]], reference_entities: dict, channel: str, case_id: str) -> Path:
     """One image of a channel for a case (module docstring's rule); logged when there was a choice."""
     if len(candidates) == 1:
-        return candidates[0]
-    same_run = [c for c in candidates if _entities(c)["run"] == reference_entities["run"] and reference_entities["run"]]
-    chosen = same_run[0] if len(same_run) == 1 else max(candidates, key=lambda c: (_run_number(c), c.filename))
-    log.info("%s: %d %s images; took %s (%s)", case_id, len(candidates), layout.BIDS_SUFFIXES[channel], chosen.filename,
+        return candidates[0][0]
+    same_run = [path for path, entities in candidates
+                if reference_entities.get("run") and entities["run"] == reference_entities["run"]]
+    chosen = same_run[0] if len(same_run) == 1 else \
+        max(candidates, key=lambda candidate: (_run_number(candidate[1]), candidate[0].name))[0]
+    log.info("%s: %d %s images; took %s (%s)", case_id, len(candidates), layout.BIDS_SUFFIXES[channel], chosen.name,
              "the T2starw image's run" if len(same_run) == 1 else "the highest run")
     return chosen
 
@@ -83,22 +83,20 @@ def bids_cases(bids_dir: Path, channels: tuple[str, ...], participants: tuple[st
         raise InputFolderError(f"{bids_dir}: not a BIDS dataset (no {layout.DATASET_DESCRIPTION})")
     suffix_channel = {layout.BIDS_SUFFIXES[c]: c for c in channels}
     by_visit: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for image in _index(bids_dir, participants, sorted(suffix_channel)):
-        entities = _entities(image)
-        by_visit[(entities["subject"], entities["session"])][suffix_channel[image.get_entities()["suffix"]]].append(image)
+    for path, entities in _anat_images(bids_dir, participants, set(suffix_channel)):
+        by_visit[(entities["subject"], entities["session"])][suffix_channel[entities["suffix"]]].append((path, entities))
     reference = layout.REFERENCE_CHANNEL
     cases = []
     for (subject, session), images in sorted(by_visit.items(), key=lambda item: (item[0][0], item[0][1] or "")):
-        for t2s in images.get(reference) or [None]:
-            entities = _entities(t2s) if t2s else {"subject": subject, "session": session}
+        for t2s_path, entities in images.get(reference) or [(None, {"subject": subject, "session": session})]:
             case_id = layout.bids_case_id(entities)
             anat = bids_dir / layout.bids_anat_dir(subject, session)
             paths, problems = {}, []
             for channel in channels:
-                chosen = t2s if channel == reference else \
+                chosen = t2s_path if channel == reference else \
                     (_choose(images[channel], entities, channel, case_id) if images.get(channel) else None)
                 expected = anat / layout.bids_image_name(subject, session, channel)
-                paths[channel] = Path(chosen.path) if chosen else expected
+                paths[channel] = chosen or expected
                 if chosen is None:
                     problems.append(f"no {layout.BIDS_SUFFIXES[channel]} image ({expected.relative_to(bids_dir)})")
             problem = (f"{'; '.join(problems)}: the model needs {', '.join(layout.BIDS_SUFFIXES[c] for c in channels)}"
