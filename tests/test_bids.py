@@ -153,4 +153,7 @@ def test_resume_skips_finished_bids_cases(tmp_path, random_model, caplog):
     with caplog.at_level("INFO"):
         assert cli_main(arguments) == 0
     assert "sub-01: skipped, finished at" in caplog.text
+    # `merge` would write the seed's reports into the derivatives dataset: it points to the group level
+    assert cli_main(["merge", str(out)]) == 2 and "group`" in caplog.text
+    assert not (out / layout.RESULTS_JSON).exists()
 

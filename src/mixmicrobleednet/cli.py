@@ -251,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.output.is_dir():
             log.error("%s: no such output folder", args.output)
             return 2
+        if (args.output / layout.DATASET_DESCRIPTION).is_file():  # results.json would not be valid BIDS there
+            log.error("%s is a BIDS derivatives dataset: its cohort table comes from "
+                      "`mixmicrobleednet bids BIDS_DIR %s group`", args.output, args.output)
+            return 2
         merged = merge(args.output)
         log.info("%s: results.json and summary.csv rebuilt from %d record(s)", args.output, len(merged))
         return 0
