@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine too: .venv/, Docker engine, offline CPU image, then
+# The whole test suite, on a fresh machine too: .venv/, Colin27 (mricron-data), Docker engine, offline CPU image, then
 #   1. test.sh: the image on the shipped test case, locked down, against test/expected/
 #   2. pytest: unit tests, slow end-to-end tests and the container tests
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup-venv.sh
+scripts/test-data.sh
 ./test.sh
 .venv/bin/python -m pytest -v -ra "$@"

@@ -28,7 +28,7 @@ FAST = PredictionSettings(use_mirroring=False)
 
 
 #: Fixtures that put a test in a tier (the tests that use them need what the tier names).
-_TIER_OF_FIXTURE = {"random_model": "model", "v1_run": "v1", "imported_v1": "v1"}
+_TIER_OF_FIXTURE = {"random_model": "model", "v1_run": "v1", "imported_v1": "v1", "colin27": "anatomy"}
 
 
 def pytest_collection_modifyitems(items):

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -7,7 +9,7 @@ from mixmicrobleednet.layout import case_stem as stem
 from mixmicrobleednet.cases import CaseError, seed_cases, select_cases
 from mixmicrobleednet.imaging import align_to_reference, load_case, read_channel, same_grid, write_image_atomic
 
-from conftest import brain_volume, make_image, write_case
+from conftest import brain_volume, make_image, predict, write_case
 
 
 def test_input_names_round_trip():
@@ -90,13 +92,13 @@ def test_rounding_differences_copy_the_t2s_header():
     reference = make_image(brain_volume())
     t1 = make_image(brain_volume(seed=3), spacing_xyz=(0.8 * (1 + 1e-7), 0.8, 1.2), origin=(-10.00002, 5.0, 2.00001))
     assert same_grid(t1, reference)
-    aligned, action = align_to_reference(t1, reference)
-    assert action.startswith("T2S header copied")
+    aligned, action, registration = align_to_reference(t1, reference)
+    assert action.startswith("T2S header copied") and registration is None
     assert aligned.GetOrigin() == reference.GetOrigin() and aligned.GetSpacing() == reference.GetSpacing()
     np.testing.assert_array_equal(sitk.GetArrayFromImage(aligned), sitk.GetArrayFromImage(t1))
 
 
-def test_shifted_or_resized_channels_are_resampled_in_world_space():
+def test_without_registration_shifted_or_resized_channels_are_resampled_in_world_space():
     """A bright voxel at a known world position lands at that position on the T2* grid."""
     reference = make_image(np.ones((20, 40, 36), np.float32), spacing_xyz=(0.8, 0.8, 1.2), origin=(0.0, 0.0, 0.0))
     moved = np.zeros((10, 20, 18), np.float32)
@@ -104,18 +106,72 @@ def test_shifted_or_resized_channels_are_resampled_in_world_space():
     t1 = make_image(moved, spacing_xyz=(1.6, 1.6, 2.4), origin=(-3.2, 1.6, 2.4))
     world = t1.TransformIndexToPhysicalPoint((6, 8, 4))
     assert not same_grid(t1, reference)
-    aligned, action = align_to_reference(t1, reference)
-    assert action.startswith("resampled onto the T2S grid")
+    aligned, action, registration = align_to_reference(t1, reference, register=False)
+    assert action.startswith("resampled onto the T2S grid as it lies in world space") and registration is None
     assert aligned.GetSize() == reference.GetSize() and aligned.GetOrigin() == reference.GetOrigin()
     array = sitk.GetArrayFromImage(aligned)
     peak = np.unravel_index(np.argmax(array), array.shape)
     assert np.allclose(reference.TransformIndexToPhysicalPoint([int(i) for i in peak[::-1]]), world)
 
 
-def test_rotated_channel_is_resampled():
-    reference = make_image(brain_volume())
-    rotated = make_image(brain_volume(), direction=(0, 1, 0, -1, 0, 0, 0, 0, 1))
-    assert align_to_reference(rotated, reference)[1].startswith("resampled")
+def test_channel_on_another_grid_is_registered_and_the_record_says_how(tmp_path, random_model):
+    """The same anatomy on a coarser grid: registered (a near-identity transform), logged, recorded."""
+    paths = write_case(tmp_path / "in", "r1", shape=(24, 48, 40))
+    t1 = sitk.ReadImage(str(paths["T1"]))
+    coarse = sitk.Resample(t1, [20, 24, 16], sitk.Transform(), sitk.sitkLinear, t1.GetOrigin(), (1.6, 1.6, 1.8),
+                           t1.GetDirection(), 0.0, sitk.sitkFloat32)
+    sitk.WriteImage(coarse, str(paths["T1"]))
+    stack = load_case(seed_cases(tmp_path / "in")[0])
+    registration = stack.registrations["T1"]
+    assert stack.alignment["T1"].startswith("registered rigidly onto the T2S grid")
+    assert registration.rotation_degrees < 1 and registration.shift_mm < 0.5
+    assert set(stack.registrations) == {"T1"} and stack.alignment["T2"].startswith("T2S header copied")
+    results = predict(tmp_path / "in", tmp_path / "out", random_model)
+    record = json.loads((tmp_path / "out" / seed_cases(tmp_path / "in")[0].output_paths["record"]).read_text())
+    assert results[0].registrations == record["registrations"] and set(record["registrations"]) == {"T1"}
+    assert record["settings"]["registration"] is True
+
+
+@pytest.fixture(scope="module")
+def colin27():
+    """The Colin27 head and brain (Debian's mricron-data, installed by scripts/test-data.sh)."""
+    from mixmicrobleednet.evaluate import surface_points
+    from mixmicrobleednet.phantoms import COLIN27_DIR
+
+    head, brain = COLIN27_DIR / "ch2.nii.gz", COLIN27_DIR / "ch2bet.nii.gz"
+    assert head.is_file() and brain.is_file(), "Colin27 missing: run scripts/test-data.sh (apt-get install mricron-data)"
+    return sitk.ReadImage(str(head), sitk.sitkFloat32), surface_points(sitk.ReadImage(str(brain)))
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_registration_puts_real_anatomy_within_1_mm(colin27, seed):
+    """Colin27's T1 onto a T2*-like copy of itself moved by a known rigid transform (up to 10°,
+    10 mm) on a 0.9x0.9x3 mm grid: the brain surface lands within 1 mm (mean) of where it belongs."""
+    from mixmicrobleednet.evaluate import surface_error
+    from mixmicrobleednet.phantoms import random_rigid, t2s_like_copy
+
+    head, surface = colin27
+    rng = np.random.default_rng(seed)
+    truth = random_rigid(rng, tuple(surface.mean(axis=0)))
+    t2s = t2s_like_copy(head, truth, rng)
+    aligned, action, registration = align_to_reference(head, t2s, channel="T1")
+    mean, worst = surface_error(truth, registration.transform, surface)
+    unregistered, _ = surface_error(truth, sitk.Euler3DTransform(), surface)
+    assert mean <= 1.0 and unregistered > 3.0, (mean, worst, unregistered)
+    assert aligned.GetSize() == t2s.GetSize() and action.startswith("registered rigidly")
+
+
+def test_implausible_registration_is_a_clear_case_error(colin27):
+    """A T1 40 mm and 30° away from the T2* scan (not the same session): the case fails with why."""
+    from mixmicrobleednet.phantoms import t2s_like_copy
+
+    head, surface = colin27
+    far = sitk.Euler3DTransform()
+    far.SetCenter(tuple(surface.mean(axis=0)))
+    far.SetRotation(0.0, 0.0, np.deg2rad(30))
+    far.SetTranslation((40.0, 0.0, 0.0))
+    with pytest.raises(CaseError, match=r"T1: registration onto the T2S scan failed its check \(.*(rotation|shift|mutual)"):
+        align_to_reference(head, t2s_like_copy(head, far, np.random.default_rng(0)), channel="T1")
 
 
 def test_load_case_stacks_channels_in_network_order(tmp_path):

@@ -62,6 +62,9 @@ def add_prediction_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write the microbleed probability map (float32, T2* grid)")
     parser.add_argument("--no-qc", action="store_true", help="do not draw the QC picture per case")
+    parser.add_argument("--no-registration", action="store_true",
+                        help="T1/T2 not on the T2* grid are placed by their headers alone (already co-registered "
+                             "scans on another grid); default: registered rigidly onto the T2* scan")
     _defaults_from_environment(parser)
 
 
@@ -83,6 +86,7 @@ ENVIRONMENT_OPTIONS = {
     "min_size_mm3": ("MIXMICROBLEEDNET_MIN_SIZE_MM3", _non_negative),
     "save_probabilities": ("MIXMICROBLEEDNET_SAVE_PROBABILITIES", _flag),
     "no_qc": ("MIXMICROBLEEDNET_NO_QC", _flag),
+    "no_registration": ("MIXMICROBLEEDNET_NO_REGISTRATION", _flag),
 }
 
 
@@ -165,7 +169,7 @@ def run_options(args: argparse.Namespace, model_dir: Path):
         model_dir=model_dir, device=args.device, prediction=PredictionSettings(use_mirroring=not args.fast, precision=args.precision),
         output=OutputSettings(LesionSettings(args.threshold, args.min_size_mm3), args.save_probabilities, not args.no_qc),
         resume=args.resume, shard=args.shard, participants=tuple(args.participant_label),
-        sessions=tuple(args.session_label))
+        sessions=tuple(args.session_label), register=not args.no_registration)
 
 
 def build_parser() -> argparse.ArgumentParser:

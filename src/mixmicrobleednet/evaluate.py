@@ -225,3 +225,22 @@ def evaluate_folders(labels_dir: Path, predictions_dir: Path, out_dir: Path | No
             {k: {m: (None if isinstance(v, float) and np.isnan(v) else v) for m, v in g.items()} for k, g in groups.items()},
             indent=2))
     return summary
+
+
+def surface_points(brain: sitk.Image) -> np.ndarray:
+    """World coordinates (LPS, mm) of the brain mask's boundary voxels."""
+    mask = sitk.GetArrayFromImage(brain) > 0
+    boundary = mask & ~ndimage.binary_erosion(mask)
+    indices = np.argwhere(boundary)[:, ::-1].astype(float)  # (x, y, z) index order
+    return np.array([brain.TransformContinuousIndexToPhysicalPoint(tuple(i)) for i in indices[::20]])
+
+
+def surface_error(truth: sitk.Transform, found: sitk.Transform, points: np.ndarray) -> tuple[float, float]:
+    """Distances between where the two fixed→moving transforms put the fixed image's points of the
+    brain surface (the surface as it lies in the fixed image: truth's inverse of ch2's surface)."""
+    inverse = truth.GetInverse()
+    distances = []
+    for point in points:
+        in_fixed = inverse.TransformPoint(tuple(point))
+        distances.append(np.linalg.norm(np.subtract(found.TransformPoint(in_fixed), point)))
+    return float(np.mean(distances)), float(np.max(distances))

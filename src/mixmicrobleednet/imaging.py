@@ -14,6 +14,7 @@ import SimpleITK as sitk
 
 from . import layout
 from .cases import Case, CaseError
+from .registration import Registration, register_rigid
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class ChannelStack:
     array: np.ndarray  # float32, (channel, z, y, x), channels in the model's order
     reference: sitk.Image  # the T2* image: its grid is the grid of every output
     alignment: dict[str, str]  # channel -> what was done to put it on the T2* grid
+    registrations: dict[str, Registration]  # channel -> its registration, for those registered
 
     @property
     def spacing_zyx(self) -> tuple[float, float, float]:
@@ -85,38 +87,47 @@ def same_grid(image: sitk.Image, reference: sitk.Image) -> bool:
     )
 
 
-def align_to_reference(image: sitk.Image, reference: sitk.Image) -> tuple[sitk.Image, str]:
-    """Put a registered channel on the T2* grid: copy the header when only rounding differs,
-    else resample (linear) in world space."""
+def align_to_reference(image: sitk.Image, reference: sitk.Image, register: bool = True,
+                       channel: str = "channel") -> tuple[sitk.Image, str, Registration | None]:
+    """Put a channel on the T2* grid: copy the header when only rounding differs (the seed's
+    co-registered scans); else register it rigidly onto the T2* scan (registration.py) and
+    resample (linear), or with register=False resample it as it lies in world space."""
     if same_grid(image, reference):
         aligned = sitk.Image(image)
         aligned.CopyInformation(reference)
-        return aligned, "T2S header copied (grids equal up to rounding)"
-    resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        return aligned, "T2S header copied (grids equal up to rounding)", None
+    registration = register_rigid(image, reference, channel) if register else None
+    transform = registration.transform if registration else sitk.Transform()
+    resampled = sitk.Resample(image, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     detail = (f"size {image.GetSize()} spacing {tuple(round(s, 4) for s in image.GetSpacing())} "
               f"origin {tuple(round(o, 3) for o in image.GetOrigin())}")
-    return resampled, f"resampled onto the T2S grid (was {detail})"
+    action = registration.describe() if registration else "resampled onto the T2S grid as it lies in world space"
+    return resampled, f"{action} (was {detail})", registration
 
 
-def load_case(case: Case, channels: tuple[str, ...] = layout.CHANNELS, needed_by: str = "the model") -> ChannelStack:
-    """Read the channels a model needs (in its order), check them and align them on the T2* grid;
-    `needed_by` names the model in the message about a missing channel."""
+def load_case(case: Case, channels: tuple[str, ...] = layout.CHANNELS, needed_by: str = "the model",
+              register: bool = True) -> ChannelStack:
+    """Read the channels a model needs (in its order), check them and align them on the T2* grid
+    (align_to_reference); `needed_by` names the model in the message about a missing channel."""
     if case.input_problem:
         raise CaseError(case.input_problem)
     # The T2* first: without it there is no case, whatever else is wrong.
     images = {channel: read_channel(case.channel_paths[channel], channel, needed_by)
               for channel in sorted(channels, key=lambda c: c != layout.REFERENCE_CHANNEL)}
     reference = images[layout.REFERENCE_CHANNEL]
-    arrays, alignment = [], {}
+    arrays, alignment, registrations = [], {}, {}
     for channel in channels:
         if channel == layout.REFERENCE_CHANNEL:
             aligned, alignment[channel] = reference, "reference grid"
         else:
-            aligned, alignment[channel] = align_to_reference(images[channel], reference)
-            if alignment[channel].startswith("resampled"):
+            aligned, alignment[channel], registration = align_to_reference(images[channel], reference, register,
+                                                                           channel)
+            if registration:
+                registrations[channel] = registration
+            elif alignment[channel].startswith("resampled"):
                 log.warning("%s: %s %s", case.case_id, channel, alignment[channel])
         arrays.append(sitk.GetArrayFromImage(aligned).astype(np.float32, copy=False))
-    return ChannelStack(case.case_id, np.stack(arrays), reference, alignment)
+    return ChannelStack(case.case_id, np.stack(arrays), reference, alignment, registrations)
 
 
 def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:

@@ -340,3 +340,51 @@ def _write_csv(path: Path, rows: list[dict], header: list[str] | None = None) ->
         writer = csv.DictWriter(f, fieldnames=header or list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+# Misregistered copies of real anatomy, for the registration tests and benchmarks/registration.py:
+# Debian's mricron-data installs the Colin27 head (ch2) and its brain (ch2bet) here.
+COLIN27_DIR = Path("/usr/share/mricron/templates")
+T2S_LIKE_SPACING = (0.9, 0.9, 3.0)
+
+
+def random_rigid(rng: np.random.Generator, centre, max_degrees: float = 10.0, max_shift_mm: float = 10.0
+                 ) -> sitk.Euler3DTransform:
+    """A random rigid transform: a rotation of 3° to `max_degrees` about a random axis through
+    `centre`, then a shift of 3 mm to `max_shift_mm` in a random direction."""
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    angle = np.deg2rad(rng.uniform(3, max_degrees))
+    versor = sitk.VersorRigid3DTransform()
+    versor.SetCenter(centre)
+    versor.SetRotation(tuple(axis), float(angle))
+    direction = rng.normal(size=3)
+    versor.SetTranslation(tuple(direction / np.linalg.norm(direction) * rng.uniform(3, max_shift_mm)))
+    rigid = sitk.Euler3DTransform()
+    rigid.SetMatrix(versor.GetMatrix())
+    rigid.SetCenter(centre)
+    rigid.SetTranslation(versor.GetTranslation())
+    return rigid
+
+
+def t2s_like_copy(head: sitk.Image, truth: sitk.Transform, rng: np.random.Generator) -> sitk.Image:
+    """A T1 head moved by `truth` (fixed→moving mapping, ITK's convention) onto a 0.9x0.9x3 mm axial
+    grid, with T2*-like contrast (tissue order inverted: CSF bright, white matter darker than grey),
+    a bias field and Rician noise: the T2* scan that the T1 is to be registered onto."""
+    size = [int(round(sz * sp / new)) for sz, sp, new in zip(head.GetSize(), head.GetSpacing(), T2S_LIKE_SPACING)]
+    grid = sitk.Image(size, sitk.sitkFloat32)
+    grid.SetSpacing(T2S_LIKE_SPACING)
+    grid.SetOrigin(head.GetOrigin())
+    grid.SetDirection(head.GetDirection())
+    moved = sitk.Resample(sitk.Cast(head, sitk.sitkFloat32), grid, truth, sitk.sitkLinear, 0.0)
+    array = sitk.GetArrayFromImage(moved)
+    scaled = array / max(np.percentile(array, 99.5), 1e-6)
+    contrast = np.where(scaled > 0.05, 1.1 - 0.8 * np.clip(scaled, 0, 1.2) ** 1.5, scaled)  # tissue order inverted
+    zz, yy, xx = np.indices(array.shape, dtype=np.float32)
+    bias = np.exp(0.2 * (xx / array.shape[2] - 0.5) + 0.15 * (zz / array.shape[0] - 0.5))
+    sigma = 0.03
+    noisy = np.sqrt((contrast * bias + rng.normal(scale=sigma, size=array.shape)) ** 2
+                    + rng.normal(scale=sigma, size=array.shape) ** 2).astype(np.float32)
+    image = sitk.GetImageFromArray(noisy)
+    image.CopyInformation(grid)
+    return image

@@ -51,6 +51,7 @@ class CaseResult:
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     skipped: bool = False  # finished by an earlier run (--resume)
+    registrations: dict[str, dict] = field(default_factory=dict)  # channel -> its registration onto the T2*
 
 
 class ModelPredictor:
@@ -94,10 +95,11 @@ class CaseRun:
     merge_each: bool = True  # merge the reports after every case (BIDS: the group level merges, once)
     resume: bool = False
     device: Callable[[], str] = lambda: "unknown"  # for the records, once the model is loaded
+    register: bool = True  # T1/T2 not on the T2* grid: registered rigidly (else placed by their headers)
 
     @property
     def settings_record(self) -> dict:
-        return {"prediction": asdict(self.prediction), "output": asdict(self.settings)}
+        return {"prediction": asdict(self.prediction), "output": asdict(self.settings), "registration": self.register}
 
 
 @contextmanager
@@ -108,9 +110,9 @@ def _stage(result: CaseResult, name: str) -> Iterator[None]:
     log.info("%s: %s %.1f s", result.case_id, name, result.stage_seconds[name])
 
 
-def _load_timed(case: Case, model: ModelFolder) -> tuple[ChannelStack, float]:
+def _load_timed(case: Case, run: CaseRun) -> tuple[ChannelStack, float]:
     started = time.perf_counter()
-    return load_case(case, model.channels, model.describe()), time.perf_counter() - started
+    return load_case(case, run.model.channels, run.model.describe(), run.register), time.perf_counter() - started
 
 
 def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
@@ -119,6 +121,7 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
     started = time.perf_counter()
     try:
         stack, result.stage_seconds["read"] = loaded.result()
+        result.registrations = {channel: r.as_record() for channel, r in stack.registrations.items()}
         log.info("%s: read and aligned in %.1f s (ahead); grid %s spacing %s mm; %s", case.case_id,
                  result.stage_seconds["read"], stack.reference.GetSize(),
                  tuple(round(s, 3) for s in stack.reference.GetSpacing()),
@@ -178,7 +181,7 @@ def _record(case: Case, result: CaseResult, run: CaseRun, fingerprint: list[dict
             "status": "error" if result.error_messages else "ok", "error_messages": result.error_messages,
             "inputs": fingerprint,
             "model": {"path": str(run.model.path), "sha256": run.model.checksum, "channels": list(run.model.channels)},
-            "settings": run.settings_record, "outputs": result.outputs,
+            "settings": run.settings_record, "registrations": result.registrations, "outputs": result.outputs,
             "microbleed_count": result.microbleed_count,
             "total_volume_mm3": None if result.total_volume_mm3 is None else round(result.total_volume_mm3, 3),
             "device": device, "versions": records.versions(), "host": socket.gethostname(),
@@ -206,10 +209,10 @@ def run_cases(cases: list[Case], run: CaseRun) -> list[CaseResult]:
     todo = [case for case in cases if case.case_id not in done]
     results = dict(done)
     with ThreadPoolExecutor(1, thread_name_prefix="reader") as reader:
-        upcoming = reader.submit(_load_timed, todo[0], run.model) if todo else None
+        upcoming = reader.submit(_load_timed, todo[0], run) if todo else None
         for number, case in enumerate(todo, 1):
             loaded = upcoming
-            upcoming = reader.submit(_load_timed, todo[number], run.model) if number < len(todo) else None
+            upcoming = reader.submit(_load_timed, todo[number], run) if number < len(todo) else None
             log.info("case %d/%d: %s", number, len(todo), case.case_id)
             fingerprint = records.input_fingerprint(case, run.model.channels)
             result = results[case.case_id] = _run_case(case, loaded, run)

@@ -48,6 +48,7 @@ class RunOptions:
     shard: tuple[int, int] | None = None  # (K, N), 1-based
     participants: tuple[str, ...] = ()
     sessions: tuple[str, ...] = ()
+    register: bool = True  # T1/T2 not on the T2* grid: rigid registration (False: their headers alone)
 
 
 def check_output_folder(output_dir: Path) -> None:
@@ -106,7 +107,7 @@ class Run:
         predictor = self.start_model()
         run = CaseRun(self.model, predict or predictor, self.output_dir, self.options.prediction, self.options.output,
                       records=not self.platform, merge_each=self.input_layout == SEED, resume=self.options.resume,
-                      device=lambda: predictor.device)
+                      device=lambda: predictor.device, register=self.options.register)
         try:
             return run_cases(self.cases, run)
         except ModelError as exc:
