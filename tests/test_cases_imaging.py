@@ -129,6 +129,8 @@ def test_channel_on_another_grid_is_registered_and_the_record_says_how(tmp_path,
     results = predict(tmp_path / "in", tmp_path / "out", random_model)
     record = json.loads((tmp_path / "out" / seed_cases(tmp_path / "in")[0].output_paths["record"]).read_text())
     assert results[0].registrations == record["registrations"] and set(record["registrations"]) == {"T1"}
+    picture = tmp_path / "out" / results[0].outputs["registration_qc"]
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert record["settings"]["registration"] is True
 
 

@@ -74,7 +74,7 @@ SUMMARY_CSV = "summary.csv"
 
 #: A case's outputs in the seed layout: its stem plus one of these.
 _OUTPUT_SUFFIXES = {"mask": f"_prediction{NIFTI}", "lesions": "_lesions.csv", "probability": f"_probability{NIFTI}",
-                    "qc": "_qc.png"}
+                    "qc": "_qc.png", "registration_qc": "_registration_qc.png"}
 
 
 def prediction_name(stem: str) -> str:
@@ -149,6 +149,7 @@ def bids_output_paths(entities: dict[str, str | None]) -> dict[str, str]:
     return {"mask": f"{stem}_mask{NIFTI}", "mask_sidecar": f"{stem}_mask.json", "probability": f"{stem}_probseg{NIFTI}",
             "probability_sidecar": f"{stem}_probseg.json",
             "lesions": f"{stem}_lesions.tsv", "qc": f"{BIDS_FIGURES_DIR}/{case_id}_label-CMB_qc.png",
+            "registration_qc": f"{BIDS_FIGURES_DIR}/{case_id}_desc-registration_qc.png",
             "record": f"{RECORDS_DIR}/{record_name(case_id)}"}
 
 

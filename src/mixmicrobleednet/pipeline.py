@@ -26,7 +26,7 @@ from .imaging import ChannelStack, image_like, load_case, remove_partials, write
 from .lesions import Lesions, LesionSettings, extract_lesions
 from .model import Model, PredictionSettings
 from .modelfolder import ModelError, ModelFolder
-from .report import write_json_value, write_lesion_table, write_qc_picture
+from .report import write_json_value, write_lesion_table, write_qc_picture, write_registration_qc
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,11 @@ def write_case_outputs(case: Case, stack: ChannelStack, probabilities: np.ndarra
         writers["probability_sidecar"] = lambda path: write_json_value(sidecars["probability_sidecar"], path)
     if settings.qc_picture:
         writers["qc"] = lambda path: write_qc_picture(path, case.case_id, stack.reference, lesions, settings.lesions)
+    if settings.qc_picture and stack.registrations:
+        channels = list(stack.alignment)  # in the stack's channel order
+        writers["registration_qc"] = lambda path: write_registration_qc(
+            path, case.case_id, stack.reference, {c: stack.array[channels.index(c)] for c in stack.registrations},
+            {c: r.describe().removeprefix("registered rigidly onto the T2S grid ") for c, r in stack.registrations.items()})
     written = {}
     for kind, write in writers.items():
         if kind in paths:

@@ -1,5 +1,5 @@
-"""What a person reads: results.json (the seed's), summary.csv, the lesion table, the QC picture,
-and the value files of a Grand-Challenge job.
+"""What a person reads: results.json (the seed's), summary.csv, the lesion table, the QC pictures
+(microbleeds; registration), and the value files of a Grand-Challenge job.
 
 Every file is written under a temporary name and renamed (imaging.atomic_output).
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,49 @@ def write_qc_picture(path: Path, case_id: str, t2s: sitk.Image, lesions: Lesions
         axis.set_title(title, color="white", fontsize=9)
     figure.suptitle(caption, color="white", fontsize=11)
     figure.tight_layout(rect=(0, 0, 1, 0.95))
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=100, facecolor="black", format="png")
+    plt.close(figure)
+
+
+def write_registration_qc(path: Path, case_id: str, t2s: sitk.Image, registered: dict[str, np.ndarray],
+                          captions: dict[str, str]) -> None:
+    """For each registered channel (its array on the T2* grid), four axial T2* slices with the
+    channel's edges (yellow) and the T2* brain outline (cyan) over them: edges that follow the T2*
+    anatomy show at a glance that the registration went right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import ndimage
+
+    display = _display_lps(t2s)
+    image = sitk.GetArrayFromImage(display)
+    spacing_x, spacing_y, _ = display.GetSpacing()
+    vmin, vmax = _window(image)
+    occupied = np.flatnonzero(image.reshape(image.shape[0], -1).max(1) > 0)
+    first, last = (occupied[0], occupied[-1]) if occupied.size else (0, image.shape[0] - 1)
+    slices = np.unique(np.linspace(first, last, 6)[1:-1].round().astype(int))
+    brain = ndimage.binary_fill_holes(image > 0)
+    figure, axes = plt.subplots(len(registered), len(slices), figsize=(3 * len(slices), 3 * len(registered) + 0.6),
+                                squeeze=False, facecolor="black")
+    for row, (channel, array) in enumerate(registered.items()):
+        channel_display = sitk.GetArrayFromImage(_display_lps(image_like(array, t2s)))
+        edges = ndimage.gaussian_gradient_magnitude(channel_display, sigma=1.0)
+        level = np.percentile(edges[channel_display > 0], 90) if (channel_display > 0).any() else 1.0
+        for axis, k in zip(axes[row], slices):
+            axis.set_axis_off()
+            axis.imshow(image[k], cmap="gray", vmin=vmin, vmax=vmax, aspect=spacing_y / spacing_x,
+                        interpolation="nearest")
+            axis.contour(edges[k], levels=[level], colors="#ffd400", linewidths=0.6)
+            if brain[k].any():
+                axis.contour(brain[k], levels=[0.5], colors="#00d0ff", linewidths=0.8)
+            axis.set_title(f"{channel}  z={display.TransformIndexToPhysicalPoint((0, 0, int(k)))[2]:.0f} mm",
+                           color="white", fontsize=9)
+    lines = [f"{case_id}: registration onto T2* (yellow: {', '.join(registered)} edges; cyan: T2* brain outline)"]
+    lines += [f"{channel}: {textwrap.shorten(captions.get(channel, ''), 150)}" for channel in registered]
+    figure.suptitle("\n".join(lines), color="white", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.2 * len(lines) / figure.get_figheight()))
     with atomic_output(path) as temporary:
         figure.savefig(temporary, dpi=100, facecolor="black", format="png")
     plt.close(figure)
