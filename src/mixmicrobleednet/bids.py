@@ -1,4 +1,4 @@
-"""BIDS: the cases of a raw BIDS dataset (indexed with pybids), the derivatives dataset we write
+"""BIDS: the cases of a raw BIDS dataset (names parsed by pybids), the derivatives dataset we write
 (dataset_description.json, .bidsignore, a JSON sidecar per mask) and the group level's cohort table.
 
 A case is one T2starw image (its acq-/run- entities stay in the case's name, so two runs are two
@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import __version__, layout, records
-from .cases import Case, InputFolderError
+from .cases import Case, InputFolderError, select_cases
 from .imaging import atomic_output
 from .report import write_cohort_tsv
 
@@ -139,8 +139,6 @@ def group(bids_dir: Path, output_dir: Path, channels: tuple[str, ...], participa
           sessions: tuple[str, ...] = ()) -> list[dict]:
     """The group level: one row per case of the dataset (and per record of a case no longer in it)
     from the records, written to cohort.tsv; a case without a record is `not run`."""
-    from .cases import select_cases
-
     cases = select_cases(bids_cases(bids_dir, channels, participants), participants, sessions)
     by_case = {r["case_id"]: r for r in records.read_records(Path(output_dir))}
     rows = []

@@ -142,7 +142,7 @@ def run_bids_app(args: argparse.Namespace) -> int:
     from .runner import EXIT_CASE_FAILED, EXIT_OK, EXIT_RUN_FAILED, run
 
     if not is_bids_dataset(args.bids_dir):
-        log.error("%s: not a BIDS dataset (no dataset_description.json)", args.bids_dir)
+        log.error("%s: not a BIDS dataset (no %s)", args.bids_dir, layout.DATASET_DESCRIPTION)
         return EXIT_RUN_FAILED
     if args.analysis_level == "participant":
         return run(args.bids_dir, args.output_dir, run_options(args, args.model))[0]

@@ -172,7 +172,7 @@ def write_case_outputs(case: Case, stack: ChannelStack, probabilities: np.ndarra
         channels = list(stack.alignment)  # in the stack's channel order
         writers["registration_qc"] = lambda path: write_registration_qc(
             path, case.case_id, stack.reference, {c: stack.array[channels.index(c)] for c in stack.registrations},
-            {c: r.describe().removeprefix("registered rigidly onto the T2S grid ") for c, r in stack.registrations.items()})
+            {c: r.summary() for c, r in stack.registrations.items()})
     written = {}
     for kind, write in writers.items():
         if kind in paths:

@@ -41,10 +41,12 @@ class Registration:
     mutual_information_after: float
     seconds: float
 
+    def summary(self) -> str:
+        return (f"rotation {self.rotation_degrees:.1f}°, shift {self.shift_mm:.1f} mm, mutual information "
+                f"{self.mutual_information_before:.3f} → {self.mutual_information_after:.3f}, {self.seconds:.1f} s")
+
     def describe(self) -> str:
-        return (f"registered rigidly onto the T2S grid (rotation {self.rotation_degrees:.1f}°, shift "
-                f"{self.shift_mm:.1f} mm, mutual information {self.mutual_information_before:.3f} → "
-                f"{self.mutual_information_after:.3f}, {self.seconds:.1f} s)")
+        return f"registered rigidly onto the T2S grid ({self.summary()})"
 
     def as_record(self) -> dict:
         return {"parameters": [round(p, 6) for p in self.transform.GetParameters()],
