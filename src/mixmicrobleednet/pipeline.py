@@ -96,6 +96,7 @@ class CaseRun:
     resume: bool = False
     device: Callable[[], str] = lambda: "unknown"  # for the records, once the model is loaded
     register: bool = True  # T1/T2 not on the T2* grid: registered rigidly (else placed by their headers)
+    start_model: Callable[[], object] = lambda: None  # starts loading the model in the background
 
     @property
     def settings_record(self) -> dict:
@@ -213,6 +214,8 @@ def run_cases(cases: list[Case], run: CaseRun) -> list[CaseResult]:
     done = _already_done(cases, run) if run.resume and run.records else {}
     todo = [case for case in cases if case.case_id not in done]
     results = dict(done)
+    if todo:
+        run.start_model()  # loads while the first case is read
     with ThreadPoolExecutor(1, thread_name_prefix="reader") as reader:
         upcoming = reader.submit(_load_timed, todo[0], run) if todo else None
         for number, case in enumerate(todo, 1):

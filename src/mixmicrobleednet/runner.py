@@ -104,10 +104,12 @@ class Run:
             if self.input_layout == SEED:
                 records.merge(self.output_dir)
             return []
-        predictor = self.start_model()
-        run = CaseRun(self.model, predict or predictor, self.output_dir, self.options.prediction, self.options.output,
+        # The model starts loading only when a case is left to predict (not when --resume finds all done).
+        run = CaseRun(self.model, predict or (lambda stack: self.start_model()(stack)), self.output_dir,
+                      self.options.prediction, self.options.output,
                       records=not self.platform, merge_each=self.input_layout == SEED, resume=self.options.resume,
-                      device=lambda: predictor.device, register=self.options.register)
+                      device=lambda: self.start_model().device, register=self.options.register,
+                      start_model=self.start_model)
         try:
             return run_cases(self.cases, run)
         except ModelError as exc:
