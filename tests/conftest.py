@@ -77,6 +77,17 @@ def random_model(tmp_path_factory) -> Path:
     return write_random_model(tmp_path_factory.mktemp("random_model"))
 
 
+@pytest.fixture(scope="session")
+def colin27():
+    """The Colin27 head and brain (Debian's mricron-data, installed by scripts/test-data.sh)."""
+    from mixmicrobleednet.evaluate import surface_points
+    from mixmicrobleednet.phantoms import COLIN27_DIR
+
+    head, brain = COLIN27_DIR / "ch2.nii.gz", COLIN27_DIR / "ch2bet.nii.gz"
+    assert head.is_file() and brain.is_file(), "Colin27 missing: run scripts/test-data.sh (apt-get install mricron-data)"
+    return sitk.ReadImage(str(head), sitk.sitkFloat32), surface_points(sitk.ReadImage(str(brain)))
+
+
 def run_options(model: Path, **options):
     """RunOptions for the tests: the CPU, no mirroring, plus `options`."""
     from mixmicrobleednet.runner import RunOptions
@@ -152,7 +163,8 @@ def imported_v1(v1_run, tmp_path_factory):
 BIDS_VISITS = (("01", None), ("02", "1"), ("02", "2"), ("03", None))
 
 
-def write_bids_dataset(root: Path, visits=BIDS_VISITS, channels=layout.CHANNELS, shape=(20, 40, 36)) -> Path:
+def write_bids_dataset(root: Path, visits=BIDS_VISITS, channels=layout.CHANNELS, shape=(20, 40, 36),
+                       spacing_xyz=(0.8, 0.8, 1.2)) -> Path:
     """A small BIDS raw dataset (dataset_description.json, README, participants.tsv, per visit
     anat/ images with JSON sidecars) that bids-validator accepts; the images are brain_volume()s."""
     root.mkdir(parents=True, exist_ok=True)
@@ -167,7 +179,7 @@ def write_bids_dataset(root: Path, visits=BIDS_VISITS, channels=layout.CHANNELS,
         anat.mkdir(parents=True, exist_ok=True)
         for index, channel in enumerate(channels):
             name = layout.bids_image_name(subject, session, channel)
-            sitk.WriteImage(make_image(brain_volume(shape, seed=10 * number + index)), str(anat / name))
+            sitk.WriteImage(make_image(brain_volume(shape, seed=10 * number + index), spacing_xyz), str(anat / name))
             (anat / name.replace(layout.BIDS_IMAGE_EXTENSIONS[0], ".json")).write_text(
                 json.dumps({"MagneticFieldStrength": 3, "EchoTime": 0.02 if channel == layout.REFERENCE_CHANNEL else 0.004}))
     return root

@@ -119,6 +119,28 @@ def test_participant_and_group_levels_write_a_valid_derivatives_dataset(tmp_path
     assert validator_errors(out) == []
 
 
+def test_brain_masks_are_valid_bids_derivatives(tmp_path, random_model):
+    """With --brain-mask (a folder of <case>_brainmask.nii.gz) the mask used is written as
+    desc-brain_mask with its sidecar, and the derivatives dataset stays valid."""
+    raw = write_bids_dataset(tmp_path / "raw", visits=[("01", None)], spacing_xyz=(8.0, 8.0, 12.0))  # a brain's ml
+    case = bids_cases(raw, layout.CHANNELS)[0]
+    mask = np.zeros((20, 40, 36), np.uint8)
+    mask[4:16, 8:32, 8:28] = 1
+    given = sitk.GetImageFromArray(mask)
+    given.CopyInformation(sitk.ReadImage(str(case.channel_paths["T2S"])))
+    (tmp_path / "masks").mkdir()
+    sitk.WriteImage(given, str(tmp_path / "masks" / layout.brain_mask_name(case.case_id)))
+    out = tmp_path / "derivatives"
+    assert cli_main(["bids", str(raw), str(out), "participant", "--model", str(random_model), "--device", "cpu",
+                     "--fast", "--brain-mask", str(tmp_path / "masks")]) == 0
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / case.output_paths["brain_mask"])))
+    assert np.array_equal(written, mask)
+    sidecar = json.loads((out / case.output_paths["brain_mask_sidecar"]).read_text())
+    assert sidecar["Type"] == "Brain" and sidecar["Description"].startswith("Brain mask: given")
+    assert (out / case.output_paths["preprocessing_qc"]).is_file()
+    assert validator_errors(out) == []
+
+
 def test_group_level_lists_cases_that_did_not_run(tmp_path, random_model):
     raw = write_bids_dataset(tmp_path / "raw", visits=(("01", None), ("02", None)), shape=(8, 10, 9))
     out = tmp_path / "out"

@@ -129,20 +129,9 @@ def test_channel_on_another_grid_is_registered_and_the_record_says_how(tmp_path,
     results = predict(tmp_path / "in", tmp_path / "out", random_model)
     record = json.loads((tmp_path / "out" / seed_cases(tmp_path / "in")[0].output_paths["record"]).read_text())
     assert results[0].registrations == record["registrations"] and set(record["registrations"]) == {"T1"}
-    picture = tmp_path / "out" / results[0].outputs["registration_qc"]
+    picture = tmp_path / "out" / results[0].outputs["preprocessing_qc"]
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert record["settings"]["registration"] is True
-
-
-@pytest.fixture(scope="module")
-def colin27():
-    """The Colin27 head and brain (Debian's mricron-data, installed by scripts/test-data.sh)."""
-    from mixmicrobleednet.evaluate import surface_points
-    from mixmicrobleednet.phantoms import COLIN27_DIR
-
-    head, brain = COLIN27_DIR / "ch2.nii.gz", COLIN27_DIR / "ch2bet.nii.gz"
-    assert head.is_file() and brain.is_file(), "Colin27 missing: run scripts/test-data.sh (apt-get install mricron-data)"
-    return sitk.ReadImage(str(head), sitk.sitkFloat32), surface_points(sitk.ReadImage(str(brain)))
 
 
 @pytest.mark.parametrize("seed", [11, 12])

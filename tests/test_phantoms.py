@@ -21,7 +21,7 @@ def lowres_case(template):
 
 
 def test_channels_share_the_t2s_grid_up_to_rounding(lowres_case):
-    channels, label, _ = lowres_case
+    channels, label, _, _ = lowres_case
     t2s = channels["T2S"]
     assert np.allclose(t2s.GetSpacing()[::-1], COHORTS["lowres"].spacing_zyx, rtol=0.05)
     for channel in ("T1", "T2"):
@@ -31,7 +31,7 @@ def test_channels_share_the_t2s_grid_up_to_rounding(lowres_case):
 
 
 def test_brain_masked_with_tissue_contrast(lowres_case):
-    channels, _, _ = lowres_case
+    channels, _, _, _ = lowres_case
     arrays = {c: sitk.GetArrayFromImage(i).astype(float) for c, i in channels.items()}
     brain = arrays["T1"] > 0
     assert 0.2 < brain.mean() < 0.8 and not arrays["T2S"][~brain].any()
@@ -41,7 +41,7 @@ def test_brain_masked_with_tissue_contrast(lowres_case):
 
 
 def test_microbleeds_bloom_and_are_labelled(lowres_case):
-    channels, label, bleeds = lowres_case
+    channels, label, bleeds, _ = lowres_case
     labels, n = ndimage.label(sitk.GetArrayFromImage(label), np.ones((3, 3, 3)))
     assert len(bleeds) == 6 and n == 6
     t2s = sitk.GetArrayFromImage(channels["T2S"]).astype(float)

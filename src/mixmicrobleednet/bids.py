@@ -124,7 +124,7 @@ def write_derivatives_description(output_dir: Path, bids_dir: Path) -> None:
 
 
 def sidecars(case: Case, model_sha256: str, settings) -> dict[str, dict]:
-    """The JSON sidecars of the mask and the probability map (output kind -> content): what they
+    """The JSON sidecars of the masks and the probability map (output kind -> content): what they
     are, on which image's grid (space-T2starw is no template, so SpatialReference is required),
     what they were made from and how."""
     common = {"Sources": list(case.sources.values()),
@@ -132,7 +132,9 @@ def sidecars(case: Case, model_sha256: str, settings) -> dict[str, dict]:
               "ModelChannels": [layout.BIDS_SUFFIXES[c] for c in case.sources]}
     return {"mask_sidecar": {"Type": "Lesion", "Description": "Cerebral microbleeds (MixMicrobleedNet)", **common,
                              "Threshold": settings.threshold, "MinimumSizeMm3": settings.min_size_mm3},
-            "probability_sidecar": {"Description": "Cerebral microbleed probability (MixMicrobleedNet)", **common}}
+            "probability_sidecar": {"Description": "Cerebral microbleed probability (MixMicrobleedNet)", **common},
+            "brain_mask_sidecar": {"Type": "Brain", "Sources": common["Sources"],
+                                   "SpatialReference": common["SpatialReference"]}}
 
 
 def group(bids_dir: Path, output_dir: Path, channels: tuple[str, ...], participants: tuple[str, ...] = (),

@@ -65,6 +65,15 @@ def add_prediction_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-registration", action="store_true",
                         help="T1/T2 not on the T2* grid are placed by their headers alone (already co-registered "
                              "scans on another grid); default: registered rigidly onto the T2* scan")
+    brain = parser.add_mutually_exclusive_group()
+    brain.add_argument("--skull-stripped", action="store_true",
+                       help="the scans are skull-stripped already: no brain extraction (default: found out per "
+                            "case from the T2* scan's background; see the README)")
+    brain.add_argument("--extract-brain", action="store_true",
+                       help="extract the brain (deepbet) even where the T2* scan looks skull-stripped")
+    brain.add_argument("--brain-mask", type=Path, metavar="FILE|FOLDER",
+                       help="use these brain masks: a file (one case) or a folder with <case>_brainmask.nii.gz "
+                            "per case, on the T2* grid or placed by its header")
     _defaults_from_environment(parser)
 
 
@@ -87,6 +96,8 @@ ENVIRONMENT_OPTIONS = {
     "save_probabilities": ("MIXMICROBLEEDNET_SAVE_PROBABILITIES", _flag),
     "no_qc": ("MIXMICROBLEEDNET_NO_QC", _flag),
     "no_registration": ("MIXMICROBLEEDNET_NO_REGISTRATION", _flag),
+    "skull_stripped": ("MIXMICROBLEEDNET_SKULL_STRIPPED", _flag),
+    "extract_brain": ("MIXMICROBLEEDNET_EXTRACT_BRAIN", _flag),
 }
 
 
@@ -160,6 +171,7 @@ def run_bids_app(args: argparse.Namespace) -> int:
 
 def run_options(args: argparse.Namespace, model_dir: Path):
     """RunOptions from the options of add_prediction_options and add_cohort_options."""
+    from .brain import BrainMasking, BrainSettings
     from .lesions import LesionSettings
     from .model import PredictionSettings
     from .pipeline import OutputSettings
@@ -169,7 +181,10 @@ def run_options(args: argparse.Namespace, model_dir: Path):
         model_dir=model_dir, device=args.device, prediction=PredictionSettings(use_mirroring=not args.fast, precision=args.precision),
         output=OutputSettings(LesionSettings(args.threshold, args.min_size_mm3), args.save_probabilities, not args.no_qc),
         resume=args.resume, shard=args.shard, participants=tuple(args.participant_label),
-        sessions=tuple(args.session_label), register=not args.no_registration)
+        sessions=tuple(args.session_label), register=not args.no_registration,
+        brain=BrainSettings(BrainMasking.GIVEN if args.brain_mask else BrainMasking.SKULL_STRIPPED if args.skull_stripped
+                            else BrainMasking.EXTRACT if args.extract_brain else BrainMasking.AUTO,
+                            args.brain_mask, args.device != "cpu"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     phantoms.add_argument("--seed", type=int, required=True)
     phantoms.add_argument("--cohort", action="append",
                           help="acquisition(s) to use, in turn: highres3d, thickslice, lowres (default: all three)")
+    phantoms.add_argument("--raw", action="store_true",
+                          help="the raw twins of the phantoms this seed gives: not skull-stripped (the Colin27 head "
+                               "of mricron-data), T1/T2 on grids of their own, moved between scans")
 
     train = commands.add_parser("train", help="train fold 'all' with nnU-Net v2 on labelled cases")
     train.add_argument("--data", type=Path, required=True, help="seed-layout folder with sub-<id>_space-T2S_CMB.nii.gz labels")
@@ -266,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         from .phantoms import generate
 
         try:
-            generate(args.out, args.n, args.seed, args.cohort)
+            generate(args.out, args.n, args.seed, args.cohort, args.raw)
         except ValueError as exc:
             log.error("%s", exc)
             return 2

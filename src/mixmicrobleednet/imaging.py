@@ -1,4 +1,5 @@
-"""Read and check channel images, align T1/T2 onto the T2* grid, write images atomically."""
+"""Read and check channel images, align T1/T2 onto the T2* grid, mask them with the brain mask
+(brain.py), write images atomically."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import layout
+from .brain import BrainMask, BrainSettings, find_brain_mask
 from .cases import Case, CaseError
 from .registration import Registration, register_rigid
 
@@ -34,6 +36,7 @@ class ChannelStack:
     reference: sitk.Image  # the T2* image: its grid is the grid of every output
     alignment: dict[str, str]  # channel -> what was done to put it on the T2* grid
     registrations: dict[str, Registration]  # channel -> its registration, for those registered
+    brain: BrainMask  # how the channels were brain-masked (mask None: skull-stripped as read)
 
     @property
     def spacing_zyx(self) -> tuple[float, float, float]:
@@ -106,16 +109,17 @@ def align_to_reference(image: sitk.Image, reference: sitk.Image, register: bool 
 
 
 def load_case(case: Case, channels: tuple[str, ...] = layout.CHANNELS, needed_by: str = "the model",
-              register: bool = True) -> ChannelStack:
-    """Read the channels a model needs (in its order), check them and align them on the T2* grid
-    (align_to_reference); `needed_by` names the model in the message about a missing channel."""
+              register: bool = True, brain: BrainSettings = BrainSettings()) -> ChannelStack:
+    """Read the channels a model needs (in its order), check them, align them on the T2* grid
+    (align_to_reference) and mask them with the case's brain mask (brain.find_brain_mask);
+    `needed_by` names the model in the message about a missing channel."""
     if case.input_problem:
         raise CaseError(case.input_problem)
     # The T2* first: without it there is no case, whatever else is wrong.
     images = {channel: read_channel(case.channel_paths[channel], channel, needed_by)
               for channel in sorted(channels, key=lambda c: c != layout.REFERENCE_CHANNEL)}
     reference = images[layout.REFERENCE_CHANNEL]
-    arrays, alignment, registrations = [], {}, {}
+    arrays, alignment, registrations, transforms = [], {}, {}, {}
     for channel in channels:
         if channel == layout.REFERENCE_CHANNEL:
             aligned, alignment[channel] = reference, "reference grid"
@@ -124,10 +128,17 @@ def load_case(case: Case, channels: tuple[str, ...] = layout.CHANNELS, needed_by
                                                                            channel)
             if registration:
                 registrations[channel] = registration
+                transforms[channel] = registration.transform
             elif alignment[channel].startswith("resampled"):
                 log.warning("%s: %s %s", case.case_id, channel, alignment[channel])
         arrays.append(sitk.GetArrayFromImage(aligned).astype(np.float32, copy=False))
-    return ChannelStack(case.case_id, np.stack(arrays), reference, alignment, registrations)
+    extraction = layout.BRAIN_EXTRACTION_CHANNEL
+    brain_mask = find_brain_mask(case.case_id, reference, brain,
+                                 (images[extraction], transforms.get(extraction)) if extraction in images else None)
+    stack = np.stack(arrays)
+    if brain_mask.mask is not None:
+        stack *= brain_mask.mask  # outside the brain every channel is 0, as in the skull-stripped training scans
+    return ChannelStack(case.case_id, stack, reference, alignment, registrations, brain_mask)
 
 
 def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:

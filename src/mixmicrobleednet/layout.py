@@ -16,6 +16,9 @@ from pathlib import Path
 CHANNELS: tuple[str, ...] = ("T1", "T2", "T2S")
 #: The channel whose grid every other channel and every output lives on; every model needs it.
 REFERENCE_CHANNEL = "T2S"
+#: The channel brain extraction runs on when the model reads it (deepbet was trained on T1 scans);
+#: without it, the reference channel.
+BRAIN_EXTRACTION_CHANNEL = "T1"
 
 NIFTI = ".nii.gz"
 #: The entities that tell two inputs apart, in the order they stand in a name (BIDS order).
@@ -48,6 +51,11 @@ def input_name(stem: str, channel: str, extension: str = NIFTI) -> str:
     return f"{stem}_desc-masked_{channel}{extension}"
 
 
+def brain_mask_name(case_id: str) -> str:
+    """A case's brain mask in a --brain-mask folder: the name a seed-layout run writes it under."""
+    return case_id + _OUTPUT_SUFFIXES["brain_mask"]
+
+
 def label_name(stem: str) -> str:
     """Reference microbleed mask of a training or phantom case (VALDO naming)."""
     return f"{stem}_CMB{NIFTI}"
@@ -74,7 +82,7 @@ SUMMARY_CSV = "summary.csv"
 
 #: A case's outputs in the seed layout: its stem plus one of these.
 _OUTPUT_SUFFIXES = {"mask": f"_prediction{NIFTI}", "lesions": "_lesions.csv", "probability": f"_probability{NIFTI}",
-                    "qc": "_qc.png", "registration_qc": "_registration_qc.png"}
+                    "qc": "_qc.png", "preprocessing_qc": "_preprocessing_qc.png", "brain_mask": f"_brainmask{NIFTI}"}
 
 
 def prediction_name(stem: str) -> str:
@@ -149,7 +157,9 @@ def bids_output_paths(entities: dict[str, str | None]) -> dict[str, str]:
     return {"mask": f"{stem}_mask{NIFTI}", "mask_sidecar": f"{stem}_mask.json", "probability": f"{stem}_probseg{NIFTI}",
             "probability_sidecar": f"{stem}_probseg.json",
             "lesions": f"{stem}_lesions.tsv", "qc": f"{BIDS_FIGURES_DIR}/{case_id}_label-CMB_qc.png",
-            "registration_qc": f"{BIDS_FIGURES_DIR}/{case_id}_desc-registration_qc.png",
+            "preprocessing_qc": f"{BIDS_FIGURES_DIR}/{case_id}_desc-preprocessing_qc.png",
+            "brain_mask": f"{stem.removesuffix('_label-CMB')}_desc-brain_mask{NIFTI}",
+            "brain_mask_sidecar": f"{stem.removesuffix('_label-CMB')}_desc-brain_mask.json",
             "record": f"{RECORDS_DIR}/{record_name(case_id)}"}
 
 

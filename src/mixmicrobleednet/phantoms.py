@@ -9,11 +9,17 @@ Rician noise, brain masking, and a random intensity scale and dtype.
 
 Microbleeds are rendered directly on the T2* grid with sub-voxel sampling, so thick slices get
 partial volume; the label is the T2* extent (VALDO raters annotated on T2*).
+
+Raw twins (`raw=True`, `phantoms --raw`): the same subject, microbleeds and T2* acquisition as
+straight from the scanner: not skull-stripped (the Colin27 head from Debian's mricron-data around
+the brain, in each channel's contrast, and noise in the background) and T1/T2 on grids of their own
+(1 mm, oblique), the subject moved between scans by a random rigid transform (up to 10°, 10 mm).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +69,9 @@ _DEEP_CENTRES = [(-12, 18, 6), (12, 18, 6), (-25, -2, 0), (25, -2, 0), (-14, -10
 _INFRATENTORIAL_CENTRES = [(0, 28, -35), (-22, 60, -35), (22, 60, -35)]
 _PALLIDUM_CENTRES = [(-19, 3, -1), (19, 3, -1)]
 _LOCATION_WEIGHTS = {"lobar": 0.6, "deep": 0.25, "infratentorial": 0.15}
+
+#: A raw scan's field of view reaches this far (mm) beyond the brain: the head.
+RAW_MARGIN_MM = 25
 
 _TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
@@ -226,36 +235,85 @@ def _bias_field(shape, rng: np.random.Generator) -> np.ndarray:
     return np.exp(log_field)
 
 
+@functools.cache
+def _colin27_head() -> tuple[sitk.Image, sitk.Image]:
+    """The Colin27 T1 head (MNI space, as the template; white matter about 1) and its intracranial
+    space (ch2bet, holes filled)."""
+    head = COLIN27_DIR / "ch2.nii.gz"
+    if not head.is_file():
+        raise FileNotFoundError(f"raw phantoms need the Colin27 head {head}: apt-get install mricron-data")
+    image = sitk.ReadImage(str(head), sitk.sitkFloat32)
+    brain = sitk.ReadImage(str(COLIN27_DIR / "ch2bet.nii.gz"))
+    inside = sitk.GetArrayFromImage(brain) > 0
+    intracranial = sitk.GetImageFromArray(ndimage.binary_fill_holes(inside).astype(np.float32))
+    intracranial.CopyInformation(brain)
+    return image / float(np.percentile(sitk.GetArrayViewFromImage(image)[inside], 90)), intracranial
+
+
+def _head_signal(head: np.ndarray, intracranial: np.ndarray, channel: str) -> np.ndarray:
+    """A T1 head's intensities (white matter about 1) in a channel's contrast, for what lies outside
+    the phantom's brain: CSF within the skull (Colin27's brain is not the template's), skull dark
+    everywhere, muscle middling, fat bright."""
+    _, _, s_csf = _TISSUE_SIGNAL[channel]
+    outside = head if channel == "T1" else np.interp(head, [0.0, 0.12, 0.3, 0.55, 0.9, 1.5],
+                                                     [0.0, 0.05, s_csf, 0.35, 0.8, 0.8])
+    return (intracranial * s_csf + (1 - intracranial) * outside).astype(np.float32)
+
+
+def _raw_grid(grid: sitk.Image, rng: np.random.Generator) -> tuple[sitk.Image, sitk.Transform]:
+    """A T1/T2 grid of its own (1 mm, tilted, covering the T2* field of view) and the subject's
+    movement since the T2* scan (the channel's world points → the T2* scan's)."""
+    corners = np.array([grid.TransformIndexToPhysicalPoint([int(c) for c in corner]) for corner in
+                        np.array(np.meshgrid(*[[0, s - 1] for s in grid.GetSize()], indexing="ij")).reshape(3, -1).T])
+    centre = corners.mean(0)
+    tilt = sitk.VersorTransform(tuple(rng.normal(size=3) / np.linalg.norm(rng.normal(size=3) + 1e-9)),
+                                float(np.deg2rad(rng.uniform(5, 15))))
+    direction = np.array(tilt.GetMatrix()).reshape(3, 3)
+    extent = np.ptp(corners @ direction, axis=0) + 10  # the tilted box that holds the T2* field of view
+    own = sitk.Image([int(np.ceil(e)) for e in extent], sitk.sitkFloat32)
+    own.SetDirection(direction.ravel().tolist())
+    own.SetOrigin((centre - direction @ (extent / 2)).tolist())
+    return own, random_rigid(rng, tuple(centre))
+
+
 def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: np.random.Generator,
-              template: _Template | None = None) -> tuple[dict[str, sitk.Image], sitk.Image, list[Microbleed]]:
-    """One phantom: channel images on their grids, the T2* label and the microbleeds drawn."""
+              template: _Template | None = None, raw: bool = False
+              ) -> tuple[dict[str, sitk.Image], sitk.Image, list[Microbleed], sitk.Image]:
+    """One phantom: channel images on their grids, the T2* label, the microbleeds drawn and the
+    brain mask on the T2* grid; `raw`: its raw twin (module docstring; the same draws first, so the
+    same subject and microbleeds)."""
     template = template or _Template()
     transform = _random_transform(template, rng)
     inverse = transform.GetInverse()
 
-    # T2* grid: axial, covering the warped brain with a margin.
+    # T2* grid: axial, covering the warped brain with a margin (a raw scan's: the head too).
     warped = np.array([inverse.TransformPoint(p.tolist()) for p in template.surface_lps])
-    lo, hi = warped.min(0) - 4, warped.max(0) + 4
+    margin = RAW_MARGIN_MM if raw else 4
+    lo, hi = warped.min(0) - margin, warped.max(0) + margin
     spacing_xyz = np.array(acquisition.spacing_zyx[::-1]) * rng.uniform(0.97, 1.03)
     size = np.ceil((hi - lo) / spacing_xyz).astype(int)
     grid = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
     grid.SetSpacing(spacing_xyz.tolist())
     grid.SetOrigin(lo.tolist())
 
-    vessels, iron = _draw_mimics(template, rng)
-
-    def on_grid(array: np.ndarray) -> np.ndarray:
-        return sitk.GetArrayFromImage(sitk.Resample(template.as_image(array), grid, transform, sitk.sitkLinear, 0.0))
-
-    wm, gm, csf = on_grid(template.wm), on_grid(template.gm), on_grid(template.csf)
-    brain = on_grid(template.brain.astype(np.float32)) > 0.5
-    vessels, iron = on_grid(vessels), on_grid(iron)
-
+    vessel_map, iron_map = _draw_mimics(template, rng)
     bleeds = [
         Microbleed(tuple(inverse.TransformPoint(template.index_to_lps(c[None])[0].tolist())), d, loc)
         for c, d, loc in _choose_microbleeds(template, rng, n_microbleeds)
     ]
-    shape = wm.shape
+    # channel -> its grid and its world → the T2* scan's world (the subject's movement between scans)
+    grids = {channel: (grid, sitk.Transform()) for channel in layout.CHANNELS}
+    if raw:
+        grids.update({channel: _raw_grid(grid, rng) for channel in layout.CHANNELS
+                      if channel != layout.REFERENCE_CHANNEL})
+
+    def on_grid(array: np.ndarray, channel: str, image: sitk.Image | None = None) -> np.ndarray:
+        own, movement = grids[channel]
+        to_template = sitk.CompositeTransform([transform, movement])  # the movement first
+        source = image if image is not None else template.as_image(array)
+        return sitk.GetArrayFromImage(sitk.Resample(source, own, to_template, sitk.sitkLinear, 0.0))
+
+    shape = sitk.GetArrayViewFromImage(grid).shape
     t2s_fraction = _render_bleeds(shape, grid, bleeds, 1.0)
     label = (t2s_fraction >= 0.5).astype(np.uint8)
     # A microbleed smaller than a thick slice is still annotated: its most affected voxel.
@@ -263,34 +321,46 @@ def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: n
         single = _render_bleeds(shape, grid, [bleed], 1.0)
         if not (label & (single >= 0.5)).any() and single.max() > 0:
             label[np.unravel_index(np.argmax(single), shape)] = 1
-    label *= brain
+    brain_mask = (on_grid(template.brain.astype(np.float32), layout.REFERENCE_CHANNEL) > 0.5).astype(np.uint8)
+    label *= brain_mask
 
     scale = rng.uniform(200, 3000)
     dtype = rng.choice(["int16", "uint16", "float32"])
     channels: dict[str, sitk.Image] = {}
     for channel in layout.CHANNELS:
+        own, movement = grids[channel]
+        wm, gm, csf = (on_grid(m, channel) for m in (template.wm, template.gm, template.csf))
+        brain = on_grid(template.brain.astype(np.float32), channel)
         s_wm, s_gm, s_csf = _TISSUE_SIGNAL[channel]
         signal = s_wm * wm + s_gm * gm + s_csf * csf
-        signal *= 1 - _IRON_CONTRAST[channel] * iron
-        signal *= 1 - _VESSEL_CONTRAST[channel] * vessels
-        bleed_fraction = t2s_fraction if channel == "T2S" else _render_bleeds(shape, grid, bleeds, _BLOOM_RADIUS[channel])
+        signal *= 1 - _IRON_CONTRAST[channel] * on_grid(iron_map, channel)
+        signal *= 1 - _VESSEL_CONTRAST[channel] * on_grid(vessel_map, channel)
+        moved = [Microbleed(tuple(movement.GetInverse().TransformPoint(b.centre_lps)), b.diameter_mm, b.location)
+                 for b in bleeds]
+        bleed_fraction = t2s_fraction if channel == "T2S" else _render_bleeds(brain.shape, own, moved,
+                                                                              _BLOOM_RADIUS[channel])
         signal *= 1 - _BLEED_CONTRAST[channel] * bleed_fraction
-        signal *= _bias_field(shape, rng)
+        if raw:  # the head around the brain (the brain's edge blends into it)
+            head, intracranial = (on_grid(None, channel, image) for image in _colin27_head())
+            signal += (1 - brain) * _head_signal(head, intracranial, channel)
+        signal *= _bias_field(brain.shape, rng)
         sigma = acquisition.noise * s_wm * rng.uniform(0.8, 1.25)
-        noisy = np.sqrt((signal + rng.normal(scale=sigma, size=shape)) ** 2 + rng.normal(scale=sigma, size=shape) ** 2)
-        values = (noisy * brain * scale).astype(np.float32)
+        noisy = np.sqrt((signal + rng.normal(scale=sigma, size=brain.shape)) ** 2
+                        + rng.normal(scale=sigma, size=brain.shape) ** 2)
+        values = (noisy * (1 if raw else brain > 0.5) * scale).astype(np.float32)
         if dtype != "float32":
             values = np.clip(np.round(values), 0, np.iinfo(dtype).max).astype(dtype)
         image = sitk.GetImageFromArray(values)
-        image.CopyInformation(grid)
-        if channel != layout.REFERENCE_CHANNEL:
+        image.CopyInformation(own)
+        if channel != layout.REFERENCE_CHANNEL and not raw:
             # Registered T1/T2 carry the T2* grid only up to rounding, as real exported files do.
             image.SetOrigin((np.array(grid.GetOrigin()) + rng.uniform(-5e-5, 5e-5, 3)).tolist())
             image.SetSpacing((np.array(grid.GetSpacing()) * (1 + rng.uniform(-1e-6, 1e-6, 3))).tolist())
         channels[channel] = image
-    label_image = sitk.GetImageFromArray(label)
+    label_image, brain_image = sitk.GetImageFromArray(label), sitk.GetImageFromArray(brain_mask)
     label_image.CopyInformation(grid)
-    return channels, label_image, bleeds
+    brain_image.CopyInformation(grid)
+    return channels, label_image, bleeds, brain_image
 
 
 def draw_microbleed_count(rng: np.random.Generator) -> int:
@@ -305,8 +375,9 @@ def draw_microbleed_count(rng: np.random.Generator) -> int:
     return int(rng.integers(11, 36))
 
 
-def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None) -> list[dict]:
-    """Write `n` phantoms (cohorts in turn) with their labels, phantoms.csv and microbleeds.csv."""
+def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None, raw: bool = False) -> list[dict]:
+    """Write `n` phantoms (cohorts in turn) with their labels, phantoms.csv and microbleeds.csv;
+    `raw`: the raw twins of the phantoms the same seed gives (make_case)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cohorts = cohorts or list(COHORTS)
     unknown = sorted(set(cohorts) - set(COHORTS))
@@ -319,10 +390,12 @@ def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None)
         acquisition = COHORTS[cohorts[i % len(cohorts)]]
         subject = f"s{seed}c{i:03d}"
         stem = layout.case_stem(subject)
-        channels, label, bleeds = make_case(subject, acquisition, draw_microbleed_count(rng), rng, template)
+        channels, label, bleeds, brain = make_case(subject, acquisition, draw_microbleed_count(rng), rng, template, raw)
         for channel, image in channels.items():
             write_image_atomic(image, out_dir / layout.input_name(stem, channel))
         write_image_atomic(label, out_dir / layout.label_name(stem))
+        if raw:  # the truth for brain extraction, and a --brain-mask folder
+            write_image_atomic(brain, out_dir / layout.brain_mask_name(stem))
         cases.append({"subject": subject, "cohort": acquisition.name, "n_microbleeds": len(bleeds),
                       "size_xyz": "x".join(map(str, label.GetSize())),
                       "spacing_xyz": "x".join(f"{s:.3f}" for s in label.GetSpacing())})

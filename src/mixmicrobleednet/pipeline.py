@@ -21,12 +21,13 @@ import numpy as np
 
 from . import records
 from .bids import sidecars
+from .brain import BrainSettings
 from .cases import Case, CaseError
 from .imaging import ChannelStack, image_like, load_case, remove_partials, write_image_atomic
 from .lesions import Lesions, LesionSettings, extract_lesions
 from .model import Model, PredictionSettings
 from .modelfolder import ModelError, ModelFolder
-from .report import write_json_value, write_lesion_table, write_qc_picture, write_registration_qc
+from .report import write_json_value, write_lesion_table, write_preprocessing_qc, write_qc_picture
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class CaseResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     skipped: bool = False  # finished by an earlier run (--resume)
     registrations: dict[str, dict] = field(default_factory=dict)  # channel -> its registration onto the T2*
+    brain_mask: dict = field(default_factory=dict)  # how the brain mask was found (BrainMask.as_record)
 
 
 class ModelPredictor:
@@ -97,10 +99,12 @@ class CaseRun:
     device: Callable[[], str] = lambda: "unknown"  # for the records, once the model is loaded
     register: bool = True  # T1/T2 not on the T2* grid: registered rigidly (else placed by their headers)
     start_model: Callable[[], object] = lambda: None  # starts loading the model in the background
+    brain: BrainSettings = BrainSettings()  # brain masks: found in the scans, given or extracted
 
     @property
     def settings_record(self) -> dict:
-        return {"prediction": asdict(self.prediction), "output": asdict(self.settings), "registration": self.register}
+        return {"prediction": asdict(self.prediction), "output": asdict(self.settings), "registration": self.register,
+                "brain_mask": self.brain.as_record()}
 
 
 @contextmanager
@@ -113,7 +117,8 @@ def _stage(result: CaseResult, name: str) -> Iterator[None]:
 
 def _load_timed(case: Case, run: CaseRun) -> tuple[ChannelStack, float]:
     started = time.perf_counter()
-    return load_case(case, run.model.channels, run.model.describe(), run.register), time.perf_counter() - started
+    stack = load_case(case, run.model.channels, run.model.describe(), run.register, run.brain)
+    return stack, time.perf_counter() - started
 
 
 def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
@@ -123,10 +128,17 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
     try:
         stack, result.stage_seconds["read"] = loaded.result()
         result.registrations = {channel: r.as_record() for channel, r in stack.registrations.items()}
+        result.brain_mask = stack.brain.as_record()
+        for channel, registration in stack.registrations.items():
+            result.stage_seconds[f"registration {channel}"] = registration.seconds
+        if stack.brain.mask is not None:
+            result.stage_seconds["brain mask"] = stack.brain.seconds
         log.info("%s: read and aligned in %.1f s (ahead); grid %s spacing %s mm; %s", case.case_id,
                  result.stage_seconds["read"], stack.reference.GetSize(),
                  tuple(round(s, 3) for s in stack.reference.GetSpacing()),
                  "; ".join(f"{c}: {a}" for c, a in stack.alignment.items()))
+        log.info("%s: brain mask: %s, %.0f ml (%.1f s)", case.case_id, stack.brain.source, stack.brain.volume_ml,
+                 stack.brain.seconds)
         with _stage(result, "prediction"):
             probabilities = run.predict(stack)
         with _stage(result, "lesions"):
@@ -169,11 +181,17 @@ def write_case_outputs(case: Case, stack: ChannelStack, probabilities: np.ndarra
         writers["probability_sidecar"] = lambda path: write_json_value(sidecars["probability_sidecar"], path)
     if settings.qc_picture:
         writers["qc"] = lambda path: write_qc_picture(path, case.case_id, stack.reference, lesions, settings.lesions)
-    if settings.qc_picture and stack.registrations:
+    if stack.brain.mask is not None:
+        writers["brain_mask"] = lambda path: write_image_atomic(image_like(stack.brain.mask.astype(np.uint8),
+                                                                           stack.reference), path)
+        writers["brain_mask_sidecar"] = lambda path: write_json_value(
+            {**sidecars["brain_mask_sidecar"], "Description": f"Brain mask: {stack.brain.source}"}, path)
+    if settings.qc_picture and (stack.registrations or stack.brain.mask is not None):
         channels = list(stack.alignment)  # in the stack's channel order
-        writers["registration_qc"] = lambda path: write_registration_qc(
+        writers["preprocessing_qc"] = lambda path: write_preprocessing_qc(
             path, case.case_id, stack.reference, {c: stack.array[channels.index(c)] for c in stack.registrations},
-            {c: r.summary() for c, r in stack.registrations.items()})
+            {c: r.summary() for c, r in stack.registrations.items()}, stack.brain.mask,
+            f"{stack.brain.source}, {stack.brain.volume_ml:.0f} ml")
     written = {}
     for kind, write in writers.items():
         if kind in paths:
@@ -187,7 +205,8 @@ def _record(case: Case, result: CaseResult, run: CaseRun, fingerprint: list[dict
             "status": "error" if result.error_messages else "ok", "error_messages": result.error_messages,
             "inputs": fingerprint,
             "model": {"path": str(run.model.path), "sha256": run.model.checksum, "channels": list(run.model.channels)},
-            "settings": run.settings_record, "registrations": result.registrations, "outputs": result.outputs,
+            "settings": run.settings_record, "registrations": result.registrations,
+            "brain_mask": result.brain_mask, "outputs": result.outputs,
             "microbleed_count": result.microbleed_count,
             "total_volume_mm3": None if result.total_volume_mm3 is None else round(result.total_volume_mm3, 3),
             "device": device, "versions": records.versions(), "host": socket.gethostname(),

@@ -134,11 +134,12 @@ def write_qc_picture(path: Path, case_id: str, t2s: sitk.Image, lesions: Lesions
     plt.close(figure)
 
 
-def write_registration_qc(path: Path, case_id: str, t2s: sitk.Image, registered: dict[str, np.ndarray],
-                          captions: dict[str, str]) -> None:
-    """For each registered channel (its array on the T2* grid), four axial T2* slices with the
-    channel's edges (yellow) and the T2* brain outline (cyan) over them: edges that follow the T2*
-    anatomy show at a glance that the registration went right."""
+def write_preprocessing_qc(path: Path, case_id: str, t2s: sitk.Image, registered: dict[str, np.ndarray],
+                           captions: dict[str, str], brain: np.ndarray | None, brain_caption: str) -> None:
+    """Four axial T2* slices per registered channel (its array on the T2* grid) with the channel's
+    edges (yellow), or one row of them without any, and the brain mask's outline (cyan; `brain`
+    None: the skull-stripped T2* scan's own): edges that follow the T2* anatomy and an outline that
+    follows the brain show at a glance that registration and brain extraction went right."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,23 +153,30 @@ def write_registration_qc(path: Path, case_id: str, t2s: sitk.Image, registered:
     occupied = np.flatnonzero(image.reshape(image.shape[0], -1).max(1) > 0)
     first, last = (occupied[0], occupied[-1]) if occupied.size else (0, image.shape[0] - 1)
     slices = np.unique(np.linspace(first, last, 6)[1:-1].round().astype(int))
-    brain = ndimage.binary_fill_holes(image > 0)
-    figure, axes = plt.subplots(len(registered), len(slices), figsize=(3 * len(slices), 3 * len(registered) + 0.6),
+    outline = (sitk.GetArrayFromImage(_display_lps(image_like(brain.astype(np.uint8), t2s))) > 0 if brain is not None
+               else ndimage.binary_fill_holes(image > 0))
+    rows = list(registered) or [None]
+    figure, axes = plt.subplots(len(rows), len(slices), figsize=(3 * len(slices), 3 * len(rows) + 0.8),
                                 squeeze=False, facecolor="black")
-    for row, (channel, array) in enumerate(registered.items()):
-        channel_display = sitk.GetArrayFromImage(_display_lps(image_like(array, t2s)))
-        edges = ndimage.gaussian_gradient_magnitude(channel_display, sigma=1.0)
-        level = np.percentile(edges[channel_display > 0], 90) if (channel_display > 0).any() else 1.0
+    for row, channel in enumerate(rows):
+        edges = level = None
+        if channel is not None:
+            channel_display = sitk.GetArrayFromImage(_display_lps(image_like(registered[channel], t2s)))
+            edges = ndimage.gaussian_gradient_magnitude(channel_display, sigma=1.0)
+            level = np.percentile(edges[channel_display > 0], 90) if (channel_display > 0).any() else 1.0
         for axis, k in zip(axes[row], slices):
             axis.set_axis_off()
             axis.imshow(image[k], cmap="gray", vmin=vmin, vmax=vmax, aspect=spacing_y / spacing_x,
                         interpolation="nearest")
-            axis.contour(edges[k], levels=[level], colors="#ffd400", linewidths=0.6)
-            if brain[k].any():
-                axis.contour(brain[k], levels=[0.5], colors="#00d0ff", linewidths=0.8)
-            axis.set_title(f"{channel}  z={display.TransformIndexToPhysicalPoint((0, 0, int(k)))[2]:.0f} mm",
+            if edges is not None:
+                axis.contour(edges[k], levels=[level], colors="#ffd400", linewidths=0.6)
+            if outline[k].any():
+                axis.contour(outline[k], levels=[0.5], colors="#00d0ff", linewidths=0.8)
+            axis.set_title(f"{channel or 'T2*'}  z={display.TransformIndexToPhysicalPoint((0, 0, int(k)))[2]:.0f} mm",
                            color="white", fontsize=9)
-    lines = [f"{case_id}: registration onto T2* (yellow: {', '.join(registered)} edges; cyan: T2* brain outline)"]
+    lines = [f"{case_id}: preprocessing onto T2*"
+             + (f" (yellow: {', '.join(registered)} edges after registration)" if registered else "")
+             + f"; cyan: brain mask outline", f"brain mask: {textwrap.shorten(brain_caption, 150)}"]
     lines += [f"{channel}: {textwrap.shorten(captions.get(channel, ''), 150)}" for channel in registered]
     figure.suptitle("\n".join(lines), color="white", fontsize=9)
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.2 * len(lines) / figure.get_figheight()))

@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .brain import BrainSettings
 from . import layout, records
 from .bids import bids_cases, is_bids_dataset, write_derivatives_description
 from .cases import Case, InputFolderError, platform_case, seed_cases, select_cases, uses_platform_interface
@@ -49,6 +50,7 @@ class RunOptions:
     participants: tuple[str, ...] = ()
     sessions: tuple[str, ...] = ()
     register: bool = True  # T1/T2 not on the T2* grid: rigid registration (False: their headers alone)
+    brain: BrainSettings = BrainSettings()  # brain masks: found, given or extracted
 
 
 def check_output_folder(output_dir: Path) -> None:
@@ -109,6 +111,7 @@ class Run:
                       self.options.prediction, self.options.output,
                       records=not self.platform, merge_each=self.input_layout == SEED, resume=self.options.resume,
                       device=lambda: self.start_model().device, register=self.options.register,
+                      brain=self.options.brain,
                       start_model=self.start_model)
         try:
             return run_cases(self.cases, run)

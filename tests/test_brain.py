@@ -1,0 +1,133 @@
+"""Brain masks (brain.py): skull-stripped scans found as such, masks given by the user, deepbet on
+real anatomy (Colin27) and on raw phantoms end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import brain_volume, make_image, predict, write_case
+
+from mixmicrobleednet import layout
+from mixmicrobleednet.brain import (BrainMasking, BrainSettings, extract_brain, find_brain_mask, is_skull_stripped,
+                                    onto_grid)
+from mixmicrobleednet.cases import CaseError, seed_cases
+from mixmicrobleednet.cli import build_parser, run_options
+from mixmicrobleednet.imaging import load_case
+
+
+def _head(shape=(100, 120, 120), spacing=(2.0, 2.0, 2.0), noise=0.0, seed=0) -> sitk.Image:
+    """An ellipsoid 'head' of 3,700 ml (semi-axes 90, 110, 90 mm), background 0 (or noise)."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.indices(shape)
+    c = np.array(shape) / 2
+    inside = ((zz - c[0]) / 45) ** 2 + ((yy - c[1]) / 55) ** 2 + ((xx - c[2]) / 45) ** 2 < 1
+    array = (100.0 * inside + noise * np.abs(rng.standard_normal(shape))).astype(np.float32)
+    return make_image(array, spacing)
+
+
+def test_skull_stripped_scans_are_told_from_raw_ones():
+    stripped, why = is_skull_stripped(make_image(brain_volume((20, 40, 36))))
+    assert stripped and "skull-stripped" in why
+    head, _ = is_skull_stripped(_head())  # background zeroed, but a head's volume
+    noise = np.random.default_rng(1).random((20, 40, 36), np.float32)
+    noisy, why = is_skull_stripped(make_image(brain_volume((20, 40, 36)) + 3 + noise))  # a scanner's background
+    assert not head and not noisy and "not skull-stripped" in why
+
+
+def test_skull_stripped_and_auto_leave_the_scans_as_they_are():
+    t2s = make_image(brain_volume((20, 40, 36)))
+    for masking in (BrainMasking.AUTO, BrainMasking.SKULL_STRIPPED):
+        found = find_brain_mask("c", t2s, BrainSettings(masking))
+        assert found.mask is None and found.volume_ml > 0
+    assert "--skull-stripped" in find_brain_mask("c", _head(noise=5), BrainSettings(BrainMasking.SKULL_STRIPPED)).source
+
+
+def test_a_given_mask_masks_every_channel(tmp_path):
+    write_case(tmp_path / "in", "g1", shape=(20, 40, 36), spacing_xyz=(8.0, 8.0, 12.0))  # large voxels: a brain's ml
+    case = seed_cases(tmp_path / "in")[0]
+    mask = np.zeros((20, 40, 36), np.uint8)
+    mask[5:15, 10:30, 8:28] = 1
+    given = make_image(mask, spacing_xyz=(8.0, 8.0, 12.0))
+    (tmp_path / "masks").mkdir()
+    sitk.WriteImage(given, str(tmp_path / "masks" / layout.brain_mask_name(case.case_id)))
+    stack = load_case(case, brain=BrainSettings(BrainMasking.GIVEN, tmp_path / "masks"))
+    assert stack.brain.source == f"given ({layout.brain_mask_name(case.case_id)})"
+    assert not stack.array[:, mask == 0].any() and stack.array[:, mask == 1].any()
+
+
+def test_a_missing_or_tiny_given_mask_is_the_case_error(tmp_path):
+    t2s = make_image(brain_volume((20, 40, 36)))
+    with pytest.raises(CaseError, match=r"no brain mask sub-x_space-T2S_brainmask\.nii\.gz"):
+        find_brain_mask("sub-x_space-T2S", t2s, BrainSettings(BrainMasking.GIVEN, tmp_path))
+    tiny = tmp_path / "tiny.nii.gz"
+    sitk.WriteImage(make_image((brain_volume((20, 40, 36)) > 0).astype(np.uint8)), str(tiny))
+    with pytest.raises(CaseError, match=r"brain mask \(given \(tiny\.nii\.gz\)\) is 8 ml on the T2S grid, less than 300 ml: not a brain"):
+        find_brain_mask("sub-x_space-T2S", t2s, BrainSettings(BrainMasking.GIVEN, tiny))
+
+
+def test_the_command_line_chooses_one_way_to_mask(tmp_path):
+    parser = build_parser()
+    common = ["predict", "-i", "in", "-o", "out"]
+    choices = {(): BrainMasking.AUTO, ("--skull-stripped",): BrainMasking.SKULL_STRIPPED,
+               ("--extract-brain",): BrainMasking.EXTRACT, ("--brain-mask", "m"): BrainMasking.GIVEN}
+    for flags, masking in choices.items():
+        args = parser.parse_args(common + list(flags))
+        assert run_options(args, tmp_path).brain.masking is masking
+    assert not run_options(parser.parse_args(common + ["--device", "cpu"]), tmp_path).brain.gpu_allowed
+    with pytest.raises(SystemExit):
+        parser.parse_args(common + ["--skull-stripped", "--brain-mask", "m"])
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float(np.sum(a & b)) / float(a.sum() + b.sum())
+
+
+def test_deepbet_finds_the_colin27_brain(colin27_brain):
+    """deepbet on the Colin27 T1 head: Dice >= 0.93 against ch2bet (BET's tighter mask); and its
+    mask moved onto a T2*-like grid by the registration lies on the moved brain."""
+    from mixmicrobleednet.phantoms import random_rigid, t2s_like_copy
+    from mixmicrobleednet.registration import register_rigid
+
+    head, brain = colin27_brain
+    found = extract_brain(head)
+    truth = sitk.GetArrayFromImage(brain) > 0
+    assert _dice(sitk.GetArrayFromImage(found) > 0, truth) >= 0.93
+    rng = np.random.default_rng(5)
+    centre = brain.TransformContinuousIndexToPhysicalPoint([s / 2 for s in brain.GetSize()])
+    movement = random_rigid(rng, centre)
+    t2s = t2s_like_copy(head, movement, rng)
+    registration = register_rigid(head, t2s, "T1")
+    on_t2s = onto_grid(found, t2s, registration.transform)
+    moved_truth = sitk.GetArrayFromImage(sitk.Resample(brain, t2s, movement, sitk.sitkNearestNeighbor, 0)) > 0
+    assert _dice(on_t2s, moved_truth) >= 0.9
+
+
+@pytest.fixture(scope="module")
+def colin27_brain(colin27):
+    from mixmicrobleednet.phantoms import COLIN27_DIR
+
+    return colin27[0], sitk.ReadImage(str(COLIN27_DIR / "ch2bet.nii.gz"))
+
+
+def test_a_raw_phantom_is_registered_and_brain_extracted_end_to_end(tmp_path, random_model, colin27):
+    """A raw twin (head around the brain, noise around the head, T1/T2 on 1 mm grids of their own and
+    moved): registered, brain-extracted on the T1 (Dice >= 0.9 against the phantom's brain), every
+    channel masked, the mask, its QC picture and its record written."""
+    from mixmicrobleednet.phantoms import generate
+
+    generate(tmp_path / "raw", 1, seed=3, cohorts=["lowres"], raw=True)
+    case = seed_cases(tmp_path / "raw")[0]
+    assert not is_skull_stripped(sitk.ReadImage(str(case.channel_paths["T2S"])))[0]
+    results = predict(tmp_path / "raw", tmp_path / "out", random_model)
+    assert not results[0].error_messages, results[0].error_messages
+    record = json.loads((tmp_path / "out" / case.output_paths["record"]).read_text())
+    assert record["brain_mask"]["source"].startswith("deepbet on the T1")
+    assert set(record["registrations"]) == {"T1", "T2"} and {"brain mask", "registration T1"} <= set(record["stage_seconds"])
+    found = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / record["outputs"]["brain_mask"]))) > 0
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "raw" / layout.brain_mask_name(case.case_id)))) > 0
+    assert _dice(found, truth) >= 0.9
+    assert (tmp_path / "out" / record["outputs"]["preprocessing_qc"]).read_bytes()[:4] == b"\x89PNG"
+    assert record["settings"]["brain_mask"] == "auto"
