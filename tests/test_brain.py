@@ -29,11 +29,11 @@ def _head(shape=(100, 120, 120), spacing=(2.0, 2.0, 2.0), noise=0.0, seed=0) -> 
 
 
 def test_skull_stripped_scans_are_told_from_raw_ones():
-    stripped, why = is_skull_stripped(make_image(brain_volume((20, 40, 36))))
+    stripped, why, _ = is_skull_stripped(make_image(brain_volume((20, 40, 36))))
     assert stripped and "skull-stripped" in why
-    head, _ = is_skull_stripped(_head())  # background zeroed, but a head's volume
+    head, _, _ = is_skull_stripped(_head())  # background zeroed, but a head's volume
     noise = np.random.default_rng(1).random((20, 40, 36), np.float32)
-    noisy, why = is_skull_stripped(make_image(brain_volume((20, 40, 36)) + 3 + noise))  # a scanner's background
+    noisy, why, _ = is_skull_stripped(make_image(brain_volume((20, 40, 36)) + 3 + noise))  # a scanner's background
     assert not head and not noisy and "not skull-stripped" in why
 
 

@@ -17,7 +17,6 @@ transform that put the T1 there (registration.py), so it lies where the register
 from __future__ import annotations
 
 import functools
-import logging
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -28,8 +27,6 @@ import SimpleITK as sitk
 
 from . import layout
 from .cases import CaseError
-
-log = logging.getLogger(__name__)
 
 #: Above this volume (ml) of non-background voxels a T2* scan holds more than a brain.
 MAX_BRAIN_ML = 3000.0
@@ -78,13 +75,14 @@ def background_volume(t2s: sitk.Image) -> tuple[float, float]:
     return 1 - above / array.size, above * float(np.prod(t2s.GetSpacing())) / 1000
 
 
-def is_skull_stripped(t2s: sitk.Image) -> tuple[bool, str]:
-    """Whether the T2* scan is already skull-stripped (module docstring), and why, in words."""
+def is_skull_stripped(t2s: sitk.Image) -> tuple[bool, str, float]:
+    """Whether the T2* scan is already skull-stripped (module docstring), why, in words, and the ml
+    above its background."""
     share, volume = background_volume(t2s)
     stripped = share >= MIN_BACKGROUND_SHARE and volume <= MAX_BRAIN_ML
     return stripped, (f"{'skull-stripped' if stripped else 'not skull-stripped'} as read (constant background on "
                       f"{share:.0%} of the T2S grid, {volume:.0f} ml above it; skull-stripped: at least "
-                      f"{MIN_BACKGROUND_SHARE:.0%} and at most {MAX_BRAIN_ML:.0f} ml)")
+                      f"{MIN_BACKGROUND_SHARE:.0%} and at most {MAX_BRAIN_ML:.0f} ml)"), volume
 
 
 @functools.cache
@@ -153,9 +151,9 @@ def find_brain_mask(case_id: str, t2s: sitk.Image, settings: BrainSettings,
     if settings.masking is BrainMasking.SKULL_STRIPPED:
         return BrainMask(None, "skull-stripped (--skull-stripped)", background_volume(t2s)[1], 0.0)
     if settings.masking is BrainMasking.AUTO:
-        stripped, why = is_skull_stripped(t2s)
+        stripped, why, volume = is_skull_stripped(t2s)
         if stripped:
-            return BrainMask(None, why, background_volume(t2s)[1], time.perf_counter() - started)
+            return BrainMask(None, why, volume, time.perf_counter() - started)
     if extraction_channel is not None:
         image, transform = extraction_channel
         mask = onto_grid(extract_brain(image, settings.gpu_allowed), t2s, transform)

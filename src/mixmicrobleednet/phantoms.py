@@ -321,7 +321,9 @@ def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: n
         single = _render_bleeds(shape, grid, [bleed], 1.0)
         if not (label & (single >= 0.5)).any() and single.max() > 0:
             label[np.unravel_index(np.argmax(single), shape)] = 1
-    brain_mask = (on_grid(template.brain.astype(np.float32), layout.REFERENCE_CHANNEL) > 0.5).astype(np.uint8)
+    brain_map = template.brain.astype(np.float32)
+    brains = {channel: on_grid(brain_map, channel) for channel in layout.CHANNELS}  # brain fraction per grid
+    brain_mask = (brains[layout.REFERENCE_CHANNEL] > 0.5).astype(np.uint8)
     label *= brain_mask
 
     scale = rng.uniform(200, 3000)
@@ -330,13 +332,13 @@ def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: n
     for channel in layout.CHANNELS:
         own, movement = grids[channel]
         wm, gm, csf = (on_grid(m, channel) for m in (template.wm, template.gm, template.csf))
-        brain = on_grid(template.brain.astype(np.float32), channel)
+        brain = brains[channel]
         s_wm, s_gm, s_csf = _TISSUE_SIGNAL[channel]
         signal = s_wm * wm + s_gm * gm + s_csf * csf
         signal *= 1 - _IRON_CONTRAST[channel] * on_grid(iron_map, channel)
         signal *= 1 - _VESSEL_CONTRAST[channel] * on_grid(vessel_map, channel)
-        moved = [Microbleed(tuple(movement.GetInverse().TransformPoint(b.centre_lps)), b.diameter_mm, b.location)
-                 for b in bleeds]
+        back = movement.GetInverse()
+        moved = [Microbleed(tuple(back.TransformPoint(b.centre_lps)), b.diameter_mm, b.location) for b in bleeds]
         bleed_fraction = t2s_fraction if channel == "T2S" else _render_bleeds(brain.shape, own, moved,
                                                                               _BLOOM_RADIUS[channel])
         signal *= 1 - _BLEED_CONTRAST[channel] * bleed_fraction

@@ -1,5 +1,5 @@
 """What a person reads: results.json (the seed's), summary.csv, the lesion table, the QC pictures
-(microbleeds; registration), and the value files of a Grand-Challenge job.
+(microbleeds; preprocessing: registration and brain mask), and the value files of a Grand-Challenge job.
 
 Every file is written under a temporary name and renamed (imaging.atomic_output).
 """
