@@ -42,6 +42,9 @@ RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-de
         --find-links ${WHEELS} /tmp/package \
     && rm -rf /tmp/package
 COPY weights /opt/mixmicrobleednet/weights
+# Microbleed regions: Colin27's brain, AAL and the JHU white-matter labels from Debian's mricron-data
+# (build.sh copies them, with Debian's copyright file, from the host's package).
+COPY build/atlas /opt/mixmicrobleednet/atlas
 COPY process.py /opt/mixmicrobleednet/
 # The image's own name, for the BIDS derivatives' GeneratedBy (declared here: changing it rebuilds nothing above).
 ARG IMAGE_TAG=mixmicrobleednet
@@ -51,6 +54,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MIXMICROBLEEDNET_MODEL=/opt/mixmicrobleednet/weights \
+    MIXMICROBLEEDNET_ATLAS_DIR=/opt/mixmicrobleednet/atlas \
     MPLCONFIGDIR=/tmp/matplotlib \
     XDG_CACHE_HOME=/tmp/cache \
     HOME=/tmp

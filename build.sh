@@ -29,6 +29,8 @@ if [ "$device" = cpu ]; then gpus=0 gpu_memory=0G; fi
 [ -n "$tag" ] || { [ "$device" = cpu ] && tag=mixmicrobleednet:cpu || tag=mixmicrobleednet:latest; }
 wheelhouse=${wheelhouse:-$device}
 scripts/wheelhouse.sh "$wheelhouse"
+# The atlases for microbleed regions go into the image from Debian's mricron-data (not committed).
+rm -rf build/atlas && scripts/mricron-data.sh build/atlas
 read -r torch_version torch_cuda < "wheelhouse/$wheelhouse/TORCH"
 port=${MIXMICROBLEEDNET_WHEEL_PORT:-47365}
 python3 -m http.server "$port" --bind 127.0.0.1 --directory "wheelhouse/$wheelhouse" >/dev/null 2>&1 &

@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup-venv.sh
-scripts/test-data.sh
+scripts/mricron-data.sh
 ./test.sh
 .venv/bin/python -m pytest -v -ra "$@"

@@ -28,7 +28,8 @@ FAST = PredictionSettings(use_mirroring=False)
 
 
 #: Fixtures that put a test in a tier (the tests that use them need what the tier names).
-_TIER_OF_FIXTURE = {"random_model": "model", "v1_run": "v1", "imported_v1": "v1", "colin27": "anatomy"}
+_TIER_OF_FIXTURE = {"random_model": "model", "v1_run": "v1", "imported_v1": "v1", "colin27": "anatomy",
+                    "atlas": "anatomy"}
 
 
 def pytest_collection_modifyitems(items):
@@ -79,12 +80,12 @@ def random_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def colin27():
-    """The Colin27 head and brain (Debian's mricron-data, installed by scripts/test-data.sh)."""
+    """The Colin27 head and brain (Debian's mricron-data, installed by scripts/mricron-data.sh)."""
     from mixmicrobleednet.evaluate import surface_points
     from mixmicrobleednet.phantoms import COLIN27_DIR
 
     head, brain = COLIN27_DIR / "ch2.nii.gz", COLIN27_DIR / "ch2bet.nii.gz"
-    assert head.is_file() and brain.is_file(), "Colin27 missing: run scripts/test-data.sh (apt-get install mricron-data)"
+    assert head.is_file() and brain.is_file(), "Colin27 missing: run scripts/mricron-data.sh (apt-get install mricron-data)"
     return sitk.ReadImage(str(head), sitk.sitkFloat32), surface_points(sitk.ReadImage(str(brain)))
 
 

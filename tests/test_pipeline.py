@@ -155,6 +155,7 @@ def test_every_output_on_the_t2s_grid_and_tables_agree_with_the_mask(cohort, tmp
     import pandas as pd
 
     from mixmicrobleednet.lesions import LESION_COLUMNS, label_microbleeds
+    from mixmicrobleednet.regions import REGION_COLUMNS
 
     write_case(cohort, "nochan", seed=4)
     (cohort / layout.input_name(stem("nochan"), "T2")).unlink()
@@ -182,7 +183,7 @@ def test_every_output_on_the_t2s_grid_and_tables_agree_with_the_mask(cohort, tmp
         assert 0 <= p.min() and p.max() <= 1
         np.testing.assert_array_equal(mask, (p > 0.45).astype(np.uint8))  # min size 0: every component stays
         table = pd.read_csv(out / layout.seed_output_paths(stem(subject))["lesions"])
-        assert list(table.columns) == LESION_COLUMNS
+        assert list(table.columns) == LESION_COLUMNS + REGION_COLUMNS  # regions added at the end
         assert len(table) == label_microbleeds(mask)[1] == summary.loc[subject, "microbleed_count"]
         assert table["voxel_count"].sum() == mask.sum()
         assert (out / layout.seed_output_paths(stem(subject))["qc"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -42,6 +42,10 @@ class ChannelStack:
     def spacing_zyx(self) -> tuple[float, float, float]:
         return tuple(float(s) for s in self.reference.GetSpacing()[::-1])
 
+    def channel_image(self, channel: str) -> sitk.Image:
+        """One channel as it goes into the network (on the T2* grid, brain-masked)."""
+        return image_like(self.array[list(self.alignment).index(channel)], self.reference)
+
 
 def read_channel(path: Path, channel: str, needed_by: str = "the model") -> sitk.Image:
     """Read one channel and check that it is a usable 3D scalar image."""

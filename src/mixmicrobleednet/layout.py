@@ -19,8 +19,17 @@ REFERENCE_CHANNEL = "T2S"
 #: The channel brain extraction runs on when the model reads it (deepbet was trained on T1 scans);
 #: without it, the reference channel.
 BRAIN_EXTRACTION_CHANNEL = "T1"
+#: The channel the atlas template (a T1) is registered to for microbleed regions; without it, the reference.
+ATLAS_CHANNEL = "T1"
 
 NIFTI = ".nii.gz"
+
+#: The MNI atlases microbleed regions are found with (regions.py): Debian's mricron-data installs them
+#: here; the image carries copies made at build time and points the variable at them.
+ATLAS_DIR = "/usr/share/mricron/templates"
+ATLAS_DIR_VARIABLE = "MIXMICROBLEEDNET_ATLAS_DIR"
+ATLAS_FILES: dict[str, str] = {"template": "ch2bet.nii.gz", "cortex_and_nuclei": "aal.nii.gz",
+                               "white_matter": "JHU-WhiteMatter-labels-1mm.nii.gz"}
 #: The entities that tell two inputs apart, in the order they stand in a name (BIDS order).
 _STEM = r"sub-(?P<subject>[A-Za-z0-9]+)(?:_ses-(?P<session>[A-Za-z0-9]+))?(?:_acq-(?P<acquisition>[A-Za-z0-9]+))?" \
         r"(?:_run-(?P<run>[A-Za-z0-9]+))?_space-(?P<space>[A-Za-z0-9]+)"

@@ -8,7 +8,9 @@ has), microbleeds that bloom (largest and darkest on T2*, smaller on T2, faint o
 Rician noise, brain masking, and a random intensity scale and dtype.
 
 Microbleeds are rendered directly on the T2* grid with sub-voxel sampling, so thick slices get
-partial volume; the label is the T2* extent (VALDO raters annotated on T2*).
+partial volume; the label is the T2* extent (VALDO raters annotated on T2*). Each microbleed's
+location (MARS region and category) is the region map of regions.py (AAL and the JHU white-matter
+labels, from Debian's mricron-data) at its true place in the template, which is in MNI space.
 
 Raw twins (`raw=True`, `phantoms --raw`): the same subject, microbleeds and T2* acquisition as
 straight from the scanner: not skull-stripped (the Colin27 head from Debian's mricron-data around
@@ -21,7 +23,7 @@ from __future__ import annotations
 import csv
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from . import layout
+from . import layout, regions
 from .imaging import write_image_atomic
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,9 @@ _TEMPLATE_FILES = {
 class Microbleed:
     centre_lps: tuple[float, float, float]  # world mm on the T2* grid (LPS, as SimpleITK)
     diameter_mm: float  # on T2*
-    location: str
+    location: str  # the MARS category at its place in the template (MNI): lobar, deep or infratentorial
+    region: str = ""  # the MARS region there (regions.py's map, looked up at the true MNI position)
+    drawn_from: str = ""  # the pool it was drawn from (_choose_microbleeds): the category it was meant for
 
 
 def _template_dir() -> Path:
@@ -111,6 +115,7 @@ class _Template:
         surface = np.argwhere(self.brain & ~ndimage.binary_erosion(self.brain))
         self.surface_lps = self.index_to_lps(surface[:: max(1, len(surface) // 4000)])
         self.centre_lps = self.surface_lps.mean(0)
+        self.atlas = regions.load_atlas(regions.atlas_folder())  # the microbleeds' true regions
 
     def index_to_lps(self, idx_zyx: np.ndarray) -> np.ndarray:
         return np.array([self.reference.TransformContinuousIndexToPhysicalPoint(i[::-1].tolist()) for i in idx_zyx])
@@ -297,10 +302,13 @@ def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: n
     grid.SetOrigin(lo.tolist())
 
     vessel_map, iron_map = _draw_mimics(template, rng)
-    bleeds = [
-        Microbleed(tuple(inverse.TransformPoint(template.index_to_lps(c[None])[0].tolist())), d, loc)
-        for c, d, loc in _choose_microbleeds(template, rng, n_microbleeds)
-    ]
+    chosen = _choose_microbleeds(template, rng, n_microbleeds)
+    in_template = [template.index_to_lps(c[None])[0] for c, _, _ in chosen]  # MNI, LPS
+    # The truth is where each microbleed landed, not the pool it came from: the cortical grey matter
+    # pool also reaches the cerebellar cortex and the deep nuclei (a quarter of its draws).
+    places = regions.regions_at(np.array(in_template), template.atlas)
+    bleeds = [Microbleed(tuple(inverse.TransformPoint(p.tolist())), d, regions.MARS_REGIONS[region], region, pool)
+              for p, (_, d, pool), region in zip(in_template, chosen, places)]
     # channel -> its grid and its world → the T2* scan's world (the subject's movement between scans)
     grids = {channel: (grid, sitk.Transform()) for channel in layout.CHANNELS}
     if raw:
@@ -338,7 +346,7 @@ def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: n
         signal *= 1 - _IRON_CONTRAST[channel] * on_grid(iron_map, channel)
         signal *= 1 - _VESSEL_CONTRAST[channel] * on_grid(vessel_map, channel)
         back = movement.GetInverse()
-        moved = [Microbleed(tuple(back.TransformPoint(b.centre_lps)), b.diameter_mm, b.location) for b in bleeds]
+        moved = [replace(b, centre_lps=tuple(back.TransformPoint(b.centre_lps))) for b in bleeds]
         bleed_fraction = t2s_fraction if channel == "T2S" else _render_bleeds(brain.shape, own, moved,
                                                                               _BLOOM_RADIUS[channel])
         signal *= 1 - _BLEED_CONTRAST[channel] * bleed_fraction
@@ -402,11 +410,12 @@ def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None,
                       "size_xyz": "x".join(map(str, label.GetSize())),
                       "spacing_xyz": "x".join(f"{s:.3f}" for s in label.GetSpacing())})
         lesion_rows += [{"subject": subject, "x_lps": b.centre_lps[0], "y_lps": b.centre_lps[1], "z_lps": b.centre_lps[2],
-                         "diameter_mm": round(b.diameter_mm, 3), "location": b.location} for b in bleeds]
+                         "diameter_mm": round(b.diameter_mm, 3), "location": b.location, "region": b.region,
+                         "drawn_from": b.drawn_from} for b in bleeds]
         log.info("phantom %s (%s): %d microbleeds, grid %s", subject, acquisition.name, len(bleeds), cases[-1]["size_xyz"])
     _write_csv(out_dir / "phantoms.csv", cases)
     _write_csv(out_dir / "microbleeds.csv", lesion_rows,
-               ["subject", "x_lps", "y_lps", "z_lps", "diameter_mm", "location"])
+               ["subject", "x_lps", "y_lps", "z_lps", "diameter_mm", "location", "region", "drawn_from"])
     return cases
 
 

@@ -1,4 +1,4 @@
-"""Run cases through the stages: load and align → predict → lesions → write outputs → record.
+"""Run cases through the stages: load and align → predict → lesions → regions → write outputs → record.
 
 Nothing below this module prints or exits: stages raise, and this module turns each case's error
 into that case's result (and record) while the other cases go on. The next case is read and
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import records
+from . import records, regions
 from .bids import sidecars
 from .brain import BrainSettings
 from .cases import Case, CaseError
@@ -39,6 +39,7 @@ class OutputSettings:
     lesions: LesionSettings = LesionSettings()
     save_probabilities: bool = False
     qc_picture: bool = True
+    regions: bool = True  # each microbleed's MARS region (regions.py); off with --no-regions
 
 
 @dataclass
@@ -54,6 +55,7 @@ class CaseResult:
     skipped: bool = False  # finished by an earlier run (--resume)
     registrations: dict[str, dict] = field(default_factory=dict)  # channel -> its registration onto the T2*
     brain_mask: dict = field(default_factory=dict)  # how the brain mask was found (BrainMask.as_record)
+    regions: dict | None = None  # where the microbleeds are (regions.locate_lesions), with regions on
 
 
 class ModelPredictor:
@@ -143,13 +145,19 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
             probabilities = run.predict(stack)
         with _stage(result, "lesions"):
             lesions = extract_lesions(probabilities, stack.reference, run.settings.lesions)
+        if run.settings.regions:
+            with _stage(result, "regions"):
+                lesions, result.regions = regions.locate_lesions(stack, lesions,
+                                                                 regions.load_atlas(regions.atlas_folder()))
+            log.log(logging.WARNING if "error" in result.regions else logging.INFO, "%s: %s", case.case_id,
+                    regions.describe(result.regions))
         with _stage(result, "write"):
             result.outputs = write_case_outputs(case, stack, probabilities, lesions, run.output_dir, run.settings,
                                                 sidecars(case, run.model.checksum, run.settings.lesions))
         result.microbleed_count, result.total_volume_mm3 = lesions.count, lesions.total_volume_mm3
     except CaseError as exc:
         result.error_messages.append(str(exc))
-    except ModelError:
+    except (ModelError, regions.AtlasError):
         raise  # no case can be predicted: not this case's error
     except Exception as exc:  # one case's unexpected failure must not stop the cohort
         log.exception("%s: unexpected error", case.case_id)
@@ -206,7 +214,7 @@ def _record(case: Case, result: CaseResult, run: CaseRun, fingerprint: list[dict
             "inputs": fingerprint,
             "model": {"path": str(run.model.path), "sha256": run.model.checksum, "channels": list(run.model.channels)},
             "settings": run.settings_record, "registrations": result.registrations,
-            "brain_mask": result.brain_mask, "outputs": result.outputs,
+            "brain_mask": result.brain_mask, "regions": result.regions, "outputs": result.outputs,
             "microbleed_count": result.microbleed_count,
             "total_volume_mm3": None if result.total_volume_mm3 is None else round(result.total_volume_mm3, 3),
             "device": device, "versions": records.versions(), "host": socket.gethostname(),

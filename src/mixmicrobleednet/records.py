@@ -24,6 +24,7 @@ from pathlib import Path
 from . import layout
 from .cases import Case
 from .imaging import atomic_output, remove_partials
+from .regions import summary_values
 from .report import write_results_json, write_summary_csv
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def summary_row(record: dict) -> dict:
     return {"subject": record["subject"], "status": record["status"], "message": "; ".join(record["error_messages"]),
             "microbleed_count": record.get("microbleed_count"), "total_volume_mm3": record.get("total_volume_mm3"),
             "runtime_s": record.get("runtime_s"), "session": record.get("session"), "case": record["case_id"],
-            "model_sha256": record.get("model", {}).get("sha256", "")[:12]}
+            "model_sha256": record.get("model", {}).get("sha256", "")[:12], **summary_values(record.get("regions"))}
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from . import layout
+from . import layout, regions
 from .imaging import atomic_output, image_like
 from .lesions import LesionSettings, Lesions
 
@@ -25,7 +25,7 @@ QC_FIELD_OF_VIEW_MM = 50.0
 QC_COLUMNS = 4
 # The seed's columns first; later ones only ever added at the end.
 SUMMARY_COLUMNS = ["subject", "status", "message", "microbleed_count", "total_volume_mm3", "runtime_s", "session",
-                   "case", "model_sha256"]
+                   "case", "model_sha256", *regions.SUMMARY_COLUMNS]
 
 
 def write_results_json(entries: list[dict], output_dir: Path) -> None:
@@ -48,7 +48,7 @@ def write_summary_csv(rows: list[dict], output_dir: Path) -> None:
 def write_cohort_tsv(rows: list[dict], output_dir: Path) -> None:
     """The BIDS group level's table: one row per subject and session, BIDS's n/a for no value."""
     columns = ["participant_id", "session_id", "case", "status", "microbleed_count", "total_volume_mm3", "message",
-               "runtime_s", "model_sha256"]
+               "runtime_s", "model_sha256", *regions.CATEGORY_COLUMNS]
     table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     table.insert(0, "participant_id", "sub-" + table["subject"].astype(str))
     table.insert(1, "session_id", table["session"].map(lambda s: f"ses-{s}" if isinstance(s, str) and s else None))
@@ -92,6 +92,10 @@ def write_qc_picture(path: Path, case_id: str, t2s: sitk.Image, lesions: Lesions
     caption = (f"{case_id}: {lesions.count} microbleed{'s' if lesions.count != 1 else ''}, "
                f"total {lesions.total_volume_mm3:.1f} mm³  (p > {settings.threshold:g}, "
                f"min size {settings.min_size_mm3:g} mm³)")
+    if lesions.count and "region_category" in lesions.table and lesions.table["region_category"].notna().all():
+        counted = lesions.table["region_category"].value_counts()
+        caption += "\n" + ", ".join(f"{counted.get(c, 0)} {c}" for c in regions.CATEGORIES) + \
+            "  (MARS categories from an atlas: a research measure)"
 
     if lesions.count:
         shown = lesions.table.nlargest(QC_MAX_PANELS, "volume_mm3").sort_values("lesion_id")
@@ -107,6 +111,8 @@ def write_qc_picture(path: Path, case_id: str, t2s: sitk.Image, lesions: Lesions
             crop = (k, slice(max(j - half_y, 0), j + half_y + 1), slice(max(i - half_x, 0), i + half_x + 1))
             title = (f"#{row.lesion_id}  {row.volume_mm3:.1f} mm³  Ø{row.equivalent_diameter_mm:.1f} mm  "
                      f"z={row.centroid_z_ras_mm:.0f} mm")
+            if isinstance(getattr(row, "region", None), str):  # the table's words (regions.locate_lesions)
+                title += f"\n{row.region} ({row.region_category}), {row.hemisphere}"
             panels.append((image[crop], mask[crop], title))
     else:
         caption = f"{case_id}: no microbleeds detected  (p > {settings.threshold:g}, min size {settings.min_size_mm3:g} mm³)"

@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import layout, records, regions
 from .brain import BrainSettings
-from . import layout, records
 from .bids import bids_cases, is_bids_dataset, write_derivatives_description
 from .cases import Case, InputFolderError, platform_case, seed_cases, select_cases, uses_platform_interface
 from .model import PredictionSettings
@@ -107,15 +107,17 @@ class Run:
                 records.merge(self.output_dir)
             return []
         # The model starts loading only when a case is left to predict (not when --resume finds all done).
+        # A Grand-Challenge job's sockets have no place for regions: not computed.
+        output = replace(self.options.output, regions=False) if self.platform else self.options.output
         run = CaseRun(self.model, predict or (lambda stack: self.start_model()(stack)), self.output_dir,
-                      self.options.prediction, self.options.output,
+                      self.options.prediction, output,
                       records=not self.platform, merge_each=self.input_layout == SEED, resume=self.options.resume,
                       device=lambda: self.start_model().device, register=self.options.register,
                       brain=self.options.brain,
                       start_model=self.start_model)
         try:
             return run_cases(self.cases, run)
-        except ModelError as exc:
+        except (ModelError, regions.AtlasError) as exc:
             raise RunError(str(exc)) from None
 
 
@@ -135,6 +137,11 @@ def prepare_run(input_dir: Path, output_dir: Path, options: RunOptions = RunOpti
         except ModelError as exc:
             raise RunError(str(exc)) from None
     input_layout = PLATFORM if uses_platform_interface(input_dir) else BIDS if is_bids_dataset(input_dir) else SEED
+    if options.output.regions and input_layout != PLATFORM:
+        try:
+            regions.check_atlas(regions.atlas_folder())
+        except regions.AtlasError as exc:
+            raise RunError(str(exc)) from None
     try:
         if input_layout == PLATFORM:
             cases = [platform_case(input_dir, model.channels)]
