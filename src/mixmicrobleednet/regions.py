@@ -36,6 +36,7 @@ from scipy import ndimage
 from . import layout
 from .imaging import ChannelStack
 from .lesions import Lesions
+from .registration import mutual_information_method
 
 #: MARS region -> category, in the order of the tables and of the summary's columns.
 MARS_REGIONS: dict[str, str] = {
@@ -158,17 +159,7 @@ def place_atlas(image: sitk.Image, channel: str, atlas: Atlas) -> AtlasPlacement
     moving = atlas.template
     initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3),
                                                 sitk.CenteredTransformInitializerFilter.MOMENTS)
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.1, seed=1)  # a fixed seed: the same case gives the same regions
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=300,
-                                                    relaxationFactor=0.6)
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
-    method.SetSmoothingSigmasPerLevel([4.0, 2.0, 0.0])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    method = mutual_information_method(fixed, sampling=0.1, learning_rate=1.0, iterations=300, smoothing_mm=2.0)
     method.SetInitialTransform(initial, inPlace=True)
     try:
         method.Execute(fixed, moving)

@@ -56,18 +56,23 @@ class Registration:
                 "mutual_information_after": round(self.mutual_information_after, 5), "seconds": round(self.seconds, 2)}
 
 
-def _method(fixed: sitk.Image) -> sitk.ImageRegistrationMethod:
+def mutual_information_method(fixed: sitk.Image, sampling: float, learning_rate: float, iterations: int,
+                              smoothing_mm: float) -> sitk.ImageRegistrationMethod:
+    """SimpleITK's registration as ours use it (channels onto the T2*, the atlas onto a case): Mattes
+    mutual information on a random sample with a fixed seed (the same case gives the same result),
+    regular-step gradient descent, levels shrunk 4, 2, 1 (a coarse level only where the fixed image
+    keeps MIN_LEVEL_VOXELS along its shortest axis), smoothed by smoothing_mm per 2 of shrink."""
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.02, seed=1)  # a fixed seed: the same case gives the same result
+    method.SetMetricSamplingPercentage(sampling, seed=1)
     method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-4, numberOfIterations=200,
-                                                    relaxationFactor=0.6)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=learning_rate, minStep=1e-4,
+                                                    numberOfIterations=iterations, relaxationFactor=0.6)
     method.SetOptimizerScalesFromPhysicalShift()
     shrink = [f for f in (4, 2) if min(fixed.GetSize()) // f >= MIN_LEVEL_VOXELS] + [1]
     method.SetShrinkFactorsPerLevel(shrink)
-    method.SetSmoothingSigmasPerLevel([{4: 2.0, 2: 1.0, 1: 0.0}[f] for f in shrink])
+    method.SetSmoothingSigmasPerLevel([smoothing_mm * f / 2 if f > 1 else 0.0 for f in shrink])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     return method
 
@@ -80,7 +85,7 @@ def register_rigid(moving: sitk.Image, fixed: sitk.Image, channel: str = "channe
     centre = fixed.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in fixed.GetSize()])
     initial = sitk.Euler3DTransform()
     initial.SetCenter(centre)
-    method = _method(fixed)
+    method = mutual_information_method(fixed, sampling=0.02, learning_rate=2.0, iterations=200, smoothing_mm=1.0)
     method.SetInitialTransform(initial, inPlace=False)
     before = method.MetricEvaluate(fixed, moving)
     found = sitk.Euler3DTransform()
