@@ -3,7 +3,7 @@ category (lobar, deep, infratentorial) and its hemisphere, from atlases in MNI s
 the case by an affine registration.
 
 The atlas is made once per run from three files of Debian's mricron-data (not shipped with the
-package: their upstream licences differ; the image installs them at build time): the Colin27 brain
+package: their upstream licences differ; the image carries copies made at build time): the Colin27 brain
 (ch2bet, the MNI template the atlases were drawn on) is registered onto the case, and every point of
 the case is looked up in a MARS map on that template's grid, made from
 - AAL (Tzourio-Mazoyer et al. 2002): cortex → frontal, parietal, temporal, occipital, insula; the
