@@ -32,6 +32,7 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mixmicrobleednet import layout, phantoms, regions  # noqa: E402
+from mixmicrobleednet.lesions import centroids_lps  # noqa: E402
 
 
 def _confusion(truth: pd.Series, found: pd.Series) -> pd.DataFrame:
@@ -98,7 +99,7 @@ def main() -> None:
         table_path = args.predictions / layout.IMAGES_DIR / f"{stem}_lesions.csv" if args.predictions else None
         if table_path and table_path.is_file():
             table = pd.read_csv(table_path)
-            centres = np.c_[-table["centroid_x_ras_mm"], -table["centroid_y_ras_mm"], table["centroid_z_ras_mm"]]
+            centres = centroids_lps(table)
             for bleed in bleeds.itertuples():
                 distance = np.linalg.norm(centres - [bleed.x_lps, bleed.y_lps, bleed.z_lps], axis=1)
                 if len(distance) and distance.min() <= 4:

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from conftest import predict, write_case
 from mixmicrobleednet import layout, regions
 from mixmicrobleednet.cases import seed_cases
-from mixmicrobleednet.lesions import LESION_COLUMNS
+from mixmicrobleednet.lesions import LESION_COLUMNS, centroids_lps
 from mixmicrobleednet.modelfolder import read_model_folder
 from mixmicrobleednet.phantoms import generate
 from mixmicrobleednet.pipeline import CaseRun, OutputSettings, run_cases
@@ -114,7 +114,7 @@ def test_phantom_regions_agree_with_the_generator(phantom_folder, random_model, 
         table = pd.read_csv(out / result.outputs["lesions"])
         assert list(table.columns) == LESION_COLUMNS + regions.REGION_COLUMNS  # columns added, none renamed
         bleeds = truth[truth["subject"] == result.subject]
-        centres = np.c_[-table["centroid_x_ras_mm"], -table["centroid_y_ras_mm"], table["centroid_z_ras_mm"]]
+        centres = centroids_lps(table)
         nearest = [int(np.argmin(np.linalg.norm(centres - [b.x_lps, b.y_lps, b.z_lps], axis=1)))
                    for b in bleeds.itertuples()]
         agree += list(table["region_category"].iloc[nearest].to_numpy() == bleeds["location"].to_numpy())

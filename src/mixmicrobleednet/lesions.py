@@ -54,6 +54,11 @@ class Lesions:
         return float(self.table["volume_mm3"].sum())
 
 
+def centroids_lps(table: pd.DataFrame) -> np.ndarray:
+    """The table's centroids in ITK's world (LPS mm), one row per microbleed."""
+    return np.c_[-table["centroid_x_ras_mm"], -table["centroid_y_ras_mm"], table["centroid_z_ras_mm"]]
+
+
 def label_microbleeds(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Connected components of a mask: (label array, number of microbleeds)."""
     return ndimage.label(mask > 0, CONNECTIVITY)

@@ -428,7 +428,7 @@ def _write_csv(path: Path, rows: list[dict], header: list[str] | None = None) ->
 
 # Misregistered copies of real anatomy, for the registration tests and benchmarks/registration.py:
 # Debian's mricron-data installs the Colin27 head (ch2) and its brain (ch2bet) here.
-COLIN27_DIR = Path("/usr/share/mricron/templates")
+COLIN27_DIR = Path(layout.ATLAS_DIR)
 T2S_LIKE_SPACING = (0.9, 0.9, 3.0)
 
 

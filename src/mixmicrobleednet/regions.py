@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from . import layout
 from .imaging import ChannelStack
-from .lesions import Lesions
+from .lesions import Lesions, centroids_lps
 from .registration import mutual_information_method
 
 #: MARS region -> category, in the order of the tables and of the summary's columns.
@@ -212,9 +212,13 @@ def counts(table: pd.DataFrame) -> dict:
             "strictly_lobar": categories["lobar"] > 0 and categories["lobar"] == len(table)}
 
 
+def _count_column(name: str) -> str:
+    return f"count_{name.replace(' ', '_')}"
+
+
 #: The per-case columns of summary.csv (and, the categories, of cohort.tsv), in this order.
-CATEGORY_COLUMNS = [f"count_{c}" for c in CATEGORIES] + ["strictly_lobar"]
-SUMMARY_COLUMNS = CATEGORY_COLUMNS + [f"count_{r.replace(' ', '_')}" for r in MARS_REGIONS]
+CATEGORY_COLUMNS = [_count_column(c) for c in CATEGORIES] + ["strictly_lobar"]
+SUMMARY_COLUMNS = CATEGORY_COLUMNS + [_count_column(r) for r in MARS_REGIONS]
 
 
 def summary_values(located: dict | None) -> dict:
@@ -222,7 +226,7 @@ def summary_values(located: dict | None) -> dict:
     if not located or "error" in located:
         return dict.fromkeys(SUMMARY_COLUMNS)
     counted = {**located["categories"], **located["regions"]}
-    return {**{f"count_{k.replace(' ', '_')}": n for k, n in counted.items()},
+    return {**{_count_column(k): n for k, n in counted.items()},
             "strictly_lobar": located["strictly_lobar"]}
 
 
@@ -250,8 +254,6 @@ def locate_lesions(stack: ChannelStack, lesions: Lesions, atlas: Atlas) -> tuple
             placement = place_atlas(stack.channel_image(channel), channel, atlas)
         except RegionError as exc:
             return Lesions(lesions.mask, pd.concat([lesions.table, located], axis=1)), {"error": str(exc)}
-        table = lesions.table
-        located = locate(np.c_[-table["centroid_x_ras_mm"], -table["centroid_y_ras_mm"], table["centroid_z_ras_mm"]],
-                         placement, atlas)
+        located = locate(centroids_lps(lesions.table), placement, atlas)
     table = pd.concat([lesions.table, located], axis=1)
     return Lesions(lesions.mask, table), {"placement": placement.as_record() if placement else None, **counts(table)}

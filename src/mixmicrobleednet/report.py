@@ -93,8 +93,8 @@ def write_qc_picture(path: Path, case_id: str, t2s: sitk.Image, lesions: Lesions
                f"total {lesions.total_volume_mm3:.1f} mm³  (p > {settings.threshold:g}, "
                f"min size {settings.min_size_mm3:g} mm³)")
     if lesions.count and "region_category" in lesions.table and lesions.table["region_category"].notna().all():
-        counted = lesions.table["region_category"].value_counts()
-        caption += "\n" + ", ".join(f"{counted.get(c, 0)} {c}" for c in regions.CATEGORIES) + \
+        counted = regions.counts(lesions.table)["categories"]  # as the record and the summary count them
+        caption += "\n" + ", ".join(f"{n} {c}" for c, n in counted.items()) + \
             "  (MARS categories from an atlas: a research measure)"
 
     if lesions.count:
