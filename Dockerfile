@@ -41,7 +41,8 @@ COPY src /tmp/package/src
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps --no-index \
         --find-links ${WHEELS} /tmp/package \
     && rm -rf /tmp/package
-COPY weights /opt/mixmicrobleednet/weights
+# The shipped models, one model folder each (--model NAME; auto: per case the one that fits).
+COPY models /opt/mixmicrobleednet/models
 # Microbleed regions: Colin27's brain, AAL and the JHU white-matter labels from Debian's mricron-data
 # (build.sh copies them, with Debian's copyright file, from the host's package).
 COPY build/atlas /opt/mixmicrobleednet/atlas
@@ -53,7 +54,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     MIXMICROBLEEDNET_IMAGE=${IMAGE_TAG} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    MIXMICROBLEEDNET_MODEL=/opt/mixmicrobleednet/weights \
+    MIXMICROBLEEDNET_MODELS=/opt/mixmicrobleednet/models \
     MIXMICROBLEEDNET_ATLAS_DIR=/opt/mixmicrobleednet/atlas \
     MPLCONFIGDIR=/tmp/matplotlib \
     XDG_CACHE_HOME=/tmp/cache \

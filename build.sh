@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ -f weights/plans.json ] || { echo "weights/ holds no model (weights/plans.json missing)" >&2; exit 1; }
+compgen -G "models/*/plans.json" > /dev/null || { echo "models/ holds no model folder (models/*/plans.json missing)" >&2; exit 1; }
 gpus=1 gpu_memory=4G
 if [ "$device" = cpu ]; then gpus=0 gpu_memory=0G; fi
 [ -n "$tag" ] || { [ "$device" = cpu ] && tag=mixmicrobleednet:cpu || tag=mixmicrobleednet:latest; }

@@ -7,7 +7,7 @@ case in /output/records/, /output/results.json and /output/summary.csv; or today
 interface (/input/inputs.json and one .mha/.tif per input socket under /input/images/<slug>/),
 written to its output sockets: the mask as /output/images/<slug>/output.mha and the count and
 total volume as JSON values (slugs: mixmicrobleednet/sockets.toml). A model folder at
-/opt/ml/model wins over the baked-in weights. Exit code 0 when every case finished, 1 when a case
+/opt/ml/model wins over the baked-in models (of which each case gets the one that fits it). Exit code 0 when every case finished, 1 when a case
 failed or none was found, 2 when the run could not start (model, input or output folder). Options
 after the image name are those of `mixmicrobleednet predict` but -i/-o/--model.
 
@@ -24,10 +24,10 @@ import numpy as np
 from evalutils import SegmentationAlgorithm
 from pandas import DataFrame
 
-from mixmicrobleednet import DEFAULT_MODEL_DIR, layout
+from mixmicrobleednet import layout
 from mixmicrobleednet.cli import add_bids_arguments, add_cohort_options, add_prediction_options, run_bids_app, run_options
 from mixmicrobleednet.imaging import ChannelStack
-from mixmicrobleednet.modelfolder import choose_model_dir
+from mixmicrobleednet.modelfolder import DEFAULT_MODEL, ModelFolder, choose_model_dir
 from mixmicrobleednet.runner import Run, RunError, exit_code, prepare_run
 
 INPUT_DIR = Path("/input")
@@ -41,7 +41,6 @@ class MixMicrobleedNet(SegmentationAlgorithm):
         super().__init__(input_path=run.input_dir, output_path=run.output_dir / layout.IMAGES_DIR,
                          output_file=run.output_dir / layout.RESULTS_JSON, validators={})
         self.run = run
-        self.predictor = run.start_model()  # loads while the first case is read
         self.results = []
 
     def load(self):
@@ -50,12 +49,13 @@ class MixMicrobleedNet(SegmentationAlgorithm):
         self._cases[self._index_key] = DataFrame({"case": self.run.cases})
 
     def process_cases(self, file_loader_key=None):
-        self.results = self.run.execute(lambda stack: self.predict(input_image=stack))
+        self.results = self.run.execute(lambda stack, model: self.predict(input_image=stack, model=model))
 
-    def predict(self, *, input_image: ChannelStack) -> np.ndarray:
-        """One case's channels, aligned on the T2* grid → microbleed probability on that grid
-        (the pipeline turns it into the mask, the lesion table, the QC picture and the record)."""
-        return self.predictor(input_image)
+    def predict(self, *, input_image: ChannelStack, model: ModelFolder) -> np.ndarray:
+        """One case's channels, aligned on the T2* grid → microbleed probability on that grid with
+        the case's model (the pipeline turns it into the mask, the lesion table, the QC picture and
+        the record)."""
+        return self.run.predict(input_image, model)
 
     def save(self):
         pass  # each case's record and the merged results.json / summary.csv are written as it finishes
@@ -67,7 +67,7 @@ def bids_app(argv: list[str]) -> int:
     add_bids_arguments(parser)
     add_prediction_options(parser)
     add_cohort_options(parser)
-    parser.set_defaults(model=choose_model_dir(DEFAULT_MODEL_DIR))
+    parser.set_defaults(model=choose_model_dir(DEFAULT_MODEL))
     return run_bids_app(parser.parse_args(argv))
 
 
@@ -82,7 +82,7 @@ def main(argv=None, input_dir: Path = INPUT_DIR, output_dir: Path = OUTPUT_DIR) 
     add_cohort_options(parser)
     args = parser.parse_args(argv)
     try:
-        run = prepare_run(input_dir, output_dir, run_options(args, choose_model_dir(DEFAULT_MODEL_DIR)))
+        run = prepare_run(input_dir, output_dir, run_options(args, choose_model_dir(DEFAULT_MODEL)))
         algorithm = MixMicrobleedNet(run)
         algorithm.process()
     except RunError as exc:

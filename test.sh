@@ -26,7 +26,7 @@ docker run "${locked[@]}" -v "$PWD/test/input:/input:ro" -v "$out/seed:/output" 
 "${check[@]}" /test/expected /output/seed
 echo "== Grand-Challenge layout: $image on test/platform/input, model tarball mounted at /opt/ml/model"
 docker run "${locked[@]}" -v "$PWD/test/platform/input:/input:ro" -v "$out/platform:/output" \
-  -v "$PWD/weights:/opt/ml/model:ro" "$image" --fast 2>&1 | tee "$out/platform.log"
+  -v "$PWD/models/phantom-t1-t2-t2s:/opt/ml/model:ro" "$image" --fast 2>&1 | tee "$out/platform.log"
 grep -q "provided at /opt/ml/model, used instead of the baked-in" "$out/platform.log" \
   || { echo "the model at /opt/ml/model was not used" >&2; exit 1; }
 "${check[@]}" /test/platform/expected /output/platform

@@ -1,6 +1,6 @@
 """How fast the model's network runs on this CPU, per way of running it, against the CPU's fp32 peak.
 
-    .venv/bin/python benchmarks/cpu_network.py [--model weights] [--repeats 5]
+    .venv/bin/python benchmarks/cpu_network.py [--model models/phantom-t1-t2-t2s] [--repeats 5]
 
 Counts the network's FLOP per tile from its convolutions, measures the machine's fp32 peak with a
 plain matrix multiply (torch, all threads), then times one network call per setting on random
@@ -71,7 +71,7 @@ def best_seconds(call, repeats: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=REPO / "weights")
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "phantom-t1-t2-t2s")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor

@@ -82,7 +82,6 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from mixmicrobleednet import DEFAULT_MODEL_DIR
     from mixmicrobleednet.cases import seed_cases
     from mixmicrobleednet.imaging import load_case
     from mixmicrobleednet.model import Model, PredictionSettings
@@ -102,9 +101,10 @@ def main() -> int:
     paper_dir = args.case / "paper-network"
     if not (paper_dir / "fold_all" / "checkpoint_final.pth").is_file():
         write_random_model(paper_dir, "mixmicrobleednet-v1")
+    shipped_dir = REPO / "models" / "phantom-t1-t2-t2s"
     rows = []
     for network, model_dir in (("paper network (30.8 M, random weights)", paper_dir),
-                               ("shipped compact model", DEFAULT_MODEL_DIR)):
+                               ("shipped compact model", shipped_dir)):
         for mirroring_name, mirroring in SETTINGS:
             settings = PredictionSettings(use_mirroring=mirroring)
             model = Model(model_dir, args.device, settings)
@@ -114,7 +114,7 @@ def main() -> int:
             memory = (f"{torch.cuda.max_memory_allocated() / 2 ** 30:.1f} / "
                       f"{torch.cuda.max_memory_reserved() / 2 ** 30:.1f}" if cuda else "-")
             versus_cpu = "-"
-            if model_dir == DEFAULT_MODEL_DIR and cuda:
+            if model_dir == shipped_dir and cuda:
                 del model
                 cpu_seconds, cpu_probabilities = _time_model(Model(model_dir, "cpu", settings), channels,
                                                              stack.spacing_zyx, False, repeats=1)

@@ -1,6 +1,6 @@
 """Per-case speed of our in-process predictor against nnUNetv2_predict, on the same model and cases.
 
-    .venv/bin/python benchmarks/predict_speed.py [--work work/bench] [--model weights] [--device cpu]
+    .venv/bin/python benchmarks/predict_speed.py [--work work/bench] [--model models/phantom-t1-t2-t2s] [--device cpu]
                                                  [--mirroring]
 
 Makes three phantoms once (0.8x0.49x0.49 mm on a 192x512x512 grid, 3.5x0.45x0.45 mm, 3x1x1 mm),
@@ -86,7 +86,7 @@ def run_timed(command: list[str], log_path: Path, env: dict | None = None) -> tu
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=REPO / "work" / "bench")
-    parser.add_argument("--model", type=Path, default=REPO / "weights")
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "phantom-t1-t2-t2s")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mirroring", action="store_true", help="test-time mirroring (default: off, as --fast)")
     args = parser.parse_args()
@@ -157,7 +157,7 @@ def _stages_from_log(text: str) -> dict[str, dict[str, float]]:
     stages: dict[str, dict[str, float]] = {}
     current = None
     for line in text.splitlines():
-        if match := re.search(r"case \d+/\d+: (\S+)$", line):
+        if match := re.search(r"case \d+/\d+: ([^\s,]+)", line):
             current = stages.setdefault(match.group(1), {})
         elif current is not None and (match := re.search(r"read and aligned in ([\d.]+) s", line)):
             current["read"] = float(match.group(1))

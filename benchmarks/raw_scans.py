@@ -5,7 +5,7 @@ up to 10° and 10 mm; phantoms.make_case(raw=True)), each predicted by the same 
 
     apt-get install mricron-data        # the Colin27 head the raw twins carry
     nohup .venv/bin/python benchmarks/raw_scans.py [--work work/raw-scans] [--n 10] [--seed 21] \
-        [--cohort lowres] [--model weights] > work/raw-scans.log 2>&1 &
+        [--cohort lowres] [--model models/phantom-t1-t2-t2s] > work/raw-scans.log 2>&1 &
 
 Resumable (phantoms are kept, predictions run with --resume). Prints per twin: sensitivity, false
 positives per scan, Dice, and the differences against the issue's bar (sensitivity within 0.05,
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--seed", type=int, default=21)
     parser.add_argument("--cohort", action="append", help="phantom acquisitions (default: lowres, the quickest)")
-    parser.add_argument("--model", type=Path, default=REPO / "weights")
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "phantom-t1-t2-t2s")
     args = parser.parse_args()
     cohorts = args.cohort or ["lowres"]
     summaries = {}

@@ -93,7 +93,7 @@ def run_options(model: Path, **options):
     """RunOptions for the tests: the CPU, no mirroring, plus `options`."""
     from mixmicrobleednet.runner import RunOptions
 
-    return RunOptions(model_dir=model, device="cpu", **{"prediction": FAST, **options})
+    return RunOptions(model=model, device="cpu", **{"prediction": FAST, **options})
 
 
 def predict(input_dir: Path, output_dir: Path, model: Path, **options):
@@ -184,3 +184,14 @@ def write_bids_dataset(root: Path, visits=BIDS_VISITS, channels=layout.CHANNELS,
             (anat / name.replace(layout.BIDS_IMAGE_EXTENSIONS[0], ".json")).write_text(
                 json.dumps({"MagneticFieldStrength": 3, "EchoTime": 0.02 if channel == layout.REFERENCE_CHANNEL else 0.004}))
     return root
+
+
+def cases_for(input_dir: Path, model_dir: Path) -> list:
+    """The seed-layout cases of `input_dir`, each given the model in `model_dir` (as the runner does)."""
+    from dataclasses import replace
+
+    from mixmicrobleednet.cases import seed_cases
+    from mixmicrobleednet.modelfolder import read_model_folder
+
+    model = read_model_folder(model_dir)
+    return [replace(case, model=model) for case in seed_cases(input_dir)]

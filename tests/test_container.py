@@ -102,7 +102,7 @@ def test_bids_app_as_apptainer_runs_it_gives_the_clis_masks(image, tmp_path):
         run = docker("run", *LOCKED, "-u", "12345:12345", "-e", "HOME=/nonexistent", "-w", "/", *mounts, image,
                      "/data/raw", "/data/out", level, "--fast", env={"PATH": os.environ["PATH"]})
         assert run.returncode == 0, run.stderr[-3000:]
-    results = predict(raw, tmp_path / "cli", REPO / "weights")
+    results = predict(raw, tmp_path / "cli", REPO / "models" / "phantom-t1-t2-t2s")
     assert predict.exit_code == 0 and len(results) == 2
     for result in results:
         container = sitk.GetArrayFromImage(sitk.ReadImage(str(output / result.outputs["mask"])))
@@ -175,7 +175,7 @@ def test_three_cohorts_then_broken_cases_container_and_cli_agree(image, cohorts,
     assert_masks_on_t2s_grids(cohorts, tmp_path / "container", subjects)
 
     cli = subprocess.run([str(REPO / ".venv" / "bin" / "mixmicrobleednet"), "predict", "-i", str(broken),
-                          "-o", str(tmp_path / "cli"), "--fast", "--model", str(REPO / "weights")],
+                          "-o", str(tmp_path / "cli"), "--fast", "--model", str(REPO / "models" / "phantom-t1-t2-t2s")],
                          capture_output=True, text=True)
     assert cli.returncode == 1
     assert json.loads((tmp_path / "cli" / "results.json").read_text()) == report

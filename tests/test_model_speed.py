@@ -15,7 +15,7 @@ from mixmicrobleednet.model import Model, PredictionSettings
 
 pytestmark = pytest.mark.shipped
 REPO = Path(__file__).resolve().parents[1]
-WEIGHTS = REPO / "weights"
+WEIGHTS = REPO / "models" / "phantom-t1-t2-t2s"
 
 
 def test_batched_tiles_and_single_map_resampling_keep_nnunets_mask(tmp_path):

@@ -12,10 +12,10 @@ from mixmicrobleednet.layout import case_stem as stem
 from mixmicrobleednet.cli import main
 from mixmicrobleednet.lesions import LesionSettings
 from mixmicrobleednet.model import resolve_device
-from mixmicrobleednet.modelfolder import ModelError, read_model_folder
+from mixmicrobleednet.modelfolder import ModelError
 from mixmicrobleednet.pipeline import CaseRun, OutputSettings, run_cases
 
-from conftest import predict, write_case
+from conftest import cases_for, predict, write_case
 
 
 @pytest.fixture
@@ -197,8 +197,6 @@ def test_the_next_case_is_read_while_the_current_one_is_predicted(tmp_path, rand
     """Reading runs one case ahead in a thread, yet every case gets its own channels."""
     import threading
 
-    from mixmicrobleednet.cases import seed_cases
-
     folder = tmp_path / "input"
     for number in range(3):
         write_case(folder, f"c{number}", shape=(6 + number, 20, 22), seed=number)
@@ -213,7 +211,7 @@ def test_the_next_case_is_read_while_the_current_one_is_predicted(tmp_path, rand
 
     pipeline.load_case = spying_load
     try:
-        run_cases(seed_cases(folder), CaseRun(read_model_folder(random_model), lambda stack: seen.append(
+        run_cases(cases_for(folder, random_model), CaseRun(lambda stack, model: seen.append(
             (stack.case_id, stack.array.shape)) or np.zeros(stack.array.shape[1:], np.float32), tmp_path / "out"))
     finally:
         pipeline.load_case = original

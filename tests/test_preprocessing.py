@@ -81,7 +81,7 @@ def test_plans_with_other_resampling_use_nnunets_function():
 
     from mixmicrobleednet.model import _resampling
 
-    plans = json.loads((REPO / "weights" / "plans.json").read_text())
+    plans = json.loads((REPO / "models" / "phantom-t1-t2-t2s" / "plans.json").read_text())
     name, configuration = next(iter(plans["configurations"].items()))
     configuration["resampling_fn_probabilities"] = "resample_torch_fornnunet"
     configuration["resampling_fn_probabilities_kwargs"] = {"is_seg": False, "force_separate_z": None}

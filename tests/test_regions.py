@@ -8,11 +8,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from conftest import predict, write_case
+from conftest import cases_for, predict, write_case
 from mixmicrobleednet import layout, regions
-from mixmicrobleednet.cases import seed_cases
 from mixmicrobleednet.lesions import LESION_COLUMNS, centroids_lps
-from mixmicrobleednet.modelfolder import read_model_folder
 from mixmicrobleednet.phantoms import generate
 from mixmicrobleednet.pipeline import CaseRun, OutputSettings, run_cases
 from mixmicrobleednet.runner import EXIT_RUN_FAILED
@@ -96,7 +94,7 @@ def phantom_folder(tmp_path_factory, atlas):
 
 def _truth_predictor(folder):
     """The predict stage replaced by the phantom's own label: the regions of known microbleeds."""
-    def predict(stack):
+    def predict(stack, model):
         label = folder / layout.label_name(stack.case_id)
         return sitk.GetArrayFromImage(sitk.ReadImage(str(label))).astype(np.float32)
     return predict
@@ -104,8 +102,7 @@ def _truth_predictor(folder):
 
 def test_phantom_regions_agree_with_the_generator(phantom_folder, random_model, tmp_path):
     out = tmp_path / "out"
-    results = run_cases(seed_cases(phantom_folder), CaseRun(read_model_folder(random_model),
-                                                             _truth_predictor(phantom_folder), out))
+    results = run_cases(cases_for(phantom_folder, random_model), CaseRun(_truth_predictor(phantom_folder), out))
     truth = pd.read_csv(phantom_folder / "microbleeds.csv")
     assert set(truth["location"]) == set(regions.CATEGORIES)
     summary = pd.read_csv(out / layout.SUMMARY_CSV)
@@ -133,8 +130,8 @@ def test_phantom_regions_agree_with_the_generator(phantom_folder, random_model, 
 
 def test_no_regions_keeps_the_seed_columns(phantom_folder, random_model, tmp_path):
     out = tmp_path / "out"
-    [result, _] = run_cases(seed_cases(phantom_folder), CaseRun(
-        read_model_folder(random_model), _truth_predictor(phantom_folder), out, settings=OutputSettings(regions=False)))
+    [result, _] = run_cases(cases_for(phantom_folder, random_model), CaseRun(
+        _truth_predictor(phantom_folder), out, settings=OutputSettings(regions=False)))
     assert list(pd.read_csv(out / result.outputs["lesions"]).columns) == LESION_COLUMNS
     summary = pd.read_csv(out / layout.SUMMARY_CSV)
     assert summary[regions.SUMMARY_COLUMNS].isna().all().all()
@@ -159,12 +156,12 @@ def test_a_case_the_atlas_cannot_be_placed_on_keeps_its_mask(random_model, tmp_p
     write_case(tmp_path / "input", "c1")
     out = tmp_path / "out"
 
-    def one_dot(stack):
+    def one_dot(stack, model):
         probabilities = np.zeros(stack.array.shape[1:], np.float32)
         probabilities[10, 20, 18] = 1
         return probabilities
 
-    [result] = run_cases(seed_cases(tmp_path / "input"), CaseRun(read_model_folder(random_model), one_dot, out))
+    [result] = run_cases(cases_for(tmp_path / "input", random_model), CaseRun(one_dot, out))
     assert not result.error_messages and result.microbleed_count == 1
     assert "atlas registration" in result.regions["error"]
     table = pd.read_csv(out / result.outputs["lesions"])

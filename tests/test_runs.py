@@ -142,6 +142,46 @@ def test_a_t2s_only_model_runs_on_t2s_only_cases_and_a_three_channel_model_needs
            f"{random_model.name} (channels T1, T2, T2S)" in results[0].error_messages[0]
 
 
+def test_a_mixed_cohort_runs_in_one_call_each_case_with_the_model_that_fits(tmp_path, random_model, monkeypatch,
+                                                                            caplog):
+    """--model auto (the default) over the shipped models: a case with T1, T2 and T2* gets the
+    three-channel model, one with the T2* alone (or T1 and T2* without T2) the T2*-only model; each
+    model loads once; the records and the summary say which model each case got."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(random_model, models / "three")
+    write_random_model(models / "t2s-only", channels=("T2S",))
+    monkeypatch.setenv("MIXMICROBLEEDNET_MODELS", str(models))
+    write_case(tmp_path / "in", "all3", seed=1)
+    write_case(tmp_path / "in", "swi", channels=("T2S",), seed=2)
+    write_case(tmp_path / "in", "not2", channels=("T1", "T2S"), seed=3)
+    write_case(tmp_path / "in", "all3b", seed=4)
+    with caplog.at_level("INFO"):
+        results = predict(tmp_path / "in", tmp_path / "out", "auto")
+    assert predict.exit_code == 0 and all(not r.error_messages for r in results)
+    summary = pd.read_csv(tmp_path / "out" / layout.SUMMARY_CSV).set_index("case")
+    assert summary["model"].to_dict() == {stem("all3"): "three", stem("all3b"): "three", stem("not2"): "t2s-only",
+                                          stem("swi"): "t2s-only"}
+    record = json.loads((tmp_path / "out" / layout.RECORDS_DIR / layout.record_name(stem("not2"))).read_text())
+    assert record["model"]["name"] == "t2s-only" and [i["channel"] for i in record["inputs"]] == ["T2S"]
+    assert caplog.text.count("model loaded once from") == 2
+    assert "model three for 2 case(s)" in caplog.text and "model t2s-only for 2 case(s)" in caplog.text
+
+    # a shipped model by name: the three-channel one on every case, so the T2*-only case fails, naming the file
+    results = predict(tmp_path / "in", tmp_path / "out-three", "three")
+    assert predict.exit_code == 1
+    errors = {r.case_id: r.error_messages for r in results}
+    assert errors[stem("all3")] == [] and errors[stem("swi")] == [
+        f"missing T1 channel: expected file {layout.input_name(stem('swi'), 'T1')}, needed by model three "
+        "(channels T1, T2, T2S)"]
+    # an unknown name stops the run before any case, listing the shipped ones
+    caplog.clear()
+    assert predict(tmp_path / "in", tmp_path / "out-x", "nosuchmodel") == [] and predict.exit_code == 2
+    assert "--model nosuchmodel: neither a model folder nor a shipped model" in caplog.text
+    assert "t2s-only, three; or auto" in caplog.text
+
+
 def test_a_record_says_what_the_case_was_computed_from(tmp_path, random_model):
     write_case(tmp_path / "in", "r1", seed=1)
     predict(tmp_path / "in", tmp_path / "out", random_model)
@@ -195,7 +235,7 @@ def test_process_py_runs_the_seed_layout_without_docker(tmp_path, random_model, 
     import process
 
     write_case(tmp_path / "in", "gc1", seed=1)
-    monkeypatch.setattr(process, "DEFAULT_MODEL_DIR", random_model)
+    monkeypatch.setattr(process, "DEFAULT_MODEL", random_model)
     code = process.main(["--device", "cpu", "--fast", "--no-qc"], tmp_path / "in", tmp_path / "out")
     assert code == 0
     assert layout.prediction_path(tmp_path / "out", stem("gc1")).is_file()

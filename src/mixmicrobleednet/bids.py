@@ -2,9 +2,10 @@
 (dataset_description.json, .bidsignore, a JSON sidecar per mask) and the group level's cohort table.
 
 A case is one T2starw image (its acq-/run- entities stay in the case's name, so two runs are two
-cases). For each other channel the model needs, the image of the same subject and session with that
+cases). For each other channel a model may read, the image of the same subject and session with that
 suffix; of several, the one with the T2starw image's run, else the highest run (the last acquired),
-and the log says which was taken.
+and the log says which was taken. Which model a case gets, and so which of them it needs, the runner
+decides from what is there (modelfolder.ModelChoice).
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ def _choose(candidates: list[tuple[Path, dict]], reference_entities: dict, chann
 
 
 def bids_cases(bids_dir: Path, channels: tuple[str, ...], participants: tuple[str, ...] = ()) -> list[Case]:
-    """The cases of a BIDS dataset for a model with `channels`, sorted; a subject or session with
-    images but no T2starw one is a case that carries that problem, as is a missing T1w or T2w."""
+    """The cases of a BIDS dataset with the images of `channels` that each has, sorted; a subject
+    or session with images but no T2starw one is a case that carries that problem. A missing T1w or
+    T2w is the case's error only if the model chosen for it needs the image (imaging.read_channel)."""
     bids_dir = Path(bids_dir).resolve()
     if not is_bids_dataset(bids_dir):
         raise InputFolderError(f"{bids_dir}: not a BIDS dataset (no {layout.DATASET_DESCRIPTION})")
@@ -91,16 +93,13 @@ def bids_cases(bids_dir: Path, channels: tuple[str, ...], participants: tuple[st
         for t2s_path, entities in images.get(reference) or [(None, {"subject": subject, "session": session})]:
             case_id = layout.bids_case_id(entities)
             anat = bids_dir / layout.bids_anat_dir(subject, session)
-            paths, problems = {}, []
+            paths = {}
             for channel in channels:
                 chosen = t2s_path if channel == reference else \
                     (_choose(images[channel], entities, channel, case_id) if images.get(channel) else None)
-                expected = anat / layout.bids_image_name(subject, session, channel)
-                paths[channel] = chosen or expected
-                if chosen is None:
-                    problems.append(f"no {layout.BIDS_SUFFIXES[channel]} image ({expected.relative_to(bids_dir)})")
-            problem = (f"{'; '.join(problems)}: the model needs {', '.join(layout.BIDS_SUFFIXES[c] for c in channels)}"
-                       if problems else None)
+                paths[channel] = chosen or anat / layout.bids_image_name(subject, session, channel)
+            problem = None if t2s_path else \
+                f"no {layout.BIDS_SUFFIXES[reference]} image ({paths[reference].relative_to(bids_dir)})"
             sources = {c: f"bids:raw:{paths[c].relative_to(bids_dir)}" for c in channels if paths[c].is_file()}
             cases.append(Case(case_id, subject, session, paths, layout.bids_output_paths(entities), problem, sources))
     return sorted(cases, key=lambda c: c.case_id)
@@ -123,13 +122,13 @@ def write_derivatives_description(output_dir: Path, bids_dir: Path) -> None:
         temporary.write_text("\n".join(layout.BIDS_IGNORED) + "\n")
 
 
-def sidecars(case: Case, model_sha256: str, settings) -> dict[str, dict]:
+def sidecars(case: Case, settings) -> dict[str, dict]:
     """The JSON sidecars of the masks and the probability map (output kind -> content): what they
     are, on which image's grid (space-T2starw is no template, so SpatialReference is required),
     what they were made from and how."""
-    common = {"Sources": list(case.sources.values()),
-              "SpatialReference": case.sources.get(layout.REFERENCE_CHANNEL, ""), "ModelSHA256": model_sha256,
-              "ModelChannels": [layout.BIDS_SUFFIXES[c] for c in case.sources]}
+    common = {"Sources": [case.sources[c] for c in case.model.channels if c in case.sources],
+              "SpatialReference": case.sources.get(layout.REFERENCE_CHANNEL, ""), "ModelSHA256": case.model.checksum,
+              "ModelChannels": [layout.BIDS_SUFFIXES[c] for c in case.model.channels]}
     return {"mask_sidecar": {"Type": "Lesion", "Description": "Cerebral microbleeds (MixMicrobleedNet)", **common,
                              "Threshold": settings.threshold, "MinimumSizeMm3": settings.min_size_mm3},
             "probability_sidecar": {"Description": "Cerebral microbleed probability (MixMicrobleedNet)", **common},

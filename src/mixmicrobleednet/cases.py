@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import layout
+from .modelfolder import ModelFolder
 
 
 class CaseError(Exception):
@@ -36,9 +37,15 @@ class Case:
     output_paths: dict[str, str]  # output kind (mask, lesions, qc, record, ...) -> path relative to the output folder
     input_problem: str | None = None  # found while discovering; reported as the case's error
     sources: dict[str, str] = field(default_factory=dict)  # channel -> BIDS URI (bids:raw:sub-01/anat/...), for sidecars
+    model: ModelFolder | None = None  # the model that predicts it (runner: ModelChoice.choose)
 
-    def inputs(self, channels: tuple[str, ...]) -> list[Path]:
-        return [self.channel_paths[c] for c in channels]
+    def inputs(self) -> list[Path]:
+        """Its model's input files, in the model's channel order."""
+        return [self.channel_paths[c] for c in self.model.channels]
+
+    def given_channels(self) -> set[str]:
+        """The channels whose file is there."""
+        return {c for c, path in self.channel_paths.items() if path.is_file()}
 
 
 def uses_platform_interface(input_dir: Path) -> bool:

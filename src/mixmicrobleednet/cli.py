@@ -11,7 +11,7 @@ from pathlib import Path
 from . import layout
 from .lesions import DEFAULT_THRESHOLD
 from .model import PRECISIONS
-from .modelfolder import DEFAULT_MODEL_DIR
+from .modelfolder import AUTO, DEFAULT_MODEL, MODELS_VARIABLE
 
 log = logging.getLogger("mixmicrobleednet")
 
@@ -127,6 +127,14 @@ def _shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|DIR",
+                        help=f"a shipped model's name (a folder in ${MODELS_VARIABLE}, else models/ of the checkout), an "
+                             "nnU-Net v2 model folder, or "
+                             f"{AUTO}: per case the shipped model with the most channels the case has (default: "
+                             f"{DEFAULT_MODEL})")
+
+
 def add_cohort_options(parser: argparse.ArgumentParser) -> None:
     """Which cases a process takes, and whether finished ones are done again."""
     parser.add_argument("--resume", action="store_true",
@@ -145,15 +153,14 @@ def add_bids_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bids_dir", type=Path, help="the BIDS dataset (with dataset_description.json)")
     parser.add_argument("output_dir", type=Path, help="the derivatives dataset to write (created)")
     parser.add_argument("analysis_level", choices=("participant", "group"))
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
-                        help=f"nnU-Net v2 model folder (default: {DEFAULT_MODEL_DIR})")
+    add_model_option(parser)
 
 
 def run_bids_app(args: argparse.Namespace) -> int:
     """`participant`: a run over the BIDS dataset (runner); `group`: the cohort table."""
     from .bids import group, is_bids_dataset
     from .cases import InputFolderError
-    from .modelfolder import ModelError, read_model_folder
+    from .modelfolder import ModelError, resolve_models
     from .runner import EXIT_CASE_FAILED, EXIT_OK, EXIT_RUN_FAILED, run
 
     if not is_bids_dataset(args.bids_dir):
@@ -162,7 +169,7 @@ def run_bids_app(args: argparse.Namespace) -> int:
     if args.analysis_level == "participant":
         return run(args.bids_dir, args.output_dir, run_options(args, args.model))[0]
     try:
-        rows = group(args.bids_dir, args.output_dir, read_model_folder(args.model).channels,
+        rows = group(args.bids_dir, args.output_dir, resolve_models(args.model).channels,
                      tuple(args.participant_label), tuple(args.session_label))
     except (ModelError, InputFolderError, OSError) as exc:
         log.error("%s", exc)
@@ -173,7 +180,7 @@ def run_bids_app(args: argparse.Namespace) -> int:
     return EXIT_CASE_FAILED if unfinished or not rows else EXIT_OK
 
 
-def run_options(args: argparse.Namespace, model_dir: Path):
+def run_options(args: argparse.Namespace, model: str | Path):
     """RunOptions from the options of add_prediction_options and add_cohort_options."""
     from .brain import BrainMasking, BrainSettings
     from .lesions import LesionSettings
@@ -182,7 +189,7 @@ def run_options(args: argparse.Namespace, model_dir: Path):
     from .runner import RunOptions
 
     return RunOptions(
-        model_dir=model_dir, device=args.device, prediction=PredictionSettings(use_mirroring=not args.fast, precision=args.precision),
+        model=model, device=args.device, prediction=PredictionSettings(use_mirroring=not args.fast, precision=args.precision),
         output=OutputSettings(LesionSettings(args.threshold, args.min_size_mm3), args.save_probabilities, not args.no_qc,
                               not args.no_regions),
         resume=args.resume, shard=args.shard, participants=tuple(args.participant_label),
@@ -201,8 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("-i", "--input", type=Path, required=True,
                          help="folder with sub-<id>[_ses-<id>]_space-<space>_desc-masked_<channel>.nii[.gz]")
     predict.add_argument("-o", "--output", type=Path, required=True, help="output folder (created)")
-    predict.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
-                         help=f"nnU-Net v2 model folder (default: {DEFAULT_MODEL_DIR})")
+    add_model_option(predict)
     add_prediction_options(predict)
     add_cohort_options(predict)
 
@@ -236,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="override the configuration's number of epochs")
     train.add_argument("--iterations-per-epoch", type=int, help="override the configuration's iterations per epoch")
     train.add_argument("--work", type=Path, help="nnU-Net raw/preprocessed/results folder (default: beside --out)")
+    train.add_argument("--channels", nargs="+", choices=layout.CHANNELS, default=list(layout.CHANNELS),
+                       help=f"the channels the network reads, in this order ({layout.REFERENCE_CHANNEL} among them; "
+                            f"default: {' '.join(layout.CHANNELS)}); e.g. {layout.REFERENCE_CHANNEL} alone for a "
+                            "model of T2*/SWI-only cohorts")
 
     import_v1 = commands.add_parser("import-v1", help="convert an nnU-Net v1 3d_fullres model (such as the 2021 "
                                                      "MixMicrobleedNet checkpoint) into a model folder for --model")
@@ -298,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         from .train import train
 
         train(args.data, args.out, args.config, device=args.device, work_dir=args.work, epochs=args.epochs,
-              iterations_per_epoch=args.iterations_per_epoch)
+              iterations_per_epoch=args.iterations_per_epoch, channels=tuple(args.channels))
         return 0
     if args.command == "import-v1":
         from .v1import import V1ImportError, import_v1

@@ -68,7 +68,7 @@ class PredictionSettings:
     tiles_per_batch: int | None = None
     #: The network's arithmetic on the CPU: float32 (default; nnU-Net's logits to 1e-4) or bfloat16
     #: (torch.autocast: faster only where the CPU has bfloat16 instructions, AMX or AVX-512 BF16; it
-    #: moves logits and can change masks, measured in weights/MODEL_CARD.md). On a GPU nnU-Net's
+    #: moves logits and can change masks, measured in models/phantom-t1-t2-t2s/MODEL_CARD.md). On a GPU nnU-Net's
     #: float16 autocast runs whatever this says.
     precision: str = "float32"
 

@@ -1,9 +1,12 @@
-"""A model folder: what it needs and what it is, read without PyTorch; the one writer of model folders.
+"""A model folder: what it needs and what it is, read without PyTorch; the shipped models by name.
 
 An nnU-Net v2 model folder (plans.json, dataset.json, fold_all/checkpoint_final.pth) declares its
 input channels in dataset.json (`channel_names`, in network order); they must be channels the
 registry (layout.py) knows, and include the reference channel (T2*), whose grid every output is on.
-`train`, `import-v1` and the tests write model folders through `write_model_folder`.
+The shipped models are the model folders under one folder (models/ of the checkout, the image's
+/opt/mixmicrobleednet/models), each named by its folder and described by its MODEL_CARD.md;
+`--model auto` gives each case the shipped model with the most channels that the case has.
+Model folders are written by train.py (`write_model_folder`), for training and import-v1 alike.
 """
 
 from __future__ import annotations
@@ -19,8 +22,14 @@ from . import layout
 
 log = logging.getLogger(__name__)
 
-#: The shipped model: $MIXMICROBLEEDNET_MODEL, else weights/ of the source checkout.
-DEFAULT_MODEL_DIR = Path(os.environ.get("MIXMICROBLEEDNET_MODEL", Path(__file__).resolve().parents[2] / "weights"))
+#: Where the shipped models are (one model folder each) when $MIXMICROBLEEDNET_MODELS does not say: models/
+#: of the source checkout (the image sets the variable).
+MODELS_VARIABLE = "MIXMICROBLEEDNET_MODELS"
+CHECKOUT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+#: --model's value for "per case, the shipped model whose channels the case has".
+AUTO = "auto"
+#: --model's default: $MIXMICROBLEEDNET_MODEL (a shipped model's name or a model folder), else AUTO.
+DEFAULT_MODEL = os.environ.get("MIXMICROBLEEDNET_MODEL", AUTO)
 #: Where Grand-Challenge extracts a model tarball uploaded beside the image.
 PLATFORM_MODEL_DIR = Path("/opt/ml/model")
 #: plans.json key (ignored by nnU-Net) telling `Model` to aggregate and resample probabilities as
@@ -82,9 +91,66 @@ def read_model_folder(model_dir: Path) -> ModelFolder:
                        bool(plans.get(PROBABILITY_AGGREGATION)))
 
 
-def choose_model_dir(baked_in: Path, mounted: Path = PLATFORM_MODEL_DIR) -> Path:
+def models_folder() -> Path:
+    """The folder of the shipped models ($MIXMICROBLEEDNET_MODELS, read now)."""
+    return Path(os.environ.get(MODELS_VARIABLE, CHECKOUT_MODELS_DIR))
+
+
+def shipped_models(models_dir: Path | None = None) -> dict[str, ModelFolder]:
+    """Name -> model folder, for every model folder directly under `models_dir` (default: models_folder())."""
+    try:
+        folders = sorted(p for p in Path(models_dir or models_folder()).iterdir() if (p / layout.PLANS_JSON).is_file())
+    except OSError:
+        folders = []
+    return {folder.name: read_model_folder(folder) for folder in folders}
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The models a run may use: the one given (--model NAME|DIR), or every shipped one (auto),
+    of which a case gets the one with the most channels that it has."""
+
+    models: tuple[ModelFolder, ...]  # most channels first
+    auto: bool
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Every channel some model reads, in the registry's order."""
+        return tuple(c for c in layout.CHANNELS if any(c in m.channels for m in self.models))
+
+    def choose(self, available: set[str]) -> ModelFolder:
+        """The model for a case with these channels; when none fits, the one needing the fewest
+        (reading the case then names the missing file)."""
+        return next((m for m in self.models if set(m.channels) <= available), self.models[-1])
+
+    def describe(self) -> str:
+        if not self.auto:
+            return self.models[0].describe()
+        return f"per case the shipped model that fits ({'; '.join(m.describe() for m in self.models)})"
+
+
+def resolve_models(spec: str | Path = DEFAULT_MODEL, models_dir: Path | None = None) -> ModelChoice:
+    """--model's value: `auto`, a shipped model's name, or a model folder; ModelError says what is wrong."""
+    models_dir = models_dir or models_folder()
+    if str(spec) == AUTO:
+        shipped = shipped_models(models_dir)
+        if not shipped:
+            raise ModelError(f"--model auto: no model folders in {models_dir} (set {MODELS_VARIABLE}, or give "
+                             "--model a model folder)")
+        return ModelChoice(tuple(sorted(shipped.values(), key=lambda m: -len(m.channels))), auto=True)
+    path = Path(spec)
+    if path.is_dir():
+        return ModelChoice((read_model_folder(path),), auto=False)
+    shipped = shipped_models(models_dir)
+    if str(spec) in shipped:
+        return ModelChoice((shipped[str(spec)],), auto=False)
+    raise ModelError(f"--model {spec}: neither a model folder nor a shipped model (shipped, in {models_dir}: "
+                     f"{', '.join(shipped) or 'none'}; or {AUTO})")
+
+
+def choose_model_dir(baked_in: str | Path, mounted: Path = PLATFORM_MODEL_DIR) -> str | Path:
     """A model folder mounted or extracted at `mounted` (itself, or its one subfolder holding
-    plans.json) wins over the weights baked into the image."""
+    plans.json) wins over the models baked into the image (`baked_in`: --model's value)."""
     try:
         candidates = [mounted, *sorted(p for p in mounted.iterdir() if p.is_dir())] if mounted.is_dir() else []
     except OSError as exc:
@@ -96,26 +162,3 @@ def choose_model_dir(baked_in: Path, mounted: Path = PLATFORM_MODEL_DIR) -> Path
         return found[0]
     log.info("model: baked-in %s (nothing at %s)", baked_in, mounted)
     return baked_in
-
-
-def dataset_json(channels: tuple[str, ...], labels: dict[str, int], **extra) -> dict:
-    """dataset.json of a model folder (and of an nnU-Net raw dataset) with these channels."""
-    return {"channel_names": {str(i): c for i, c in enumerate(channels)}, "labels": labels,
-            "file_ending": layout.NIFTI, **extra}
-
-
-def write_model_folder(out_dir: Path, plans: dict, dataset: dict, checkpoint: dict) -> Path:
-    """Write plans.json, dataset.json and the checkpoint (a dict for torch.save), each atomically
-    and the checkpoint last: a folder without it is no model folder, so an interrupted write is
-    never used."""
-    import torch
-
-    from .imaging import atomic_output
-
-    out_dir = Path(out_dir)
-    for name, content in ((layout.PLANS_JSON, plans), (layout.DATASET_JSON, dataset)):
-        with atomic_output(out_dir / name) as temporary:
-            temporary.write_text(json.dumps(content, indent=2))
-    with atomic_output(out_dir / layout.CHECKPOINT) as temporary:
-        torch.save(checkpoint, temporary)
-    return out_dir

@@ -82,15 +82,15 @@ class ModelPredictor:
         return self.model.predict_probabilities(stack.array, stack.spacing_zyx)
 
 
-#: The predict stage: a case's aligned channels → microbleed probability (float32) on the T2* grid.
-Predictor = Callable[[ChannelStack], np.ndarray]
+#: The predict stage: a case's aligned channels and its model → microbleed probability (float32) on the T2* grid.
+Predictor = Callable[[ChannelStack, ModelFolder], np.ndarray]
 
 
 @dataclass(frozen=True)
 class CaseRun:
-    """What every case of a run shares: the model, the settings, where outputs go."""
+    """What every case of a run shares: how it is predicted (each case with its own model), the
+    settings, where outputs go."""
 
-    model: ModelFolder
     predict: Predictor
     output_dir: Path
     prediction: PredictionSettings = PredictionSettings()
@@ -98,9 +98,9 @@ class CaseRun:
     records: bool = True  # records and merged reports (not for a Grand-Challenge job: its sockets alone)
     merge_each: bool = True  # merge the reports after every case (BIDS: the group level merges, once)
     resume: bool = False
-    device: Callable[[], str] = lambda: "unknown"  # for the records, once the model is loaded
+    device: Callable[[ModelFolder], str] = lambda model: "unknown"  # for the records, once the model is loaded
     register: bool = True  # T1/T2 not on the T2* grid: registered rigidly (else placed by their headers)
-    start_model: Callable[[], object] = lambda: None  # starts loading the model in the background
+    start_model: Callable[[ModelFolder], object] = lambda model: None  # starts loading a model in the background
     brain: BrainSettings = BrainSettings()  # brain masks: found in the scans, given or extracted
 
     @property
@@ -119,7 +119,7 @@ def _stage(result: CaseResult, name: str) -> Iterator[None]:
 
 def _load_timed(case: Case, run: CaseRun) -> tuple[ChannelStack, float]:
     started = time.perf_counter()
-    stack = load_case(case, run.model.channels, run.model.describe(), run.register, run.brain)
+    stack = load_case(case, case.model.channels, case.model.describe(), run.register, run.brain)
     return stack, time.perf_counter() - started
 
 
@@ -142,7 +142,7 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
         log.info("%s: brain mask: %s, %.0f ml (%.1f s)", case.case_id, stack.brain.source, stack.brain.volume_ml,
                  stack.brain.seconds)
         with _stage(result, "prediction"):
-            probabilities = run.predict(stack)
+            probabilities = run.predict(stack, case.model)
         with _stage(result, "lesions"):
             lesions = extract_lesions(probabilities, stack.reference, run.settings.lesions)
         if run.settings.regions:
@@ -153,7 +153,7 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
                     regions.describe(result.regions))
         with _stage(result, "write"):
             result.outputs = write_case_outputs(case, stack, probabilities, lesions, run.output_dir, run.settings,
-                                                sidecars(case, run.model.checksum, run.settings.lesions))
+                                                sidecars(case, run.settings.lesions))
         result.microbleed_count, result.total_volume_mm3 = lesions.count, lesions.total_volume_mm3
     except CaseError as exc:
         result.error_messages.append(str(exc))
@@ -212,7 +212,8 @@ def _record(case: Case, result: CaseResult, run: CaseRun, fingerprint: list[dict
     return {"case_id": case.case_id, "subject": case.subject, "session": case.session,
             "status": "error" if result.error_messages else "ok", "error_messages": result.error_messages,
             "inputs": fingerprint,
-            "model": {"path": str(run.model.path), "sha256": run.model.checksum, "channels": list(run.model.channels)},
+            "model": {"name": case.model.name, "path": str(case.model.path), "sha256": case.model.checksum,
+                      "channels": list(case.model.channels)},
             "settings": run.settings_record, "registrations": result.registrations,
             "brain_mask": result.brain_mask, "regions": result.regions, "outputs": result.outputs,
             "microbleed_count": result.microbleed_count,
@@ -227,8 +228,8 @@ def _already_done(cases: list[Case], run: CaseRun) -> dict[str, CaseResult]:
     done = {}
     for case in cases:
         record = records.read_record(records.record_path(run.output_dir, case))
-        reason = records.finished_before(record, records.input_fingerprint(case, run.model.channels),
-                                         run.model.checksum, run.settings_record, run.output_dir)
+        reason = records.finished_before(record, records.input_fingerprint(case), case.model.checksum,
+                                         run.settings_record, run.output_dir)
         if reason:
             log.info("%s: skipped, %s (--resume)", case.case_id, reason)
             done[case.case_id] = CaseResult(case.case_id, case.subject, record["outputs"], [],
@@ -237,22 +238,23 @@ def _already_done(cases: list[Case], run: CaseRun) -> dict[str, CaseResult]:
 
 
 def run_cases(cases: list[Case], run: CaseRun) -> list[CaseResult]:
-    """Every case in turn with the one model; after each, its record and the merged reports."""
+    """Every case in turn with its model; after each, its record and the merged reports."""
     done = _already_done(cases, run) if run.resume and run.records else {}
     todo = [case for case in cases if case.case_id not in done]
     results = dict(done)
-    if todo:
-        run.start_model()  # loads while the first case is read
+    for model in {case.model.path: case.model for case in todo}.values():
+        run.start_model(model)  # each loads (once) while the first case is read
     with ThreadPoolExecutor(1, thread_name_prefix="reader") as reader:
         upcoming = reader.submit(_load_timed, todo[0], run) if todo else None
         for number, case in enumerate(todo, 1):
             loaded = upcoming
             upcoming = reader.submit(_load_timed, todo[number], run) if number < len(todo) else None
-            log.info("case %d/%d: %s", number, len(todo), case.case_id)
-            fingerprint = records.input_fingerprint(case, run.model.channels)
+            log.info("case %d/%d: %s, %s", number, len(todo), case.case_id, case.model.describe())
+            fingerprint = records.input_fingerprint(case)
             result = results[case.case_id] = _run_case(case, loaded, run)
             if run.records:
-                records.write_record(run.output_dir, case, _record(case, result, run, fingerprint, run.device()))
+                records.write_record(run.output_dir, case, _record(case, result, run, fingerprint,
+                                                                    run.device(case.model)))
                 if run.merge_each:
                     records.merge(run.output_dir)
     if run.records and run.merge_each and not todo:

@@ -45,10 +45,10 @@ def versions() -> dict[str, str]:
     return found
 
 
-def input_fingerprint(case: Case, channels: tuple[str, ...]) -> list[dict]:
-    """Each input file's name, size and modification time: what resuming compares."""
+def input_fingerprint(case: Case) -> list[dict]:
+    """Each of its model's input files' name, size and modification time: what resuming compares."""
     entries = []
-    for channel, path in zip(channels, case.inputs(channels)):
+    for channel, path in zip(case.model.channels, case.inputs()):
         try:
             status = path.stat()
             entries.append({"channel": channel, "file": path.name, "size": status.st_size,
@@ -114,6 +114,7 @@ def summary_row(record: dict) -> dict:
     return {"subject": record["subject"], "status": record["status"], "message": "; ".join(record["error_messages"]),
             "microbleed_count": record.get("microbleed_count"), "total_volume_mm3": record.get("total_volume_mm3"),
             "runtime_s": record.get("runtime_s"), "session": record.get("session"), "case": record["case_id"],
+            "model": record.get("model", {}).get("name", ""),
             "model_sha256": record.get("model", {}).get("sha256", "")[:12], **summary_values(record.get("regions"))}
 
 

@@ -1,10 +1,11 @@
 """The composition root: from an input folder, an output folder and options to a finished run.
 
 The CLI (`mixmicrobleednet predict|bids`), the container's process.py and the Python API all start
-runs here: the model folder is read (and starts loading), the output folder is checked, the input
-layout is detected once (inputs.json: a Grand-Challenge job; dataset_description.json: a BIDS
-dataset, written as a BIDS derivatives dataset; else the seed's folder), the cases are found,
-chosen (participants, sessions, shard) and run.
+runs here: the model folders are read (--model: one, or every shipped one for `auto`), the output
+folder is checked, the input layout is detected once (inputs.json: a Grand-Challenge job;
+dataset_description.json: a BIDS dataset, written as a BIDS derivatives dataset; else the seed's
+folder), the cases are found, chosen (participants, sessions, shard), each given its model (the one
+with the most channels that the case has) and run; each model loads once, when a case needs it.
 Whatever stops the whole run (model folder, input folder, output folder) is a RunError: one
 message, exit code 2, no case written.
 """
@@ -14,15 +15,19 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from . import layout, records, regions
 from .brain import BrainSettings
 from .bids import bids_cases, is_bids_dataset, write_derivatives_description
 from .cases import Case, InputFolderError, platform_case, seed_cases, select_cases, uses_platform_interface
+from .imaging import ChannelStack
 from .model import PredictionSettings
-from .modelfolder import DEFAULT_MODEL_DIR, ModelError, ModelFolder, read_model_folder
+from .modelfolder import DEFAULT_MODEL, ModelChoice, ModelError, ModelFolder, resolve_models
 from .pipeline import CaseResult, CaseRun, ModelPredictor, OutputSettings, Predictor, run_cases
 
 log = logging.getLogger(__name__)
@@ -41,7 +46,7 @@ class RunError(Exception):
 
 @dataclass(frozen=True)
 class RunOptions:
-    model_dir: Path = DEFAULT_MODEL_DIR
+    model: str | Path = DEFAULT_MODEL  # --model: a model folder, a shipped model's name, or auto
     device: str = "auto"
     prediction: PredictionSettings = PredictionSettings()
     output: OutputSettings = OutputSettings()
@@ -69,11 +74,11 @@ class Run:
     input_dir: Path
     output_dir: Path
     options: RunOptions
-    model: ModelFolder
+    models: ModelChoice
     input_layout: str  # SEED, PLATFORM or BIDS
-    cases: list[Case] = field(default_factory=list)
+    cases: list[Case] = field(default_factory=list)  # each with its model
     selected: int = 0  # cases of the chosen participants and sessions, before sharding
-    _predictor: ModelPredictor | None = field(default=None, repr=False)
+    _predictors: dict[Path, ModelPredictor] = field(default_factory=dict, repr=False)
 
     @property
     def platform(self) -> bool:
@@ -85,15 +90,19 @@ class Run:
         """More shards than cases: this one has none, which is no failure."""
         return not self.cases and self.selected > 0
 
-    def start_model(self) -> ModelPredictor:
-        """The model, loading in the background from the first call on (once per run)."""
-        if self._predictor is None:
-            self._predictor = ModelPredictor(self.model, self.options.device, self.options.prediction)
-        return self._predictor
+    def start_model(self, model: ModelFolder) -> ModelPredictor:
+        """A model, loading in the background from the first call on (once per run)."""
+        if model.path not in self._predictors:
+            self._predictors[model.path] = ModelPredictor(model, self.options.device, self.options.prediction)
+        return self._predictors[model.path]
+
+    def predict(self, stack: ChannelStack, model: ModelFolder) -> np.ndarray:
+        """The predict stage with the case's model."""
+        return self.start_model(model)(stack)
 
     def execute(self, predict: Predictor | None = None) -> list[CaseResult]:
-        """Run the cases; `predict` replaces the model's predict stage (process.py's evalutils
-        `predict`, which calls start_model()'s predictor)."""
+        """Run the cases; `predict` replaces the predict stage (process.py's evalutils `predict`,
+        which calls this run's predict)."""
         if self.empty_shard:
             log.info("shard %d/%d: none of the %d case(s) falls to it", *self.options.shard, self.selected)
         elif not self.cases:
@@ -109,10 +118,9 @@ class Run:
         # The model starts loading only when a case is left to predict (not when --resume finds all done).
         # A Grand-Challenge job's sockets have no place for regions: not computed.
         output = replace(self.options.output, regions=False) if self.platform else self.options.output
-        run = CaseRun(self.model, predict or (lambda stack: self.start_model()(stack)), self.output_dir,
-                      self.options.prediction, output,
+        run = CaseRun(predict or self.predict, self.output_dir, self.options.prediction, output,
                       records=not self.platform, merge_each=self.input_layout == SEED, resume=self.options.resume,
-                      device=lambda: self.start_model().device, register=self.options.register,
+                      device=lambda model: self.start_model(model).device, register=self.options.register,
                       brain=self.options.brain,
                       start_model=self.start_model)
         try:
@@ -122,10 +130,10 @@ class Run:
 
 
 def prepare_run(input_dir: Path, output_dir: Path, options: RunOptions = RunOptions()) -> Run:
-    """Everything before the first case: model folder, output folder, layout, cases."""
+    """Everything before the first case: model folders, output folder, layout, cases and their models."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     try:
-        model = read_model_folder(options.model_dir)
+        models = resolve_models(options.model)
     except ModelError as exc:
         raise RunError(str(exc)) from None
     check_output_folder(output_dir)
@@ -143,10 +151,11 @@ def prepare_run(input_dir: Path, output_dir: Path, options: RunOptions = RunOpti
         except regions.AtlasError as exc:
             raise RunError(str(exc)) from None
     try:
-        if input_layout == PLATFORM:
-            cases = [platform_case(input_dir, model.channels)]
+        if input_layout == PLATFORM:  # its sockets say which model fits; then only that model's are needed
+            model = models.choose(platform_case(input_dir, models.channels).given_channels())
+            cases = [replace(platform_case(input_dir, model.channels), model=model)]
         elif input_layout == BIDS:
-            cases = bids_cases(input_dir, model.channels, options.participants)
+            cases = bids_cases(input_dir, models.channels, options.participants)
             write_derivatives_description(output_dir, input_dir)
         else:
             cases = seed_cases(input_dir)
@@ -154,9 +163,13 @@ def prepare_run(input_dir: Path, output_dir: Path, options: RunOptions = RunOpti
         raise RunError(str(exc)) from None
     selected = cases if input_layout == PLATFORM else select_cases(cases, options.participants, options.sessions)
     chosen = selected if input_layout == PLATFORM else select_cases(selected, shard=options.shard)
+    chosen = [case if case.model else replace(case, model=models.choose(case.given_channels())) for case in chosen]
     log.info("%d case(s) in %s (%s layout)%s; %s", len(cases), input_dir, input_layout,
-             f", {len(chosen)} chosen" if len(chosen) != len(cases) else "", model.describe())
-    return Run(input_dir, output_dir, options, model, input_layout, chosen, len(selected))
+             f", {len(chosen)} chosen" if len(chosen) != len(cases) else "", models.describe())
+    if models.auto:
+        for name, count in Counter(case.model.name for case in chosen).items():
+            log.info("model %s for %d case(s)", name, count)
+    return Run(input_dir, output_dir, options, models, input_layout, chosen, len(selected))
 
 
 def run(input_dir: Path, output_dir: Path, options: RunOptions = RunOptions()) -> tuple[int, list[CaseResult]]:

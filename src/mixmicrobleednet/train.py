@@ -24,8 +24,7 @@ import SimpleITK as sitk
 
 from . import layout
 from .cases import Case, seed_cases
-from .imaging import image_like, load_case
-from .modelfolder import dataset_json, write_model_folder
+from .imaging import atomic_output, image_like, load_case
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +78,27 @@ CONFIGS: dict[str, TrainingConfig] = {
         oversample_foreground=0.5, initial_lr=3e-3,
     ),
 }
+
+
+def dataset_json(channels: tuple[str, ...], labels: dict[str, int], **extra) -> dict:
+    """dataset.json of a model folder (and of an nnU-Net raw dataset) with these channels."""
+    return {"channel_names": {str(i): c for i, c in enumerate(channels)}, "labels": labels,
+            "file_ending": layout.NIFTI, **extra}
+
+
+def write_model_folder(out_dir: Path, plans: dict, dataset: dict, checkpoint: dict) -> Path:
+    """Write plans.json, dataset.json and the checkpoint (a dict for torch.save), each atomically
+    and the checkpoint last: a folder without it is no model folder, so an interrupted write is
+    never used."""
+    import torch
+
+    out_dir = Path(out_dir)
+    for name, content in ((layout.PLANS_JSON, plans), (layout.DATASET_JSON, dataset)):
+        with atomic_output(out_dir / name) as temporary:
+            temporary.write_text(json.dumps(content, indent=2))
+    with atomic_output(out_dir / layout.CHECKPOINT) as temporary:
+        torch.save(checkpoint, temporary)
+    return out_dir
 
 
 def configuration_plans(config: TrainingConfig, median_shape: list[int], n_channels: int = len(layout.CHANNELS)) -> dict:
@@ -171,15 +191,17 @@ def training_cases(data_dir: Path) -> list[tuple[Case, Path]]:
     return pairs
 
 
-def write_raw_dataset(pairs: list[tuple[Case, Path]], raw_dir: Path) -> dict:
-    """nnU-Net raw layout, T1/T2 on the T2* grid exactly as `predict` aligns them."""
+def write_raw_dataset(pairs: list[tuple[Case, Path]], raw_dir: Path,
+                      channels: tuple[str, ...] = layout.CHANNELS) -> dict:
+    """nnU-Net raw layout of `channels` (in network order), T1/T2 on the T2* grid exactly as
+    `predict` aligns them."""
     images_dir, labels_dir = raw_dir / "imagesTr", raw_dir / "labelsTr"
     images_dir.mkdir(parents=True, exist_ok=True)
     labels_dir.mkdir(parents=True, exist_ok=True)
     spacings, shapes = [], []
     for case, label_path in pairs:
-        stack = load_case(case)
-        for index in range(len(layout.CHANNELS)):
+        stack = load_case(case, channels)
+        for index in range(len(channels)):
             sitk.WriteImage(image_like(stack.array[index], stack.reference),
                             str(images_dir / f"{case.case_id}_{index:04d}{layout.NIFTI}"), True, 1)
         label = sitk.ReadImage(str(label_path), sitk.sitkUInt8)
@@ -188,8 +210,8 @@ def write_raw_dataset(pairs: list[tuple[Case, Path]], raw_dir: Path) -> dict:
         spacings.append(stack.spacing_zyx)
         shapes.append(stack.array.shape[1:])
         log.info("raw dataset: %s (%s)", case.case_id, "; ".join(f"{k}: {v}" for k, v in stack.alignment.items()))
-    dataset = dataset_json(layout.CHANNELS, LABELS, numTraining=len(pairs), name="MixMicrobleedNet",
-                           description="Cerebral microbleeds on T1, T2, T2* (seed layout converted by "
+    dataset = dataset_json(channels, LABELS, numTraining=len(pairs), name="MixMicrobleedNet",
+                           description=f"Cerebral microbleeds on {', '.join(channels)} (seed layout converted by "
                                        "mixmicrobleednet train)")
     (raw_dir / layout.DATASET_JSON).write_text(json.dumps(dataset, indent=2))
     # The part of nnU-Net's dataset fingerprint that the trainer copies; our plans are written
@@ -210,11 +232,16 @@ def _set_nnunet_folders(work_dir: Path) -> dict[str, str]:
 
 def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: str = "auto",
           work_dir: Path | None = None, epochs: int | None = None, iterations_per_epoch: int | None = None,
-          num_processes: int = 2) -> Path:
-    """Train fold `all` on every labelled case in `data_dir`; export the model folder to `out_dir`."""
+          num_processes: int = 2, channels: tuple[str, ...] = layout.CHANNELS) -> Path:
+    """Train fold `all` on every labelled case in `data_dir` with the network reading `channels`
+    (in that order; the T2* among them); export the model folder to `out_dir`."""
     from .model import resolve_device
 
     config = CONFIGS[config_name]
+    unknown = [c for c in channels if c not in layout.CHANNELS]
+    if unknown or layout.REFERENCE_CHANNEL not in channels or len(set(channels)) != len(channels):
+        raise ValueError(f"channels {list(channels)}: distinct channels among {', '.join(layout.CHANNELS)}, "
+                         f"{layout.REFERENCE_CHANNEL} included")
     work_dir = Path(work_dir or out_dir.parent / f"{out_dir.name}.nnunet-work")
     folders = _set_nnunet_folders(work_dir)
     os.environ.setdefault("nnUNet_n_proc_DA", str(max(1, num_processes - 1)))
@@ -224,13 +251,13 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
     raw_dir = Path(folders["nnUNet_raw"]) / DATASET_NAME
     if raw_dir.exists():
         shutil.rmtree(raw_dir)
-    fingerprint = write_raw_dataset(training_cases(data_dir), raw_dir)
+    fingerprint = write_raw_dataset(training_cases(data_dir), raw_dir, channels)
 
     preprocessed_dir = Path(folders["nnUNet_preprocessed"]) / DATASET_NAME
     preprocessed_dir.mkdir(parents=True, exist_ok=True)
     (preprocessed_dir / "dataset_fingerprint.json").write_text(json.dumps(fingerprint, indent=2))
     plans = make_plans(config, [float(v) for v in np.median(fingerprint["spacings"], 0)],
-                       [int(v) for v in np.median(fingerprint["shapes_before_crop"], 0)])
+                       [int(v) for v in np.median(fingerprint["shapes_before_crop"], 0)], channels)
     (preprocessed_dir / f"{PLANS_NAME}.json").write_text(json.dumps(plans, indent=2))
     shutil.copy(raw_dir / "dataset.json", preprocessed_dir / "dataset.json")
 
@@ -253,7 +280,7 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
 
     export_model(Path(trainer.output_folder_base), out_dir)
     hours = (time.time() - started) / 3600
-    _write_training_record(out_dir, config, trainer, data_dir, hours, torch_device)
+    _write_training_record(out_dir, config, trainer, data_dir, hours, torch_device, channels)
     log.info("model written to %s (%.2f h)", out_dir, hours)
     return out_dir
 
@@ -293,7 +320,8 @@ def write_random_model(out_dir: Path, config_name: str = "compact", seed: int = 
                                "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)})
 
 
-def _write_training_record(out_dir: Path, config: TrainingConfig, trainer, data_dir: Path, hours: float, device) -> None:
+def _write_training_record(out_dir: Path, config: TrainingConfig, trainer, data_dir: Path, hours: float, device,
+                           channels: tuple[str, ...]) -> None:
     import platform
 
     import torch
@@ -301,6 +329,7 @@ def _write_training_record(out_dir: Path, config: TrainingConfig, trainer, data_
     record = {
         "config": config.name,
         "configuration": config.configuration,
+        "channels": list(channels),
         "epochs": trainer.num_epochs,
         "iterations_per_epoch": trainer.num_iterations_per_epoch,
         "training_hours": round(hours, 3),

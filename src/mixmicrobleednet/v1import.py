@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from . import layout
-from .modelfolder import PROBABILITY_AGGREGATION, dataset_json, write_model_folder
+from .modelfolder import PROBABILITY_AGGREGATION
+from .train import dataset_json, write_model_folder
 
 log = logging.getLogger(__name__)
 
