@@ -48,10 +48,12 @@ def cohorts(tmp_path_factory):
     return folder
 
 
-def run_container(image, input_dir: Path, output_dir: Path, *mounts: str) -> subprocess.CompletedProcess:
+def run_container(image, input_dir: Path, output_dir: Path, *mounts: str, options: tuple[str, ...] = ()
+                  ) -> subprocess.CompletedProcess:
     output_dir.mkdir(mode=0o777)
     output_dir.chmod(0o777)
-    return docker("run", *LOCKED, "-v", f"{input_dir}:/input:ro", "-v", f"{output_dir}:/output", *mounts, image, "--fast")
+    return docker("run", *LOCKED, "-v", f"{input_dir}:/input:ro", "-v", f"{output_dir}:/output", *mounts, image, "--fast",
+                  *options)
 
 
 def readable_by_the_image_user(folder: Path) -> Path:
@@ -163,13 +165,14 @@ def test_three_cohorts_then_broken_cases_container_and_cli_agree(image, cohorts,
     (broken / layout.input_name(stem("nochannel"), "T2S")).write_bytes((cohorts / layout.input_name(stem("s4c002"), "T2S")).read_bytes())
     for channel in layout.CHANNELS:
         (broken / layout.input_name(stem("garbage"), channel)).write_text("this is not an image")
-    container = run_container(image, broken, tmp_path / "container")
+    # the three-channel model by name, as the CLI below: with auto, "nochannel" (T1 and T2*) would get the T2*-only model
+    container = run_container(image, broken, tmp_path / "container", options=("--model", "phantom-t1-t2-t2s"))
     assert container.returncode == 1
     report = json.loads((tmp_path / "container" / "results.json").read_text())
     errors = {e["inputs"][0]["filename"][0]: e["error_messages"] for e in report}
     assert errors[layout.input_name(stem("nochannel"), "T1")] == [
-        "missing T2 channel: expected file sub-nochannel_space-T2S_desc-masked_T2.nii.gz, needed by model weights "
-        "(channels T1, T2, T2S)"]
+        "missing T2 channel: expected file sub-nochannel_space-T2S_desc-masked_T2.nii.gz, needed by model "
+        "phantom-t1-t2-t2s (channels T1, T2, T2S)"]
     assert "sub-garbage_space-T2S_desc-masked_T2S.nii.gz: not a readable image" in errors[layout.input_name(stem("garbage"), "T1")][0]
     assert "missing T2 channel" in container.stderr and "not a readable image" in container.stderr
     assert_masks_on_t2s_grids(cohorts, tmp_path / "container", subjects)

@@ -29,6 +29,21 @@ def test_detection_counts_dice_and_voxel_rates():
     assert m["count_difference"] == 0
 
 
+def test_false_positives_are_counted_by_the_mimic_they_sit_on():
+    reference, prediction, mimics = _blank(), _blank(), _blank()
+    reference[2:4, 2:4, 2:4] = 1
+    prediction[2:4, 2:4, 2:4] = 1       # a hit on a vein is no false positive
+    mimics[:, 3, :] = 1                 # a vein along z and x at y = 3
+    prediction[6:8, 3:5, 10] = 1        # half on the vein: counted there
+    mimics[1:3, 15:18, 15:18] = 2       # pallidal iron
+    prediction[1, 16, 16] = 1
+    prediction[8, 17, 2] = 1            # on nothing
+    m = case_measures(reference, prediction, 1.0, mimics)
+    assert m["false_positives"] == 3
+    assert (m["false_positives_vein"], m["false_positives_pallidal_iron"], m["false_positives_other"]) == (1, 1, 1)
+    assert "false_positives_vein" not in case_measures(reference, prediction, 1.0)
+
+
 def test_cases_without_microbleeds():
     empty = case_measures(_blank(), _blank(), 1.0)
     assert np.isnan(empty["dice"]) and np.isnan(empty["precision"]) and np.isnan(empty["recall"])

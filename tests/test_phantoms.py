@@ -21,7 +21,7 @@ def lowres_case(template):
 
 
 def test_channels_share_the_t2s_grid_up_to_rounding(lowres_case):
-    channels, label, _, _ = lowres_case
+    channels, label, _, _, _ = lowres_case
     t2s = channels["T2S"]
     assert np.allclose(t2s.GetSpacing()[::-1], COHORTS["lowres"].spacing_zyx, rtol=0.05)
     for channel in ("T1", "T2"):
@@ -31,7 +31,7 @@ def test_channels_share_the_t2s_grid_up_to_rounding(lowres_case):
 
 
 def test_brain_masked_with_tissue_contrast(lowres_case):
-    channels, _, _, _ = lowres_case
+    channels, _, _, _, _ = lowres_case
     arrays = {c: sitk.GetArrayFromImage(i).astype(float) for c, i in channels.items()}
     brain = arrays["T1"] > 0
     assert 0.2 < brain.mean() < 0.8 and not arrays["T2S"][~brain].any()
@@ -41,7 +41,7 @@ def test_brain_masked_with_tissue_contrast(lowres_case):
 
 
 def test_microbleeds_bloom_and_are_labelled(lowres_case):
-    channels, label, bleeds, _ = lowres_case
+    channels, label, bleeds, _, _ = lowres_case
     labels, n = ndimage.label(sitk.GetArrayFromImage(label), np.ones((3, 3, 3)))
     assert len(bleeds) == 6 and n == 6
     t2s = sitk.GetArrayFromImage(channels["T2S"]).astype(float)
@@ -55,6 +55,17 @@ def test_microbleeds_bloom_and_are_labelled(lowres_case):
         contrast_t2s = t2s[lesion].mean() / t2s[ring].mean()
         contrast_t1 = t1[lesion].mean() / t1[ring].mean()
         assert contrast_t2s < 0.85 and contrast_t2s < contrast_t1
+
+
+def test_the_mimic_map_marks_the_veins_and_no_microbleed(lowres_case):
+    channels, label, _, _, mimics = lowres_case
+    mimic_array, t2s = sitk.GetArrayFromImage(mimics), sitk.GetArrayFromImage(channels["T2S"]).astype(float)
+    assert mimics.GetSize() == label.GetSize() and set(np.unique(mimic_array)) <= {0, *layout.MIMIC_LABELS}
+    veins = mimic_array == 1
+    assert veins.sum() > 50  # 3-8 veins of 20-60 mm
+    brain = t2s > 0
+    assert t2s[veins].mean() < 0.9 * t2s[brain & (mimic_array == 0)].mean()  # darker on T2*, as drawn
+    assert (veins & (sitk.GetArrayFromImage(label) > 0)).sum() < 0.05 * veins.sum()
 
 
 def test_thick_slices_get_partial_volume():
@@ -73,4 +84,5 @@ def test_cli_writes_the_seed_layout(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     subject = "s5c000"
     assert names == sorted([layout.input_name(stem(subject), c) for c in layout.CHANNELS]
-                           + [layout.label_name(stem(subject)), "microbleeds.csv", "phantoms.csv"])
+                           + [layout.label_name(stem(subject)), layout.mimic_map_name(stem(subject)),
+                              "microbleeds.csv", "phantoms.csv"])

@@ -13,7 +13,9 @@
   summary reports, which are what the MixMicrobleedNet paper's FDR 0.16 / FNR 0.15 are.
 
 Overall, counts are pooled over cases (sensitivity = all TP / all reference microbleeds,
-false positives per scan = all FP / cases); Dice is the mean over cases with microbleeds.
+false positives per scan = all FP / cases); Dice is the mean over cases with microbleeds. Where a
+phantom's mimic map lies beside its label (layout.mimic_map_name), each false positive is also
+counted by the mimic it sits on (most of its voxels; `other` when none): false_positives_vein, ….
 
 `valdo` — the VALDO 2021 challenge's own Task 2 rule (valdo_case_measures), as its public
 evaluation code computes it, aggregated as the challenge did (median and interquartile range).
@@ -37,7 +39,18 @@ from .lesions import label_microbleeds
 log = logging.getLogger(__name__)
 
 
-def case_measures(reference: np.ndarray, prediction: np.ndarray, voxel_volume_mm3: float) -> dict:
+def _false_positives_by_mimic(pred_labels: np.ndarray, false_components: list[int], mimics: np.ndarray) -> dict:
+    counts = {f"false_positives_{name}": 0 for name in [*layout.MIMIC_LABELS.values(), "other"]}
+    for component in false_components:
+        under = mimics[pred_labels == component]
+        values, voxels = np.unique(under[under > 0], return_counts=True)
+        name = layout.MIMIC_LABELS[int(values[np.argmax(voxels)])] if len(values) else "other"
+        counts[f"false_positives_{name}"] += 1
+    return counts
+
+
+def case_measures(reference: np.ndarray, prediction: np.ndarray, voxel_volume_mm3: float,
+                  mimics: np.ndarray | None = None) -> dict:
     reference, prediction = reference > 0, prediction > 0
     ref_labels, n_ref = label_microbleeds(reference)
     pred_labels, n_pred = label_microbleeds(prediction)
@@ -47,6 +60,8 @@ def case_measures(reference: np.ndarray, prediction: np.ndarray, voxel_volume_mm
     n_ref_vox, n_pred_vox = int(reference.sum()), int(prediction.sum())
     precision = true_predicted / n_pred if n_pred else np.nan
     recall = detected / n_ref if n_ref else np.nan
+    by_mimic = {} if mimics is None else _false_positives_by_mimic(
+        pred_labels, sorted(set(range(1, n_pred + 1)) - set(np.unique(pred_labels[prediction & reference]))), mimics)
     return {
         "n_reference": n_ref,
         "n_predicted": n_pred,
@@ -63,6 +78,7 @@ def case_measures(reference: np.ndarray, prediction: np.ndarray, voxel_volume_mm
         "volume_difference_mm3": abs(n_pred_vox - n_ref_vox) * voxel_volume_mm3,
         "voxel_fdr": (n_pred_vox - overlap) / n_pred_vox if n_pred_vox else np.nan,
         "voxel_fnr": (n_ref_vox - overlap) / n_ref_vox if n_ref_vox else np.nan,
+        **by_mimic,
     }
 
 
@@ -86,6 +102,8 @@ def summarise(per_case: pd.DataFrame) -> dict:
         "mean_volume_difference_mm3": float(per_case["volume_difference_mm3"].mean()),
         "voxel_fdr": float(per_case["voxel_fdr"].mean()),
         "voxel_fnr": float(per_case["voxel_fnr"].mean()),
+        **{f"{column}_per_scan": float(per_case[column].sum() / len(per_case))
+           for column in per_case.columns if column.startswith("false_positives_") and len(per_case)},
     }
 
 
@@ -208,7 +226,10 @@ def evaluate_folders(labels_dir: Path, predictions_dir: Path, out_dir: Path | No
             measures = valdo_case_measures(reference_array, prediction_array, reference.GetSpacing()[::-1],
                                            distance, distance_unit)
         else:
-            measures = case_measures(reference_array, prediction_array, float(np.prod(reference.GetSpacing())))
+            mimic_map = Path(labels_dir) / layout.mimic_map_name(case_id)
+            measures = case_measures(reference_array, prediction_array, float(np.prod(reference.GetSpacing())),
+                                     sitk.GetArrayFromImage(sitk.ReadImage(str(mimic_map)))
+                                     if mimic_map.is_file() else None)
         rows.append({"case": case_id, "subject": layout.parse_stem(case_id)["subject"], "matching": rule, **measures})
     per_case = pd.DataFrame(rows)
     if cohorts_csv:

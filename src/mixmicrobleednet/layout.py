@@ -70,6 +70,15 @@ def label_name(stem: str) -> str:
     return f"{stem}_CMB{NIFTI}"
 
 
+#: A phantom's mimic map (phantoms.py writes it beside the label): which mimic each voxel of the T2*
+#: grid shows, so that evaluation can say on what the false positives sit.
+MIMIC_LABELS: dict[int, str] = {1: "vein", 2: "pallidal_iron"}
+
+
+def mimic_map_name(stem: str) -> str:
+    return f"{stem}_mimics{NIFTI}"
+
+
 def parse_label_name(name: str) -> str | None:
     """The case stem of a label file name, or None."""
     match = _LABEL_RE.match(name)

@@ -283,9 +283,9 @@ def _raw_grid(grid: sitk.Image, rng: np.random.Generator) -> tuple[sitk.Image, s
 
 def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: np.random.Generator,
               template: _Template | None = None, raw: bool = False
-              ) -> tuple[dict[str, sitk.Image], sitk.Image, list[Microbleed], sitk.Image]:
-    """One phantom: channel images on their grids, the T2* label, the microbleeds drawn and the
-    brain mask on the T2* grid; `raw`: its raw twin (module docstring; the same draws first, so the
+              ) -> tuple[dict[str, sitk.Image], sitk.Image, list[Microbleed], sitk.Image, sitk.Image]:
+    """One phantom: channel images on their grids, the T2* label, the microbleeds drawn, the
+    brain mask and the mimic map (layout.MIMIC_LABELS) on the T2* grid; `raw`: its raw twin (module docstring; the same draws first, so the
     same subject and microbleeds)."""
     template = template or _Template()
     transform = _random_transform(template, rng)
@@ -337,14 +337,19 @@ def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: n
     scale = rng.uniform(200, 3000)
     dtype = rng.choice(["int16", "uint16", "float32"])
     channels: dict[str, sitk.Image] = {}
+    mimics = np.zeros(shape, np.uint8)
     for channel in layout.CHANNELS:
         own, movement = grids[channel]
         wm, gm, csf = (on_grid(m, channel) for m in (template.wm, template.gm, template.csf))
         brain = brains[channel]
         s_wm, s_gm, s_csf = _TISSUE_SIGNAL[channel]
         signal = s_wm * wm + s_gm * gm + s_csf * csf
-        signal *= 1 - _IRON_CONTRAST[channel] * on_grid(iron_map, channel)
-        signal *= 1 - _VESSEL_CONTRAST[channel] * on_grid(vessel_map, channel)
+        iron, vessels = on_grid(iron_map, channel), on_grid(vessel_map, channel)
+        signal *= 1 - _IRON_CONTRAST[channel] * iron
+        signal *= 1 - _VESSEL_CONTRAST[channel] * vessels
+        if channel == layout.REFERENCE_CHANNEL:  # where the mimics are (a third of a voxel or more)
+            for value, fraction in zip(layout.MIMIC_LABELS, (vessels, iron)):
+                mimics[(fraction >= 0.3) & (brain_mask > 0)] = value
         back = movement.GetInverse()
         moved = [replace(b, centre_lps=tuple(back.TransformPoint(b.centre_lps))) for b in bleeds]
         bleed_fraction = t2s_fraction if channel == "T2S" else _render_bleeds(brain.shape, own, moved,
@@ -367,10 +372,10 @@ def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: n
             image.SetOrigin((np.array(grid.GetOrigin()) + rng.uniform(-5e-5, 5e-5, 3)).tolist())
             image.SetSpacing((np.array(grid.GetSpacing()) * (1 + rng.uniform(-1e-6, 1e-6, 3))).tolist())
         channels[channel] = image
-    label_image, brain_image = sitk.GetImageFromArray(label), sitk.GetImageFromArray(brain_mask)
-    label_image.CopyInformation(grid)
-    brain_image.CopyInformation(grid)
-    return channels, label_image, bleeds, brain_image
+    label_image, brain_image, mimic_image = (sitk.GetImageFromArray(a) for a in (label, brain_mask, mimics))
+    for image in (label_image, brain_image, mimic_image):
+        image.CopyInformation(grid)
+    return channels, label_image, bleeds, brain_image, mimic_image
 
 
 def draw_microbleed_count(rng: np.random.Generator) -> int:
@@ -400,10 +405,12 @@ def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None,
         acquisition = COHORTS[cohorts[i % len(cohorts)]]
         subject = f"s{seed}c{i:03d}"
         stem = layout.case_stem(subject)
-        channels, label, bleeds, brain = make_case(subject, acquisition, draw_microbleed_count(rng), rng, template, raw)
+        channels, label, bleeds, brain, mimics = make_case(subject, acquisition, draw_microbleed_count(rng), rng,
+                                                           template, raw)
         for channel, image in channels.items():
             write_image_atomic(image, out_dir / layout.input_name(stem, channel))
         write_image_atomic(label, out_dir / layout.label_name(stem))
+        write_image_atomic(mimics, out_dir / layout.mimic_map_name(stem))  # what false positives sit on (evaluate)
         if raw:  # the truth for brain extraction, and a --brain-mask folder
             write_image_atomic(brain, out_dir / layout.brain_mask_name(stem))
         cases.append({"subject": subject, "cohort": acquisition.name, "n_microbleeds": len(bleeds),
