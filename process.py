@@ -7,9 +7,10 @@ case in /output/records/, /output/results.json and /output/summary.csv; or today
 interface (/input/inputs.json and one .mha/.tif per input socket under /input/images/<slug>/),
 written to its output sockets: the mask as /output/images/<slug>/output.mha and the count and
 total volume as JSON values (slugs: mixmicrobleednet/sockets.toml). A model folder at
-/opt/ml/model wins over the baked-in models (of which each case gets the one that fits it). Exit code 0 when every case finished, 1 when a case
-failed or none was found, 2 when the run could not start (model, input or output folder). Options
-after the image name are those of `mixmicrobleednet predict` but -i/-o/--model.
+/opt/ml/model wins over the baked-in models (of which each case gets the one that fits it) unless
+--model is given (a baked-in model's name or a mounted folder). Exit code 0 when every case
+finished, 1 when a case failed or none was found, 2 when the run could not start (model, input or
+output folder). Options after the image name are those of `mixmicrobleednet predict` but -i/-o.
 
 The BIDS-App form, `IMAGE BIDS_DIR OUTPUT_DIR participant|group [options]`, is `mixmicrobleednet
 bids` (the same code; the model as above unless --model is given).
@@ -25,7 +26,8 @@ from evalutils import SegmentationAlgorithm
 from pandas import DataFrame
 
 from mixmicrobleednet import layout
-from mixmicrobleednet.cli import add_bids_arguments, add_cohort_options, add_prediction_options, run_bids_app, run_options
+from mixmicrobleednet.cli import (add_bids_arguments, add_cohort_options, add_model_option, add_prediction_options,
+                                  run_bids_app, run_options)
 from mixmicrobleednet.imaging import ChannelStack
 from mixmicrobleednet.modelfolder import DEFAULT_MODEL, ModelFolder, choose_model_dir
 from mixmicrobleednet.runner import Run, RunError, exit_code, prepare_run
@@ -78,11 +80,13 @@ def main(argv=None, input_dir: Path = INPUT_DIR, output_dir: Path = OUTPUT_DIR) 
         return bids_app(argv)
     parser = argparse.ArgumentParser(description="MixMicrobleedNet container: /input → /output "
                                                  "(or BIDS_DIR OUTPUT_DIR participant|group: the BIDS App)")
+    add_model_option(parser)
     add_prediction_options(parser)
     add_cohort_options(parser)
+    parser.set_defaults(model=None)  # not given: a model at /opt/ml/model, else the baked-in ones
     args = parser.parse_args(argv)
     try:
-        run = prepare_run(input_dir, output_dir, run_options(args, choose_model_dir(DEFAULT_MODEL)))
+        run = prepare_run(input_dir, output_dir, run_options(args, args.model or choose_model_dir(DEFAULT_MODEL)))
         algorithm = MixMicrobleedNet(run)
         algorithm.process()
     except RunError as exc:
