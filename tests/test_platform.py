@@ -83,6 +83,36 @@ def test_missing_or_unreadable_socket_files_are_clear_errors(job, tmp_path, rand
     assert "inputs.json names no socket 't1-brain-mri' (the T1 image)" in case.input_problem
 
 
+def test_auto_gives_a_job_the_model_its_named_sockets_fit(job, tmp_path, random_model, monkeypatch, caplog):
+    """--model auto: inputs.json says which channels the job offers. A job naming only the T2*
+    socket gets the T2*-only model; one naming all three but lacking the T2 file is a broken job
+    (an error naming the socket), never quietly run with fewer channels."""
+    import shutil
+
+    from mixmicrobleednet.train import write_random_model
+
+    models = tmp_path / "models"
+    shutil.copytree(random_model, models / "three")
+    write_random_model(models / "t2s-only", channels=("T2S",))
+    monkeypatch.setenv("MIXMICROBLEEDNET_MODELS", str(models))
+    caplog.set_level("INFO")
+    common = ["--model", "auto", "--device", "cpu", "--fast"]
+
+    t2_file = next((job / "images" / "t2-brain-mri").glob("*.mha"))
+    t2_file.unlink()
+    assert main(["predict", "-i", str(job), "-o", str(tmp_path / "broken"), *common]) == 1
+    assert "model three for 1 case(s)" in caplog.text
+    assert "images/t2-brain-mri/: 0 .mha/.tif files for socket 't2-brain-mri', expected exactly 1" in caplog.text
+    assert not (tmp_path / "broken" / OUTPUT_MASK).exists()
+
+    entries = json.loads((job / "inputs.json").read_text())
+    (job / "inputs.json").write_text(json.dumps([e for e in entries if e["interface"]["slug"] == "t2-star-brain-mri"]))
+    caplog.clear()
+    assert main(["predict", "-i", str(job), "-o", str(tmp_path / "swi"), *common]) == 0
+    assert "model t2s-only for 1 case(s)" in caplog.text
+    assert (tmp_path / "swi" / OUTPUT_MASK).is_file()
+
+
 def test_unreadable_socket_image_names_the_file(job, tmp_path, random_model, caplog):
     t2s_file = next((job / "images" / "t2-star-brain-mri").glob("*.mha"))
     t2s_file.write_text("not an image")

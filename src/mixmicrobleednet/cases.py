@@ -85,17 +85,29 @@ def seed_cases(input_dir: Path) -> list[Case]:
     return cases
 
 
+def _platform_sockets(input_dir: Path) -> dict[str, str | None]:
+    """inputs.json's sockets: slug -> the folder the platform gave it (relative to /input)."""
+    inputs_json = input_dir / layout.PLATFORM_INPUTS_JSON
+    try:
+        entries = json.loads(inputs_json.read_text())
+        return {entry["interface"]["slug"]: entry["interface"].get("relative_path") for entry in entries}
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise InputFolderError(f"{inputs_json}: not a readable Grand-Challenge inputs.json "
+                               f"(a list of socket values with interface.slug): {exc}") from None
+
+
+def platform_channels(input_dir: Path) -> set[str]:
+    """The channels a Grand-Challenge job offers: those whose socket inputs.json names. A named
+    socket without its image is a broken job (an error), not a job without that channel."""
+    given = _platform_sockets(input_dir)
+    return {channel for channel, slug in layout.INPUT_SOCKETS.items() if slug in given}
+
+
 def platform_case(input_dir: Path, channels: tuple[str, ...]) -> Case:
     """The one case of a Grand-Challenge job: inputs.json names the sockets, each socket's folder
     under /input/images/<slug>/ holds one .mha or .tif image. Only the sockets of `channels` (the
     model's) are needed."""
-    inputs_json = input_dir / layout.PLATFORM_INPUTS_JSON
-    try:
-        entries = json.loads(inputs_json.read_text())
-        given = {entry["interface"]["slug"]: entry["interface"].get("relative_path") for entry in entries}
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise InputFolderError(f"{inputs_json}: not a readable Grand-Challenge inputs.json "
-                               f"(a list of socket values with interface.slug): {exc}") from None
+    given = _platform_sockets(input_dir)
     problems, paths = [], {}
     for channel in channels:
         slug = layout.INPUT_SOCKETS[channel]

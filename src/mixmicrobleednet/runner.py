@@ -24,7 +24,7 @@ import numpy as np
 from . import layout, records, regions
 from .brain import BrainSettings
 from .bids import bids_cases, is_bids_dataset, write_derivatives_description
-from .cases import Case, InputFolderError, platform_case, seed_cases, select_cases, uses_platform_interface
+from .cases import Case, InputFolderError, platform_case, platform_channels, seed_cases, select_cases, uses_platform_interface
 from .imaging import ChannelStack
 from .model import PredictionSettings
 from .modelfolder import DEFAULT_MODEL, ModelChoice, ModelError, ModelFolder, resolve_models
@@ -152,7 +152,7 @@ def prepare_run(input_dir: Path, output_dir: Path, options: RunOptions = RunOpti
             raise RunError(str(exc)) from None
     try:
         if input_layout == PLATFORM:  # its sockets say which model fits; then only that model's are needed
-            model = models.choose(platform_case(input_dir, models.channels).given_channels())
+            model = models.choose(platform_channels(input_dir))
             cases = [replace(platform_case(input_dir, model.channels), model=model)]
         elif input_layout == BIDS:
             cases = bids_cases(input_dir, models.channels, options.participants)
