@@ -68,6 +68,25 @@ def test_the_mimic_map_marks_the_veins_and_no_microbleed(lowres_case):
     assert (veins & (sitk.GetArrayFromImage(label) > 0)).sum() < 0.05 * veins.sum()
 
 
+def test_varied_phantoms_are_masked_as_an_extraction_leaves_them_and_mark_each_mimic(template):
+    """--varied (this seed draws a loosely masked case): tissue beyond the brain stays inside the
+    mask, as after a brain extraction, yet no label lies there; each mimic kind drawn is in the map."""
+    rng = np.random.default_rng(11)
+    channels, label, _, brain, mimics = make_case("v", COHORTS["lowres"], 4, rng, template, varied=True)
+    t2s = sitk.GetArrayFromImage(channels["T2S"]).astype(float)
+    inside, labelled = sitk.GetArrayFromImage(brain) > 0, sitk.GetArrayFromImage(label) > 0
+    beyond = (t2s > 0) & ~inside
+    assert beyond.sum() * np.prod(channels["T2S"].GetSpacing()) / 1000 > 20  # ml beyond the brain, kept
+    assert labelled.any() and not (labelled & ~inside).any()
+    mimic_array = sitk.GetArrayFromImage(mimics)
+    kinds = {layout.MIMIC_LABELS[v] for v in np.unique(mimic_array) if v}
+    assert {"vein", "pallidal_iron", "deep_iron"} <= kinds
+    plain = inside & (mimic_array == 0)
+    for kind in ("vein", "pallidal_iron"):
+        value = next(v for v, name in layout.MIMIC_LABELS.items() if name == kind)
+        assert t2s[mimic_array == value].mean() < 0.9 * t2s[plain].mean()
+
+
 def test_thick_slices_get_partial_volume():
     grid = sitk.Image([30, 30, 10], sitk.sitkFloat32)
     grid.SetSpacing((0.45, 0.45, 3.5))

@@ -1,3 +1,4 @@
+import json
 import pickle
 
 import numpy as np
@@ -51,3 +52,19 @@ def test_train_pipeline_end_to_end_exports_a_model_that_predicts(tmp_path):
     assert "optimizer_state" not in checkpoint and "network_weights" in checkpoint
     results = predict(data, tmp_path / "out", model_dir)
     assert [r.error_messages for r in results] == [[], []]
+
+    # fine-tuning (--init) starts from the model's weights: one step later they are still its own
+    from mixmicrobleednet.cli import main
+    from mixmicrobleednet.train import write_random_model
+
+    tuned = train(data, tmp_path / "tuned", "compact", device="cpu", epochs=1, iterations_per_epoch=1,
+                  init_from=model_dir)
+    start, other = checkpoint["network_weights"], torch.load(
+        write_random_model(tmp_path / "other", seed=5) / "fold_all" / "checkpoint_final.pth")["network_weights"]
+    after = torch.load(tuned / "fold_all" / "checkpoint_final.pth")["network_weights"]
+    moved = sum(float((after[k].float() - start[k].float()).norm()) for k in start)
+    assert moved < 0.1 * sum(float((other[k].float() - start[k].float()).norm()) for k in start)
+    assert json.loads((tuned / "training.json").read_text())["initialised_from"] == str(model_dir)
+    t2s_only = write_random_model(tmp_path / "t2s", channels=("T2S",))
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "x"), "--init", str(t2s_only)]) == 2
+    assert not (tmp_path / "x").exists()

@@ -229,7 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     phantoms.add_argument("--n", type=int, required=True, help="number of cases (cohorts take turns)")
     phantoms.add_argument("--seed", type=int, required=True)
     phantoms.add_argument("--cohort", action="append",
-                          help="acquisition(s) to use, in turn: highres3d, thickslice, lowres (default: all three)")
+                          help="acquisition(s) to use, in turn: highres3d, thickslice, lowres (default: these three), "
+                               "midslice (2 x 0.6 x 0.6 mm, not a VALDO cohort: for held-out sets)")
+    phantoms.add_argument("--varied", action="store_true",
+                          help="mimics (veins, calcifications, iron, signal loss near air), contrast, noise and mask "
+                               "extent drawn from wide distributions")
     phantoms.add_argument("--raw", action="store_true",
                           help="the raw twins of the phantoms this seed gives: not skull-stripped (the Colin27 head "
                                "of mricron-data), T1/T2 on grids of their own, moved between scans")
@@ -246,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"the channels the network reads, in this order ({layout.REFERENCE_CHANNEL} among them; "
                             f"default: {' '.join(layout.CHANNELS)}); e.g. {layout.REFERENCE_CHANNEL} alone for a "
                             "model of T2*/SWI-only cohorts")
+    train.add_argument("--init", type=Path, metavar="MODEL_DIR",
+                       help="start from this model folder's weights (same configuration and channels): fine-tuning")
 
     import_v1 = commands.add_parser("import-v1", help="convert an nnU-Net v1 3d_fullres model (such as the 2021 "
                                                      "MixMicrobleedNet checkpoint) into a model folder for --model")
@@ -299,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         from .phantoms import generate
 
         try:
-            generate(args.out, args.n, args.seed, args.cohort, args.raw)
+            generate(args.out, args.n, args.seed, args.cohort, args.raw, args.varied)
         except ValueError as exc:
             log.error("%s", exc)
             return 2
@@ -307,8 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         from .train import train
 
-        train(args.data, args.out, args.config, device=args.device, work_dir=args.work, epochs=args.epochs,
-              iterations_per_epoch=args.iterations_per_epoch, channels=tuple(args.channels))
+        try:
+            train(args.data, args.out, args.config, device=args.device, work_dir=args.work, epochs=args.epochs,
+                  iterations_per_epoch=args.iterations_per_epoch, channels=tuple(args.channels),
+                  init_from=args.init)
+        except ValueError as exc:  # no labelled cases, channels, --init
+            log.error("%s", exc)
+            return 2
         return 0
     if args.command == "import-v1":
         from .v1import import V1ImportError, import_v1

@@ -72,7 +72,7 @@ def label_name(stem: str) -> str:
 
 #: A phantom's mimic map (phantoms.py writes it beside the label): which mimic each voxel of the T2*
 #: grid shows, so that evaluation can say on what the false positives sit.
-MIMIC_LABELS: dict[int, str] = {1: "vein", 2: "pallidal_iron"}
+MIMIC_LABELS: dict[int, str] = {1: "vein", 2: "pallidal_iron", 3: "dentate", 4: "deep_iron", 5: "air_artefact"}
 
 
 def mimic_map_name(stem: str) -> str:

@@ -12,6 +12,13 @@ partial volume; the label is the T2* extent (VALDO raters annotated on T2*). Eac
 location (MARS region and category) is the region map of regions.py (AAL and the JHU white-matter
 labels, from Debian's mricron-data) at its true place in the template, which is in MNI space.
 
+Varied phantoms (`varied=True`, `phantoms --varied`) draw mimics and contrast from wide
+distributions instead (#16: what tells a mimic from a microbleed, not one look): veins of any
+calibre, length, curvature and orientation with branches, pallidal calcification symmetric or not,
+dentate calcification, deep grey-matter iron, signal loss near air, per-channel contrast and noise
+scaled at random, SWI-like T2* (darker veins and microbleeds), and half of the cases masked loosely
+as a brain extraction leaves them (CSF and a rim of the Colin27 head up to 6 mm beyond the brain).
+
 Raw twins (`raw=True`, `phantoms --raw`): the same subject, microbleeds and T2* acquisition as
 straight from the scanner: not skull-stripped (the Colin27 head from Debian's mricron-data around
 the brain, in each channel's contrast, and noise in the background) and T1/T2 on grids of their own
@@ -53,23 +60,39 @@ COHORTS: dict[str, Acquisition] = {
         Acquisition("highres3d", (0.8, 0.49, 0.49), noise=0.045),
         Acquisition("thickslice", (3.5, 0.45, 0.45), noise=0.035),
         Acquisition("lowres", (3.0, 1.0, 1.0), noise=0.025),
+        # Not a VALDO cohort: a voxel size that no training phantom has, for held-out sets.
+        Acquisition("midslice", (2.0, 0.6, 0.6), noise=0.03),
     )
 }
+#: The acquisitions that take turns when none are named.
+VALDO_COHORTS = ("highres3d", "thickslice", "lowres")
 
 # Relative signal of (white matter, grey matter, CSF) per channel, roughly 3T values.
 _TISSUE_SIGNAL = {"T1": (1.0, 0.62, 0.22), "T2": (0.45, 0.62, 1.0), "T2S": (0.55, 0.70, 0.92)}
 # How far each channel's microbleed extends relative to T2* (blooming) and how dark its core is.
 _BLOOM_RADIUS = {"T1": 0.5, "T2": 0.7, "T2S": 1.0}
 _BLEED_CONTRAST = {"T1": 0.12, "T2": 0.55, "T2S": 0.85}
-# Iron or calcification in the globus pallidus: darker on T2*, a little on T2, none on T1.
-_IRON_CONTRAST = {"T1": 0.0, "T2": 0.25, "T2S": 0.55}
-# Veins and flow voids: dark on T2* and T2, slightly on T1.
-_VESSEL_CONTRAST = {"T1": 0.15, "T2": 0.6, "T2S": 0.6}
+# How much each mimic darkens each channel (at full voxel fraction). Veins and flow voids: dark on
+# T2* and T2, slightly on T1. Calcification or iron in the globus pallidus and the dentate nucleus,
+# iron in the other deep grey matter: dark on T2*, a little on T2, none on T1. Susceptibility
+# artefacts near air (frontal sinus, temporal bone): signal loss on T2* alone. Applied in this order.
+_MIMIC_CONTRAST = {
+    "pallidal_iron": {"T1": 0.0, "T2": 0.25, "T2S": 0.55},
+    "vein": {"T1": 0.15, "T2": 0.6, "T2S": 0.6},
+    "dentate": {"T1": 0.0, "T2": 0.2, "T2S": 0.5},
+    "deep_iron": {"T1": 0.0, "T2": 0.15, "T2S": 0.35},
+    "air_artefact": {"T1": 0.0, "T2": 0.05, "T2S": 0.75},
+}
 
 # Template-space (LPS, mm) places for microbleeds and mimics, from MNI coordinates.
 _DEEP_CENTRES = [(-12, 18, 6), (12, 18, 6), (-25, -2, 0), (25, -2, 0), (-14, -10, 12), (14, -10, 12)]
 _INFRATENTORIAL_CENTRES = [(0, 28, -35), (-22, 60, -35), (22, 60, -35)]
 _PALLIDUM_CENTRES = [(-19, 3, -1), (19, 3, -1)]
+_DENTATE_CENTRES = [(-14, 56, -34), (14, 56, -34)]
+# Putamen, substantia nigra, red nucleus (both sides): iron-rich deep grey matter.
+_DEEP_IRON_CENTRES = [(-25, -2, 2), (25, -2, 2), (-10, 18, -12), (10, 18, -12), (-4, 19, -8), (4, 19, -8)]
+# Where air lies next to the brain: above the frontal sinus, over the temporal bones.
+_AIR_CENTRES = [(0, -48, -18), (-42, 20, -30), (42, 20, -30)]
 _LOCATION_WEIGHTS = {"lobar": 0.6, "deep": 0.25, "infratentorial": 0.15}
 
 #: A raw scan's field of view reaches this far (mm) beyond the brain: the head.
@@ -154,16 +177,77 @@ def _draw_mimics(template: _Template, rng: np.random.Generator) -> tuple[np.ndar
         for _ in range(int(rng.uniform(20, 60) / 0.5)):
             direction = direction / np.linalg.norm(direction) + rng.normal(scale=0.15, size=3)
             points.append(points[-1] + 0.5 * direction / np.linalg.norm(direction))
-        points = np.array(points)
-        radius = rng.uniform(0.5, 1.1)
-        lo = np.maximum(np.floor(points.min(0) - 3).astype(int), 0)
-        hi = np.minimum(np.ceil(points.max(0) + 3).astype(int), np.array(shape) - 1)
-        box = np.stack(np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(lo, hi)], indexing="ij"), -1)
-        dist, _ = cKDTree(points).query(box.reshape(-1, 3))
-        frac = np.clip(radius + 0.5 - dist, 0, 1).reshape(box.shape[:3]).astype(np.float32)
-        sl = tuple(slice(a, b + 1) for a, b in zip(lo, hi))
-        vessels[sl] = np.maximum(vessels[sl], frac * template.brain[sl])
-    return vessels, iron
+        _add_tube(vessels, template, np.array(points), rng.uniform(0.5, 1.1))
+    return {"pallidal_iron": iron, "vein": vessels}
+
+
+def _add_tube(vessels: np.ndarray, template: _Template, points: np.ndarray, radius: float) -> None:
+    """A vessel of `radius` mm along `points` (template index, 1 mm) into `vessels`, within the brain."""
+    shape = vessels.shape
+    lo = np.maximum(np.floor(points.min(0) - radius - 2).astype(int), 0)
+    hi = np.minimum(np.ceil(points.max(0) + radius + 2).astype(int), np.array(shape) - 1)
+    box = np.stack(np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(lo, hi)], indexing="ij"), -1)
+    dist, _ = cKDTree(points).query(box.reshape(-1, 3))
+    frac = np.clip(radius + 0.5 - dist, 0, 1).reshape(box.shape[:3]).astype(np.float32)
+    sl = tuple(slice(a, b + 1) for a, b in zip(lo, hi))
+    vessels[sl] = np.maximum(vessels[sl], frac * template.brain[sl])
+
+
+def _ellipsoids(template: _Template, centres, semi_mm: np.ndarray, rng: np.random.Generator,
+                sizes: np.ndarray | None = None) -> np.ndarray:
+    """Soft ellipsoids (semi-axes in mm, z y x, each scaled by `sizes`) at template LPS centres."""
+    out = np.zeros(template.brain.shape, np.float32)
+    zz, yy, xx = np.indices(out.shape, dtype=np.float32)
+    for centre, size in zip(centres, sizes if sizes is not None else np.ones(len(centres))):
+        if size < 0.3:  # absent on this side
+            continue
+        c = template.lps_to_index(tuple(np.array(centre) + rng.normal(scale=1.5, size=3)))
+        semi = semi_mm * size
+        d = np.sqrt(((zz - c[0]) / semi[0]) ** 2 + ((yy - c[1]) / semi[1]) ** 2 + ((xx - c[2]) / semi[2]) ** 2)
+        out = np.maximum(out, _soft_inside(d, 1.0, 0.15))
+    return out
+
+
+def _draw_varied_mimics(template: _Template, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Mimic fraction maps from wide distributions (#16): veins of any calibre (0.3-2 mm radius),
+    length, curvature and orientation (a third nearly through-plane, round on thick slices), some
+    branching; pallidal calcification symmetric or one-sided; dentate calcification; iron in the
+    deep grey matter; signal loss near air. Each kind may be absent; the maps are extents (how
+    dark each is, is the case's look)."""
+    shape = template.brain.shape
+    maps = {name: np.zeros(shape, np.float32) for name in _MIMIC_CONTRAST}
+    if rng.random() < 0.7:
+        sides = rng.uniform(0.6, 1.3, 2) * ([1, 1] if rng.random() < 0.6 else rng.permutation([1, 0]))
+        maps["pallidal_iron"] = _ellipsoids(template, _PALLIDUM_CENTRES, np.array([5.0, 4.0, 3.0]), rng, sides)
+    if rng.random() < 0.3:
+        maps["dentate"] = _ellipsoids(template, _DENTATE_CENTRES, np.array([5.0, 7.0, 5.0]),
+                                      rng, rng.uniform(0.5, 1.1, 2))
+    if rng.random() < 0.5:
+        maps["deep_iron"] = _ellipsoids(template, _DEEP_IRON_CENTRES, np.array([5.0, 6.0, 4.0]),
+                                        rng, rng.uniform(0.5, 1.0, 6))
+    if rng.random() < 0.6:
+        maps["air_artefact"] = _ellipsoids(template, _AIR_CENTRES, np.array([9.0, 12.0, 12.0]),
+                                           rng, rng.uniform(0.0, 1.2, 3)) * template.brain
+    inside = np.argwhere(ndimage.binary_erosion(template.brain, iterations=2))
+    for _ in range(rng.integers(2, 15)):
+        start = inside[rng.integers(len(inside))].astype(float)
+        through_plane = rng.random() < 0.35
+        direction = np.array([1.0, 0, 0]) + rng.normal(scale=0.2, size=3) if through_plane else rng.normal(size=3)
+        wiggle = rng.uniform(0.02, 0.1) if through_plane else rng.uniform(0.03, 0.35)
+        radius = float(np.exp(rng.uniform(np.log(0.3), np.log(2.0))))
+        points = [start]
+        for _ in range(int(rng.uniform(10, 90) / 0.5)):
+            direction = direction / np.linalg.norm(direction) + rng.normal(scale=wiggle, size=3)
+            points.append(points[-1] + 0.5 * direction / np.linalg.norm(direction))
+        _add_tube(maps["vein"], template, np.array(points), radius)
+        if rng.random() < 0.3:  # a branch, thinner
+            branch = [points[rng.integers(len(points))]]
+            turn = rng.normal(size=3)
+            for _ in range(int(rng.uniform(8, 30) / 0.5)):
+                turn = turn / np.linalg.norm(turn) + rng.normal(scale=wiggle, size=3)
+                branch.append(branch[-1] + 0.5 * turn / np.linalg.norm(turn))
+            _add_tube(maps["vein"], template, np.array(branch), radius * rng.uniform(0.4, 0.8))
+    return maps
 
 
 def _choose_microbleeds(template: _Template, rng: np.random.Generator, count: int) -> list[tuple[np.ndarray, float, str]]:
@@ -281,19 +365,66 @@ def _raw_grid(grid: sitk.Image, rng: np.random.Generator) -> tuple[sitk.Image, s
     return own, random_rigid(rng, tuple(centre))
 
 
+@dataclass(frozen=True)
+class _Look:
+    """One case's contrast: tissue signal and mimic/microbleed darkening per channel, noise scale,
+    and, for a loosely masked case, how far the mask reaches beyond the brain (mm; None: exactly
+    the brain)."""
+
+    tissue: dict[str, tuple[float, float, float]]
+    mimic: dict[str, dict[str, float]]
+    bleed: dict[str, float]
+    noise: float = 1.0
+    loose_mask_mm: float | None = None
+
+
+_FIXED_LOOK = _Look(_TISSUE_SIGNAL, _MIMIC_CONTRAST, _BLEED_CONTRAST)
+
+
+def _draw_look(rng: np.random.Generator) -> _Look:
+    """A varied case's contrast (#16): no single intensity recipe to learn. Each tissue signal and
+    darkening is scaled at random per channel; a third of the T2* scans are SWI-like (veins and
+    microbleeds darker); half of the cases are masked loosely, as a brain extraction leaves them
+    (CSF, meninges and a rim of skull inside the mask), up to 6 mm beyond the brain."""
+    swi = rng.random() < 0.35
+    tissue = {c: tuple(float(v) for v in np.array(values) * rng.uniform(0.85, 1.15, 3))
+              for c, values in _TISSUE_SIGNAL.items()}
+    mimic = {name: {c: float(min(0.95, v * rng.uniform(0.4, 1.3) * (1.4 if swi and name == "vein" and c == "T2S"
+                                                                      else 1.0)))
+                    for c, v in contrasts.items()} for name, contrasts in _MIMIC_CONTRAST.items()}
+    bleed = {c: float(min(0.97, v * rng.uniform(0.75, 1.1))) for c, v in _BLEED_CONTRAST.items()}
+    if swi:
+        bleed["T2S"] = float(rng.uniform(0.9, 0.97))
+    loose = float(rng.uniform(0.5, 6.0)) if rng.random() < 0.5 else None
+    return _Look(tissue, mimic, bleed, float(rng.uniform(0.6, 1.8)), loose)
+
+
+def _loose_mask(brain_mask: np.ndarray, intracranial: np.ndarray, grid: sitk.Image, reach_mm: float,
+                rng: np.random.Generator) -> np.ndarray:
+    """A brain extraction's mask: the brain and the intracranial space, grown by up to `reach_mm`
+    with an uneven edge (a smooth random field), holes filled."""
+    spacing = np.array(grid.GetSpacing())[::-1]
+    distance = ndimage.distance_transform_edt(~(brain_mask.astype(bool) | intracranial), sampling=spacing)
+    wobble = ndimage.gaussian_filter(rng.normal(size=brain_mask.shape), sigma=8 / spacing)
+    wobble /= max(float(np.abs(wobble).max()), 1e-6)
+    return ndimage.binary_fill_holes(distance <= reach_mm * (0.6 + 0.4 * wobble)).astype(np.uint8)
+
+
 def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: np.random.Generator,
-              template: _Template | None = None, raw: bool = False
+              template: _Template | None = None, raw: bool = False, varied: bool = False
               ) -> tuple[dict[str, sitk.Image], sitk.Image, list[Microbleed], sitk.Image, sitk.Image]:
     """One phantom: channel images on their grids, the T2* label, the microbleeds drawn, the
-    brain mask and the mimic map (layout.MIMIC_LABELS) on the T2* grid; `raw`: its raw twin (module docstring; the same draws first, so the
-    same subject and microbleeds)."""
+    brain mask and the mimic map (layout.MIMIC_LABELS) on the T2* grid; `raw`: its raw twin
+    (module docstring; the same draws first, so the same subject and microbleeds); `varied`: mimics,
+    contrast and masks drawn from wide distributions (_draw_varied_mimics, _draw_look)."""
     template = template or _Template()
     transform = _random_transform(template, rng)
     inverse = transform.GetInverse()
+    look = _draw_look(rng) if varied else _FIXED_LOOK
 
     # T2* grid: axial, covering the warped brain with a margin (a raw scan's: the head too).
     warped = np.array([inverse.TransformPoint(p.tolist()) for p in template.surface_lps])
-    margin = RAW_MARGIN_MM if raw else 4
+    margin = RAW_MARGIN_MM if raw else 12 if look.loose_mask_mm is not None else 4
     lo, hi = warped.min(0) - margin, warped.max(0) + margin
     spacing_xyz = np.array(acquisition.spacing_zyx[::-1]) * rng.uniform(0.97, 1.03)
     size = np.ceil((hi - lo) / spacing_xyz).astype(int)
@@ -301,7 +432,7 @@ def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: n
     grid.SetSpacing(spacing_xyz.tolist())
     grid.SetOrigin(lo.tolist())
 
-    vessel_map, iron_map = _draw_mimics(template, rng)
+    mimic_maps = _draw_varied_mimics(template, rng) if varied else _draw_mimics(template, rng)
     chosen = _choose_microbleeds(template, rng, n_microbleeds)
     in_template = [template.index_to_lps(c[None])[0] for c, _, _ in chosen]  # MNI, LPS
     # The truth is where each microbleed landed, not the pool it came from: the cortical grey matter
@@ -333,6 +464,10 @@ def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: n
     brains = {channel: on_grid(brain_map, channel) for channel in layout.CHANNELS}  # brain fraction per grid
     brain_mask = (brains[layout.REFERENCE_CHANNEL] > 0.5).astype(np.uint8)
     label *= brain_mask
+    keep = brain_mask
+    if look.loose_mask_mm is not None and not raw:
+        intracranial = on_grid(None, layout.REFERENCE_CHANNEL, _colin27_head()[1]) > 0.5
+        keep = _loose_mask(brain_mask, intracranial, grid, look.loose_mask_mm, rng)
 
     scale = rng.uniform(200, 3000)
     dtype = rng.choice(["int16", "uint16", "float32"])
@@ -342,27 +477,28 @@ def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: n
         own, movement = grids[channel]
         wm, gm, csf = (on_grid(m, channel) for m in (template.wm, template.gm, template.csf))
         brain = brains[channel]
-        s_wm, s_gm, s_csf = _TISSUE_SIGNAL[channel]
+        s_wm, s_gm, s_csf = look.tissue[channel]
         signal = s_wm * wm + s_gm * gm + s_csf * csf
-        iron, vessels = on_grid(iron_map, channel), on_grid(vessel_map, channel)
-        signal *= 1 - _IRON_CONTRAST[channel] * iron
-        signal *= 1 - _VESSEL_CONTRAST[channel] * vessels
+        fractions = {name: on_grid(m, channel) for name, m in mimic_maps.items() if m.any()}
+        for name, fraction in fractions.items():
+            signal *= 1 - look.mimic[name][channel] * fraction
         if channel == layout.REFERENCE_CHANNEL:  # where the mimics are (a third of a voxel or more)
-            for value, fraction in zip(layout.MIMIC_LABELS, (vessels, iron)):
-                mimics[(fraction >= 0.3) & (brain_mask > 0)] = value
+            for value, name in layout.MIMIC_LABELS.items():
+                if name in fractions:
+                    mimics[(fractions[name] >= 0.3) & (brain_mask > 0)] = value
         back = movement.GetInverse()
         moved = [replace(b, centre_lps=tuple(back.TransformPoint(b.centre_lps))) for b in bleeds]
         bleed_fraction = t2s_fraction if channel == "T2S" else _render_bleeds(brain.shape, own, moved,
                                                                               _BLOOM_RADIUS[channel])
-        signal *= 1 - _BLEED_CONTRAST[channel] * bleed_fraction
-        if raw:  # the head around the brain (the brain's edge blends into it)
+        signal *= 1 - look.bleed[channel] * bleed_fraction
+        if raw or keep is not brain_mask:  # the head around the brain (the brain's edge blends into it)
             head, intracranial = (on_grid(None, channel, image) for image in _colin27_head())
             signal += (1 - brain) * _head_signal(head, intracranial, channel)
         signal *= _bias_field(brain.shape, rng)
-        sigma = acquisition.noise * s_wm * rng.uniform(0.8, 1.25)
+        sigma = acquisition.noise * look.noise * s_wm * rng.uniform(0.8, 1.25)
         noisy = np.sqrt((signal + rng.normal(scale=sigma, size=brain.shape)) ** 2
                         + rng.normal(scale=sigma, size=brain.shape) ** 2)
-        values = (noisy * (1 if raw else brain > 0.5) * scale).astype(np.float32)
+        values = (noisy * (1 if raw else brain > 0.5 if keep is brain_mask else keep) * scale).astype(np.float32)
         if dtype != "float32":
             values = np.clip(np.round(values), 0, np.iinfo(dtype).max).astype(dtype)
         image = sitk.GetImageFromArray(values)
@@ -390,11 +526,13 @@ def draw_microbleed_count(rng: np.random.Generator) -> int:
     return int(rng.integers(11, 36))
 
 
-def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None, raw: bool = False) -> list[dict]:
+def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None, raw: bool = False,
+             varied: bool = False) -> list[dict]:
     """Write `n` phantoms (cohorts in turn) with their labels, phantoms.csv and microbleeds.csv;
-    `raw`: the raw twins of the phantoms the same seed gives (make_case)."""
+    `raw`: the raw twins of the phantoms the same seed gives; `varied`: wide mimic and contrast
+    distributions (make_case)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cohorts = cohorts or list(COHORTS)
+    cohorts = cohorts or list(VALDO_COHORTS)
     unknown = sorted(set(cohorts) - set(COHORTS))
     if unknown:
         raise ValueError(f"unknown acquisition(s) {', '.join(unknown)}: choose from {', '.join(COHORTS)}")
@@ -406,7 +544,7 @@ def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None,
         subject = f"s{seed}c{i:03d}"
         stem = layout.case_stem(subject)
         channels, label, bleeds, brain, mimics = make_case(subject, acquisition, draw_microbleed_count(rng), rng,
-                                                           template, raw)
+                                                           template, raw, varied)
         for channel, image in channels.items():
             write_image_atomic(image, out_dir / layout.input_name(stem, channel))
         write_image_atomic(label, out_dir / layout.label_name(stem))

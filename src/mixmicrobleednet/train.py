@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from . import layout
 from .cases import Case, seed_cases
 from .imaging import atomic_output, image_like, load_case
+from .modelfolder import ModelFolder, read_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +233,10 @@ def _set_nnunet_folders(work_dir: Path) -> dict[str, str]:
 
 def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: str = "auto",
           work_dir: Path | None = None, epochs: int | None = None, iterations_per_epoch: int | None = None,
-          num_processes: int = 2, channels: tuple[str, ...] = layout.CHANNELS) -> Path:
+          num_processes: int = 2, channels: tuple[str, ...] = layout.CHANNELS, init_from: Path | None = None) -> Path:
     """Train fold `all` on every labelled case in `data_dir` with the network reading `channels`
-    (in that order; the T2* among them); export the model folder to `out_dir`."""
+    (in that order; the T2* among them); export the model folder to `out_dir`. `init_from`: a model
+    folder of the same configuration and channels whose weights training starts from (fine-tuning)."""
     from .model import resolve_device
 
     config = CONFIGS[config_name]
@@ -242,6 +244,10 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
     if unknown or layout.REFERENCE_CHANNEL not in channels or len(set(channels)) != len(channels):
         raise ValueError(f"channels {list(channels)}: distinct channels among {', '.join(layout.CHANNELS)}, "
                          f"{layout.REFERENCE_CHANNEL} included")
+    initial = read_model_folder(Path(init_from)) if init_from else None
+    if initial and initial.channels != channels:
+        raise ValueError(f"--init {init_from}: its channels {', '.join(initial.channels)} are not the training's "
+                         f"{', '.join(channels)}")
     work_dir = Path(work_dir or out_dir.parent / f"{out_dir.name}.nnunet-work")
     folders = _set_nnunet_folders(work_dir)
     os.environ.setdefault("nnUNet_n_proc_DA", str(max(1, num_processes - 1)))
@@ -274,15 +280,28 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
     trainer.num_val_iterations_per_epoch = min(config.val_iterations_per_epoch, trainer.num_iterations_per_epoch)
     trainer.oversample_foreground_percent = config.oversample_foreground
     trainer.initial_lr = config.initial_lr
+    if initial:
+        _start_from(trainer, initial)
     log.info("training %s: %d epochs x %d iterations on %s", config.name, trainer.num_epochs,
              trainer.num_iterations_per_epoch, torch_device)
     trainer.run_training()
 
     export_model(Path(trainer.output_folder_base), out_dir)
     hours = (time.time() - started) / 3600
-    _write_training_record(out_dir, config, trainer, data_dir, hours, torch_device, channels)
+    _write_training_record(out_dir, config, trainer, data_dir, hours, torch_device, channels, init_from)
     log.info("model written to %s (%.2f h)", out_dir, hours)
     return out_dir
+
+
+def _start_from(trainer, model: ModelFolder) -> None:
+    """Load a model folder's weights, all of them, into the trainer's freshly built network (strict:
+    another architecture is refused, naming the layers)."""
+    import torch
+
+    trainer.initialize()
+    checkpoint = torch.load(model.path / layout.CHECKPOINT, map_location="cpu", weights_only=False)
+    trainer.network.load_state_dict(checkpoint["network_weights"])
+    log.info("training starts from the weights of %s", model.describe())
 
 
 def export_model(results_dir: Path, out_dir: Path) -> None:
@@ -321,7 +340,7 @@ def write_random_model(out_dir: Path, config_name: str = "compact", seed: int = 
 
 
 def _write_training_record(out_dir: Path, config: TrainingConfig, trainer, data_dir: Path, hours: float, device,
-                           channels: tuple[str, ...]) -> None:
+                           channels: tuple[str, ...], init_from: Path | None) -> None:
     import platform
 
     import torch
@@ -338,6 +357,7 @@ def _write_training_record(out_dir: Path, config: TrainingConfig, trainer, data_
         "machine": platform.platform(),
         "torch": torch.__version__,
         "training_data": str(data_dir),
+        "initialised_from": str(init_from) if init_from else None,
         "final_train_loss": float(trainer.logger.local_logger.my_fantastic_logging["train_losses"][-1]),
         "final_val_loss": float(trainer.logger.local_logger.my_fantastic_logging["val_losses"][-1]),
         "final_pseudo_dice": float(trainer.logger.local_logger.my_fantastic_logging["mean_fg_dice"][-1]),
