@@ -6,7 +6,7 @@ from scipy import ndimage
 from mixmicrobleednet import layout
 from mixmicrobleednet.layout import case_stem as stem
 from mixmicrobleednet.imaging import same_grid
-from mixmicrobleednet.phantoms import COHORTS, Microbleed, _render_bleeds, _Template, make_case
+from mixmicrobleednet.phantoms import COHORTS, Microbleed, _add_tube, _render_bleeds, _Template, make_case
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,12 @@ def test_varied_phantoms_are_masked_as_an_extraction_leaves_them_and_mark_each_m
     for kind in ("vein", "pallidal_iron"):
         value = next(v for v, name in layout.MIMIC_LABELS.items() if name == kind)
         assert t2s[mimic_array == value].mean() < 0.9 * t2s[plain].mean()
+
+
+def test_a_vessel_that_wanders_out_of_the_template_adds_nothing(template):
+    vessels = np.zeros(template.brain.shape, np.float32)
+    _add_tube(vessels, template, np.array([[-30.0, -30, -30], [-20, -25, -28]]), 1.0)
+    assert not vessels.any()
 
 
 def test_thick_slices_get_partial_volume():

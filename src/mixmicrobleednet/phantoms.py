@@ -186,6 +186,8 @@ def _add_tube(vessels: np.ndarray, template: _Template, points: np.ndarray, radi
     shape = vessels.shape
     lo = np.maximum(np.floor(points.min(0) - radius - 2).astype(int), 0)
     hi = np.minimum(np.ceil(points.max(0) + radius + 2).astype(int), np.array(shape) - 1)
+    if np.any(hi < lo):  # wandered out of the template's field of view
+        return
     box = np.stack(np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(lo, hi)], indexing="ij"), -1)
     dist, _ = cKDTree(points).query(box.reshape(-1, 3))
     frac = np.clip(radius + 0.5 - dist, 0, 1).reshape(box.shape[:3]).astype(np.float32)
