@@ -173,12 +173,20 @@ def _draw_mimics(template: _Template, rng: np.random.Generator) -> tuple[np.ndar
     for _ in range(rng.integers(3, 9)):
         start = candidates[rng.integers(len(candidates))].astype(float)
         direction = rng.normal(size=3)
-        points = [start]
-        for _ in range(int(rng.uniform(20, 60) / 0.5)):
-            direction = direction / np.linalg.norm(direction) + rng.normal(scale=0.15, size=3)
-            points.append(points[-1] + 0.5 * direction / np.linalg.norm(direction))
-        _add_tube(vessels, template, np.array(points), rng.uniform(0.5, 1.1))
+        points = _random_walk(start, direction, rng.uniform(20, 60), 0.15, rng)
+        _add_tube(vessels, template, points, rng.uniform(0.5, 1.1))
     return {"pallidal_iron": iron, "vein": vessels}
+
+
+def _random_walk(start: np.ndarray, direction: np.ndarray, length_mm: float, wiggle: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    """A vessel's centre line (template index, 1 mm): 0.5 mm steps from `start`, each turning by a
+    random `wiggle`."""
+    points = [start]
+    for _ in range(int(length_mm / 0.5)):
+        direction = direction / np.linalg.norm(direction) + rng.normal(scale=wiggle, size=3)
+        points.append(points[-1] + 0.5 * direction / np.linalg.norm(direction))
+    return np.array(points)
 
 
 def _add_tube(vessels: np.ndarray, template: _Template, points: np.ndarray, radius: float) -> None:
@@ -237,18 +245,12 @@ def _draw_varied_mimics(template: _Template, rng: np.random.Generator) -> dict[s
         direction = np.array([1.0, 0, 0]) + rng.normal(scale=0.2, size=3) if through_plane else rng.normal(size=3)
         wiggle = rng.uniform(0.02, 0.1) if through_plane else rng.uniform(0.03, 0.35)
         radius = float(np.exp(rng.uniform(np.log(0.3), np.log(2.0))))
-        points = [start]
-        for _ in range(int(rng.uniform(10, 90) / 0.5)):
-            direction = direction / np.linalg.norm(direction) + rng.normal(scale=wiggle, size=3)
-            points.append(points[-1] + 0.5 * direction / np.linalg.norm(direction))
-        _add_tube(maps["vein"], template, np.array(points), radius)
+        points = _random_walk(start, direction, rng.uniform(10, 90), wiggle, rng)
+        _add_tube(maps["vein"], template, points, radius)
         if rng.random() < 0.3:  # a branch, thinner
-            branch = [points[rng.integers(len(points))]]
-            turn = rng.normal(size=3)
-            for _ in range(int(rng.uniform(8, 30) / 0.5)):
-                turn = turn / np.linalg.norm(turn) + rng.normal(scale=wiggle, size=3)
-                branch.append(branch[-1] + 0.5 * turn / np.linalg.norm(turn))
-            _add_tube(maps["vein"], template, np.array(branch), radius * rng.uniform(0.4, 0.8))
+            fork = points[rng.integers(len(points))]
+            branch = _random_walk(fork, rng.normal(size=3), rng.uniform(8, 30), wiggle, rng)
+            _add_tube(maps["vein"], template, branch, radius * rng.uniform(0.4, 0.8))
     return maps
 
 
@@ -391,11 +393,11 @@ def _draw_look(rng: np.random.Generator) -> _Look:
     swi = rng.random() < 0.35
     tissue = {c: tuple(float(v) for v in np.array(values) * rng.uniform(0.85, 1.15, 3))
               for c, values in _TISSUE_SIGNAL.items()}
-    mimic = {name: {c: float(min(0.95, v * rng.uniform(0.4, 1.3) * (1.4 if swi and name == "vein" and c == "T2S"
-                                                                      else 1.0)))
-                    for c, v in contrasts.items()} for name, contrasts in _MIMIC_CONTRAST.items()}
+    mimic = {name: {c: float(min(0.95, v * rng.uniform(0.4, 1.3))) for c, v in contrasts.items()}
+             for name, contrasts in _MIMIC_CONTRAST.items()}
     bleed = {c: float(min(0.97, v * rng.uniform(0.75, 1.1))) for c, v in _BLEED_CONTRAST.items()}
-    if swi:
+    if swi:  # the drawn vein darkening is at most 0.6 x 1.3 < 0.95: capping before the boost changes nothing
+        mimic["vein"]["T2S"] = min(0.95, mimic["vein"]["T2S"] * 1.4)
         bleed["T2S"] = float(rng.uniform(0.9, 0.97))
     loose = float(rng.uniform(0.5, 6.0)) if rng.random() < 0.5 else None
     return _Look(tissue, mimic, bleed, float(rng.uniform(0.6, 1.8)), loose)
@@ -466,10 +468,10 @@ def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: n
     brains = {channel: on_grid(brain_map, channel) for channel in layout.CHANNELS}  # brain fraction per grid
     brain_mask = (brains[layout.REFERENCE_CHANNEL] > 0.5).astype(np.uint8)
     label *= brain_mask
-    keep = brain_mask
-    if look.loose_mask_mm is not None and not raw:
+    loose = look.loose_mask_mm is not None and not raw  # all channels on the T2* grid then
+    if loose:
         intracranial = on_grid(None, layout.REFERENCE_CHANNEL, _colin27_head()[1]) > 0.5
-        keep = _loose_mask(brain_mask, intracranial, grid, look.loose_mask_mm, rng)
+        loose_mask = _loose_mask(brain_mask, intracranial, grid, look.loose_mask_mm, rng)
 
     scale = rng.uniform(200, 3000)
     dtype = rng.choice(["int16", "uint16", "float32"])
@@ -493,14 +495,15 @@ def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: n
         bleed_fraction = t2s_fraction if channel == "T2S" else _render_bleeds(brain.shape, own, moved,
                                                                               _BLOOM_RADIUS[channel])
         signal *= 1 - look.bleed[channel] * bleed_fraction
-        if raw or keep is not brain_mask:  # the head around the brain (the brain's edge blends into it)
+        if raw or loose:  # the head around the brain (the brain's edge blends into it)
             head, intracranial = (on_grid(None, channel, image) for image in _colin27_head())
             signal += (1 - brain) * _head_signal(head, intracranial, channel)
         signal *= _bias_field(brain.shape, rng)
         sigma = acquisition.noise * look.noise * s_wm * rng.uniform(0.8, 1.25)
         noisy = np.sqrt((signal + rng.normal(scale=sigma, size=brain.shape)) ** 2
                         + rng.normal(scale=sigma, size=brain.shape) ** 2)
-        values = (noisy * (1 if raw else brain > 0.5 if keep is brain_mask else keep) * scale).astype(np.float32)
+        kept = 1 if raw else loose_mask if loose else brain > 0.5
+        values = (noisy * kept * scale).astype(np.float32)
         if dtype != "float32":
             values = np.clip(np.round(values), 0, np.iinfo(dtype).max).astype(dtype)
         image = sitk.GetImageFromArray(values)
