@@ -126,3 +126,30 @@ def test_qc_picture_for_detections_and_for_none(tmp_path):
     # four microbleeds: one row of four panels; nothing detected: a lightbox of up to 12 slices
     assert sitk.ReadImage(str(tmp_path / "qc.png")).GetSize()[1] < sitk.ReadImage(str(tmp_path / "none.png")).GetSize()[1]
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_edge_margin_drops_microbleeds_whose_centre_lies_near_the_brains_edge():
+    """A brain ball of radius 20 mm on 1 x 1 x 2 mm voxels; microbleeds centred 1.5, 4 and 12 mm
+    inside its surface: a 3 mm margin drops the first only, and the mask, table and count agree."""
+    spacing_xyz = (1.0, 1.0, 2.0)
+    grid = sitk.Image((60, 60, 30), sitk.sitkFloat32)
+    grid.SetSpacing(spacing_xyz)
+    z, y, x = np.indices((30, 60, 60)) * np.array(spacing_xyz[::-1])[:, None, None, None]
+    centre = np.array([30.0, 30.0, 30.0])  # z, y, x in mm
+    brain = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= 20.0 ** 2
+    probabilities = np.zeros(brain.shape, np.float32)
+    for depth, direction in [(1.5, [0, 0, 1]), (4.0, [0, 0, -1]), (12.0, [0, 1, 0])]:  # 2 mm balls
+        at = centre + np.multiply(direction, 20.0 - depth)
+        probabilities[(z - at[0]) ** 2 + (y - at[1]) ** 2 + (x - at[2]) ** 2 <= 1.0] = 0.9
+    assert extract_lesions(probabilities, grid, LesionSettings(), brain).count == 3
+    kept = extract_lesions(probabilities, grid, LesionSettings(edge_margin_mm=3.0), brain)
+    assert kept.count == 2 and kept.mask.sum() == kept.table["voxel_count"].sum()
+    assert sorted(kept.table[["centroid_i", "centroid_j"]].round().itertuples(index=False)) == [(30 - 16, 30), (30, 30 + 8)]
+    assert extract_lesions(probabilities, grid, LesionSettings(edge_margin_mm=5.0), brain).count == 1
+    # the grid's border counts as the brain's edge: a brain filling the grid still has one
+    assert extract_lesions(probabilities, grid, LesionSettings(edge_margin_mm=12.5), np.ones_like(brain)).count == 2
+    with pytest.raises(ValueError, match="brain mask"):
+        extract_lesions(probabilities, grid, LesionSettings(edge_margin_mm=3.0))
+    with pytest.raises(ValueError):
+        LesionSettings(edge_margin_mm=-1)
+    assert "3 mm or more inside the brain" in LesionSettings(edge_margin_mm=3.0).describe()

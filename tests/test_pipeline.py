@@ -284,7 +284,37 @@ def test_prediction_options_from_the_environment_and_the_command_line_wins(monke
     args = parse()
     assert (args.fast, args.threshold, args.device, args.no_qc) == (True, 0.7, "cpu", False)
     assert parse("--threshold", "0.3").threshold == 0.3
+    assert parse().edge_margin_mm == 0.0
+    monkeypatch.setenv("MIXMICROBLEEDNET_EDGE_MARGIN_MM", "3")
+    assert (parse().edge_margin_mm, parse("--edge-margin-mm", "2.5").edge_margin_mm) == (3.0, 2.5)
     monkeypatch.setenv("MIXMICROBLEEDNET_THRESHOLD", "2")
     with pytest.raises(SystemExit):
         parse()
     assert "MIXMICROBLEEDNET_THRESHOLD='2': must be a probability" in capsys.readouterr().err
+
+
+def test_edge_margin_uses_the_skull_stripped_scans_own_brain_with_its_holes_filled(tmp_path, random_model):
+    """A microbleed 1-2 voxels inside the brain's edge is dropped with --edge-margin-mm 2; one at the
+    centre stays although its darkest voxel equals the background value (a hole, not the edge)."""
+    paths = write_case(tmp_path / "input", "e1", shape=(20, 40, 36), spacing_xyz=(0.8, 0.8, 1.2))
+    t2s = sitk.ReadImage(str(paths["T2S"]))
+    values = sitk.GetArrayFromImage(t2s)
+    values[10, 20, 18] = 0
+    written = sitk.GetImageFromArray(values)
+    written.CopyInformation(t2s)
+    sitk.WriteImage(written, str(paths["T2S"]))
+
+    def two_dots(stack, model):
+        probabilities = np.zeros(stack.array.shape[1:], np.float32)
+        probabilities[10, 20, 18] = probabilities[10, 20, 33] = 1  # the centre; 1-2 voxels from the edge
+        return probabilities
+
+    for margin, expected in ((0.0, 2), (2.0, 1)):
+        out = tmp_path / f"out-{margin}"
+        [result] = run_cases(cases_for(tmp_path / "input", random_model),
+                             CaseRun(two_dots, out, settings=OutputSettings(LesionSettings(edge_margin_mm=margin))))
+        assert not result.error_messages and result.microbleed_count == expected
+        record = json.loads((out / layout.RECORDS_DIR / layout.record_name(stem("e1"))).read_text())
+        assert record["settings"]["output"]["lesions"]["edge_margin_mm"] == margin
+    table = np.loadtxt(out / result.outputs["lesions"], delimiter=",", skiprows=1, usecols=(1, 2, 3), ndmin=2)
+    np.testing.assert_allclose(table, [[18, 20, 10]])  # the centre one (i, j, k)

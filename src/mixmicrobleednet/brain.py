@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from . import layout
 from .cases import CaseError
@@ -73,6 +74,13 @@ def background_volume(t2s: sitk.Image) -> tuple[float, float]:
     array = sitk.GetArrayViewFromImage(t2s)
     above = int(np.count_nonzero(array > array.min()))
     return 1 - above / array.size, above * float(np.prod(t2s.GetSpacing())) / 1000
+
+
+def stripped_brain(t2s: sitk.Image) -> np.ndarray:
+    """The brain of a skull-stripped T2* scan (bool): what lies above its constant background, holes
+    filled (a microbleed's darkest voxels can reach the background value)."""
+    array = sitk.GetArrayViewFromImage(t2s)
+    return ndimage.binary_fill_holes(array > array.min())
 
 
 def is_skull_stripped(t2s: sitk.Image) -> tuple[bool, str, float]:

@@ -59,6 +59,9 @@ def add_prediction_options(parser: argparse.ArgumentParser) -> None:
                              "nnU-Net's argmax, as the seed)")
     parser.add_argument("--min-size-mm3", type=_non_negative, default=0.0,
                         help="drop microbleeds smaller than this volume in mm³ (default: 0, keep all)")
+    parser.add_argument("--edge-margin-mm", type=_non_negative, default=0.0,
+                        help="drop microbleeds whose centre lies within this distance of the brain mask's edge "
+                             "(default: 0, keep all; the T2*-only model's card measures 2.5)")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write the microbleed probability map (float32, T2* grid)")
     parser.add_argument("--no-qc", action="store_true", help="do not draw the QC picture per case")
@@ -96,6 +99,7 @@ ENVIRONMENT_OPTIONS = {
     "precision": ("MIXMICROBLEEDNET_PRECISION", _one_of(PRECISIONS)),
     "threshold": ("MIXMICROBLEEDNET_THRESHOLD", _probability),
     "min_size_mm3": ("MIXMICROBLEEDNET_MIN_SIZE_MM3", _non_negative),
+    "edge_margin_mm": ("MIXMICROBLEEDNET_EDGE_MARGIN_MM", _non_negative),
     "save_probabilities": ("MIXMICROBLEEDNET_SAVE_PROBABILITIES", _flag),
     "no_qc": ("MIXMICROBLEEDNET_NO_QC", _flag),
     "no_regions": ("MIXMICROBLEEDNET_NO_REGIONS", _flag),
@@ -190,7 +194,7 @@ def run_options(args: argparse.Namespace, model: str | Path):
 
     return RunOptions(
         model=model, device=args.device, prediction=PredictionSettings(use_mirroring=not args.fast, precision=args.precision),
-        output=OutputSettings(LesionSettings(args.threshold, args.min_size_mm3), args.save_probabilities, not args.no_qc,
+        output=OutputSettings(LesionSettings(args.threshold, args.min_size_mm3, args.edge_margin_mm), args.save_probabilities, not args.no_qc,
                               not args.no_regions),
         resume=args.resume, shard=args.shard, participants=tuple(args.participant_label),
         sessions=tuple(args.session_label), register=not args.no_registration,

@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import layout
-from .brain import BrainMask, BrainSettings, find_brain_mask
+from .brain import BrainMask, BrainSettings, find_brain_mask, stripped_brain
 from .cases import Case, CaseError
 from .registration import Registration, register_rigid
 
@@ -41,6 +41,11 @@ class ChannelStack:
     @property
     def spacing_zyx(self) -> tuple[float, float, float]:
         return tuple(float(s) for s in self.reference.GetSpacing()[::-1])
+
+    def brain_region(self) -> np.ndarray:
+        """The brain on the T2* grid (bool, z, y, x): the mask the channels were masked with, or a
+        skull-stripped scan's own."""
+        return self.brain.mask if self.brain.mask is not None else stripped_brain(self.reference)
 
     def channel_image(self, channel: str) -> sitk.Image:
         """One channel as it goes into the network (on the T2* grid, brain-masked)."""

@@ -144,7 +144,8 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
         with _stage(result, "prediction"):
             probabilities = run.predict(stack, case.model)
         with _stage(result, "lesions"):
-            lesions = extract_lesions(probabilities, stack.reference, run.settings.lesions)
+            lesions = extract_lesions(probabilities, stack.reference, run.settings.lesions,
+                                      stack.brain_region() if run.settings.lesions.edge_margin_mm else None)
         if run.settings.regions:
             with _stage(result, "regions"):
                 lesions, result.regions = regions.locate_lesions(stack, lesions,

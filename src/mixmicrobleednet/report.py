@@ -90,8 +90,7 @@ def write_qc_picture(path: Path, case_id: str, t2s: sitk.Image, lesions: Lesions
     spacing_x, spacing_y, _ = display.GetSpacing()
     vmin, vmax = _window(image)
     caption = (f"{case_id}: {lesions.count} microbleed{'s' if lesions.count != 1 else ''}, "
-               f"total {lesions.total_volume_mm3:.1f} mm³  (p > {settings.threshold:g}, "
-               f"min size {settings.min_size_mm3:g} mm³)")
+               f"total {lesions.total_volume_mm3:.1f} mm³  ({settings.describe()})")
     if lesions.count and "region_category" in lesions.table and lesions.table["region_category"].notna().all():
         counted = regions.counts(lesions.table)["categories"]  # as the record and the summary count them
         caption += "\n" + ", ".join(f"{n} {c}" for c, n in counted.items()) + \
@@ -115,7 +114,7 @@ def write_qc_picture(path: Path, case_id: str, t2s: sitk.Image, lesions: Lesions
                 title += f"\n{row.region} ({row.region_category}), {row.hemisphere}"
             panels.append((image[crop], mask[crop], title))
     else:
-        caption = f"{case_id}: no microbleeds detected  (p > {settings.threshold:g}, min size {settings.min_size_mm3:g} mm³)"
+        caption = f"{case_id}: no microbleeds detected  ({settings.describe()})"
         occupied = np.flatnonzero(image.reshape(image.shape[0], -1).max(1) > 0)
         first, last = (occupied[0], occupied[-1]) if occupied.size else (0, image.shape[0] - 1)
         slices = np.unique(np.linspace(first, last, min(QC_MAX_PANELS, last - first + 1)).round().astype(int))

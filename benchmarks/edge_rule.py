@@ -1,0 +1,61 @@
+"""The edge rule (`--edge-margin-mm`) measured on phantoms: which margin, and what it costs.
+
+    .venv/bin/mixmicrobleednet predict -i work/phantoms-varied-val -o work/pred-val-phantom-t2s \
+        --model models/phantom-t2s --fast --no-qc --no-regions --save-probabilities
+    .venv/bin/python benchmarks/edge_rule.py --labels work/phantoms-varied-val \
+        --predictions work/pred-val-phantom-t2s [--margins 0 1 1.5 2 2.5 3 4]
+
+Re-draws each case's microbleeds from its saved probability map with lesions.extract_lesions at
+every margin (the brain: the skull-stripped T2* scan's own, as the pipeline finds it) and scores
+them against the phantoms' labels with evaluate.case_measures: sensitivity, false positives per
+scan by what they sit on, Dice. Choose the margin on a validation draw, then run the held-out set
+once with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from mixmicrobleednet import layout
+from mixmicrobleednet.brain import stripped_brain
+from mixmicrobleednet.evaluate import case_measures, summarise
+from mixmicrobleednet.lesions import LesionSettings, extract_lesions
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=Path, required=True, help="phantoms: scans, labels and mimic maps")
+    parser.add_argument("--predictions", type=Path, required=True, help="an output folder of --save-probabilities")
+    parser.add_argument("--margins", type=float, nargs="+", default=[0, 1, 1.5, 2, 2.5, 3, 4])
+    args = parser.parse_args(argv)
+    rows = []
+    stems = sorted(filter(None, (layout.parse_label_name(p.name) for p in args.labels.glob("*.nii.gz"))))
+    for stem in stems:
+        reference = sitk.ReadImage(str(args.labels / layout.label_name(stem)))
+        t2s = sitk.ReadImage(str(args.labels / layout.input_name(stem, layout.REFERENCE_CHANNEL)))
+        probabilities = sitk.GetArrayFromImage(sitk.ReadImage(
+            str(args.predictions / layout.seed_output_paths(stem)["probability"])))
+        mimics = sitk.GetArrayFromImage(sitk.ReadImage(str(args.labels / layout.mimic_map_name(stem))))
+        brain = stripped_brain(t2s)
+        for margin in args.margins:
+            lesions = extract_lesions(probabilities, t2s, LesionSettings(edge_margin_mm=margin), brain)
+            rows.append({"margin_mm": margin, "case": stem, **case_measures(
+                sitk.GetArrayViewFromImage(reference), lesions.mask, float(np.prod(reference.GetSpacing())), mimics)})
+    per_case = pd.DataFrame(rows)
+    table = pd.DataFrame({margin: summarise(group) for margin, group in per_case.groupby("margin_mm")}).T
+    columns = ["cases", "reference_microbleeds", "sensitivity", "false_positives_per_scan",
+               *[c for c in table.columns if c.startswith("false_positives_") and c.endswith("_per_scan")
+                 and c != "false_positives_per_scan"], "dice_cases_with_microbleeds"]
+    pd.set_option("display.width", 250)
+    print(table[columns].astype(float).round(3).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
