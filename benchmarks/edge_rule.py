@@ -3,7 +3,7 @@
     .venv/bin/mixmicrobleednet predict -i work/phantoms-varied-val -o work/pred-val-phantom-t2s \
         --model models/phantom-t2s --fast --no-qc --no-regions --save-probabilities
     .venv/bin/python benchmarks/edge_rule.py --labels work/phantoms-varied-val \
-        --predictions work/pred-val-phantom-t2s [--margins 0 1 1.5 2 2.5 3 4]
+        --predictions work/pred-val-phantom-t2s [--margins 0 1 1.5 2 2.5 3 4] [--by-cohort]
 
 Re-draws each case's microbleeds from its saved probability map with lesions.extract_lesions at
 every margin (the brain: the skull-stripped T2* scan's own, as the pipeline finds it) and scores
@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", type=Path, required=True, help="phantoms: scans, labels and mimic maps")
     parser.add_argument("--predictions", type=Path, required=True, help="an output folder of --save-probabilities")
     parser.add_argument("--margins", type=float, nargs="+", default=[0, 1, 1.5, 2, 2.5, 3, 4])
+    parser.add_argument("--by-cohort", action="store_true", help="also per acquisition (the phantoms' phantoms.csv)")
     args = parser.parse_args(argv)
     rows = []
     stems = sorted(filter(None, (layout.parse_label_name(p.name) for p in args.labels.glob("*.nii.gz"))))
@@ -45,10 +46,14 @@ def main(argv=None) -> int:
         brain = stripped_brain(t2s)
         for margin in args.margins:
             lesions = extract_lesions(probabilities, t2s, LesionSettings(edge_margin_mm=margin), brain)
-            rows.append({"margin_mm": margin, "case": stem, **case_measures(
+            rows.append({"margin_mm": margin, "subject": layout.parse_stem(stem)["subject"], **case_measures(
                 sitk.GetArrayViewFromImage(reference), lesions.mask, float(np.prod(reference.GetSpacing())), mimics)})
     per_case = pd.DataFrame(rows)
-    table = pd.DataFrame({margin: summarise(group) for margin, group in per_case.groupby("margin_mm")}).T
+    summaries = {(margin, "all"): summarise(group) for margin, group in per_case.groupby("margin_mm")}
+    if args.by_cohort:
+        per_case = per_case.merge(pd.read_csv(args.labels / "phantoms.csv")[["subject", "cohort"]], on="subject")
+        summaries.update({key: summarise(group) for key, group in per_case.groupby(["margin_mm", "cohort"])})
+    table = pd.DataFrame(summaries).T.sort_index()
     columns = ["cases", "reference_microbleeds", "sensitivity", "false_positives_per_scan",
                *[c for c in table.columns if c.startswith("false_positives_") and c.endswith("_per_scan")
                  and c != "false_positives_per_scan"], "dice_cases_with_microbleeds"]
