@@ -4,7 +4,7 @@
         [--model models/phantom-t1-t2-t2s] [--check-tiles 2] [--emulate]
 
 On a CPU with bfloat16 instructions (AMX, AVX-512 BF16) the cases are predicted with the flag
-itself. Elsewhere the real thing takes seconds per tile (about 100x float32), so `--emulate`
+itself. Elsewhere the real thing takes 12-30 s per tile (float32: 0.1 s), so `--emulate`
 reproduces its arithmetic in float32: as torch.autocast does on the CPU, every (transposed)
 convolution takes its input, weights and bias rounded to bfloat16, accumulates in float32 and
 rounds its output to bfloat16; the instance normalisation's statistics are computed in bfloat16
