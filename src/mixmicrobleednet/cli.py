@@ -61,7 +61,7 @@ def add_prediction_options(parser: argparse.ArgumentParser) -> None:
                         help="drop microbleeds smaller than this volume in mm³ (default: 0, keep all)")
     parser.add_argument("--edge-margin-mm", type=_non_negative, default=0.0,
                         help="drop microbleeds whose centre lies within this distance of the brain mask's edge "
-                             "(default: 0, keep all; the T2*-only model's card measures 2.5)")
+                             "(default: 0, keep all; 3 is measured in the T2*-only model's card and recommended for it)")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write the microbleed probability map (float32, T2* grid)")
     parser.add_argument("--no-qc", action="store_true", help="do not draw the QC picture per case")

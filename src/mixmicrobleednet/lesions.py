@@ -94,13 +94,10 @@ def near_edge(brain: np.ndarray, centre_zyx: np.ndarray, spacing_zyx: np.ndarray
     hi = np.ceil(centre_zyx).astype(int) + reach + 1
     offsets = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
     within = sum(((o - c) * s) ** 2 for o, c, s in zip(offsets, centre_zyx, spacing_zyx)) <= margin_mm ** 2
-    inside_grid = np.ones(within.shape, bool)
-    for axis, (o, size) in enumerate(zip(offsets, brain.shape)):
-        inside_grid &= (o >= 0) & (o < size)
     clipped = tuple(slice(max(a, 0), min(b, size)) for a, b, size in zip(lo, hi, brain.shape))
-    in_brain = np.zeros(within.shape, bool)
+    in_brain = np.zeros(within.shape, bool)  # beyond the grid stays False: no brain
     in_brain[tuple(slice(c.start - a, c.stop - a) for c, a in zip(clipped, lo))] = brain[clipped]
-    return bool((within & ~(inside_grid & in_brain)).any())
+    return bool((within & ~in_brain).any())
 
 
 def extract_lesions(probabilities: np.ndarray, reference: sitk.Image,
@@ -125,19 +122,17 @@ def extract_lesions(probabilities: np.ndarray, reference: sitk.Image,
         boxes = ndimage.find_objects(labels, max_label=count)  # measure each microbleed in its box only
         offset = [s.start for s in region]
 
-        def centre_zyx(label: int) -> np.ndarray:
-            box = boxes[label - 1]
-            return np.add(ndimage.center_of_mass(labels[box] == label), [s.start + o for s, o in zip(box, offset)])
-
+        centres_zyx = {label: np.add(ndimage.center_of_mass(labels[boxes[label - 1]] == label),
+                                     [s.start + o for s, o in zip(boxes[label - 1], offset)]) for label in kept}
         if settings.edge_margin_mm:
             spacing_zyx = np.array(reference.GetSpacing()[::-1])
-            kept = np.array([k for k in kept if not near_edge(brain, centre_zyx(k), spacing_zyx,
+            kept = np.array([k for k in kept if not near_edge(brain, centres_zyx[k], spacing_zyx,
                                                               settings.edge_margin_mm)], int)
         mask[region] = np.isin(labels, kept) if len(kept) < count else labels > 0
         for lesion_id, old_label in enumerate(kept, 1):
             box = boxes[old_label - 1]
             in_lesion = labels[box] == old_label
-            centroid_ijk = [float(c) for c in centre_zyx(old_label)[::-1]]
+            centroid_ijk = [float(c) for c in centres_zyx[old_label][::-1]]
             x, y, z = reference.TransformContinuousIndexToPhysicalPoint(centroid_ijk)  # ITK world: LPS
             voxels = int(voxel_counts[old_label - 1])
             volume = voxels * voxel_volume
