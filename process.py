@@ -51,7 +51,8 @@ class MixMicrobleedNet(SegmentationAlgorithm):
         self._cases[self._index_key] = DataFrame({"case": self.run.cases})
 
     def process_cases(self, file_loader_key=None):
-        self.results = self.run.execute(lambda stack, model: self.predict(input_image=stack, model=model))
+        # ahead: this predict calls the run's own, so the reader may preprocess for it
+        self.results = self.run.execute(lambda stack, model: self.predict(input_image=stack, model=model), ahead=True)
 
     def predict(self, *, input_image: ChannelStack, model: ModelFolder) -> np.ndarray:
         """One case's channels, aligned on the T2* grid → microbleed probability on that grid with

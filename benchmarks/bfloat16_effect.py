@@ -81,7 +81,7 @@ def check_tiles(model: Model, float32_network, emulated, case_dir: Path, count: 
                   if s and sitk.GetArrayFromImage(sitk.ReadImage(str(case_dir / layout.label_name(s)))).any())[0]
     images = [sitk.ReadImage(str(case_dir / layout.input_name(stem, c))) for c in model.folder.channels]
     channels = np.stack([sitk.GetArrayFromImage(i).astype(np.float32) for i in images])
-    data, _ = model._preprocess(channels, images[0].GetSpacing()[::-1])
+    data = model.preprocessing.preprocess(channels, images[0].GetSpacing()[::-1]).data
     slicers = model.predictor._internal_get_sliding_window_slicers(data.shape[1:])
     near_threshold = []
     with torch.inference_mode():

@@ -6,7 +6,8 @@
         --predictions work/pred-val-phantom-t2s [--margins 0 1 1.5 2 2.5 3 4] [--by-cohort]
 
 Re-draws each case's microbleeds from its saved probability map with lesions.extract_lesions at
-every margin (the brain: the skull-stripped T2* scan's own, as the pipeline finds it) and scores
+every margin (the brain as the pipeline found it: the mask it extracted and wrote beside the
+prediction for a raw scan, else the skull-stripped T2* scan's own) and scores
 them against the phantoms' labels with evaluate.case_measures: sensitivity, false positives per
 scan by what they sit on, Dice. Choose the margin on a validation draw, then run the held-out set
 once with it.
@@ -43,7 +44,10 @@ def main(argv=None) -> int:
         probabilities = sitk.GetArrayFromImage(sitk.ReadImage(
             str(args.predictions / layout.seed_output_paths(stem)["probability"])))
         mimics = sitk.GetArrayFromImage(sitk.ReadImage(str(args.labels / layout.mimic_map_name(stem))))
-        brain = stripped_brain(t2s)
+        outputs = layout.seed_output_paths(stem)
+        extracted = args.predictions / outputs["brain_mask"]
+        brain = sitk.GetArrayFromImage(sitk.ReadImage(str(extracted))) > 0 if extracted.is_file() \
+            else stripped_brain(t2s)
         for margin in args.margins:
             lesions = extract_lesions(probabilities, t2s, LesionSettings(edge_margin_mm=margin), brain)
             rows.append({"margin_mm": margin, "subject": layout.parse_stem(stem)["subject"], **case_measures(

@@ -5,11 +5,13 @@
 
 Makes three phantoms once (0.8x0.49x0.49 mm on a 192x512x512 grid, 3.5x0.45x0.45 mm, 3x1x1 mm),
 then in one run times, each in a fresh process so that start-up counts as a user sees it:
-  (a) ours: `mixmicrobleednet predict` as the CLI runs it: one Model for the cohort, loaded while
-      the first case is read; each next case read while the network runs;
+  (a) ours: `mixmicrobleednet predict --no-regions` as the CLI runs it: one Model for the cohort,
+      loaded while the first case is read and preprocessed; each next case read and preprocessed
+      while the network runs;
   (b) nnUNetv2_predict on the same channels, already aligned on the T2* grid and written in
       nnU-Net's raw layout (not timed) — for a model folder its command is
       nnUNetv2_predict_from_modelfolder, the same predictor code;
+then ours again with microbleed regions (the atlas registration nnUNetv2_predict has no part of);
 checks that the masks are identical, and prints per-case stages (read+align, preprocess, network,
 resample to the input grid, lesions, write), the network-only sliding-window time and its GFLOP/s
 against the machine's fp32 peak (a matrix multiply, measured in the same run; cpu_network.py), peak
@@ -96,14 +98,17 @@ def main() -> int:
     raw_cases = sorted({path.name.rsplit("_", 1)[0] for path in raw_dir.iterdir()})
     if raw_cases != sorted(subjects):  # both tools must get the same cases
         sys.exit(f"{raw_dir} holds {raw_cases}, not the prepared {subjects}: delete {args.work} and run again")
-    ours_out, theirs_out = args.work / "out-ours", args.work / "out-nnunetv2"
-    for folder in (ours_out, theirs_out):
+    ours_out, regions_out, theirs_out = (args.work / f"out-{name}" for name in ("ours", "ours-regions", "nnunetv2"))
+    for folder in (ours_out, regions_out, theirs_out):
         shutil.rmtree(folder, ignore_errors=True)
     bin_dir = Path(sys.executable).parent
 
-    ours = [str(bin_dir / "mixmicrobleednet"), "predict", "-i", str(seed_dir), "-o", str(ours_out),
-            "--model", str(args.model), "--device", args.device, "--no-qc"] + ([] if args.mirroring else ["--fast"])
-    ours_seconds, ours_gb = run_timed(ours, args.work / "ours.log")
+    # The same work as nnUNetv2_predict (masks; ours writes lesion tables and records too): no QC
+    # pictures, no regions. The regions' atlas registration is timed in a second run.
+    ours = [str(bin_dir / "mixmicrobleednet"), "predict", "-i", str(seed_dir), "--model", str(args.model),
+            "--device", args.device, "--no-qc"] + ([] if args.mirroring else ["--fast"])
+    ours_seconds, ours_gb = run_timed(ours + ["-o", str(ours_out), "--no-regions"], args.work / "ours.log")
+    regions_seconds, _ = run_timed(ours + ["-o", str(regions_out)], args.work / "ours-regions.log")
 
     theirs = [str(bin_dir / "nnUNetv2_predict_from_modelfolder"), "-i", str(raw_dir), "-o", str(theirs_out),
               "-m", str(args.model), "-f", "all", "-chk", "checkpoint_final.pth", "-device", args.device,
@@ -114,7 +119,8 @@ def main() -> int:
     stages = _stages_from_log((args.work / "ours.log").read_text())
     print(f"device {args.device}, mirroring {'on' if args.mirroring else 'off'}, model {args.model}, "
           f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}, {os.cpu_count()} CPUs")
-    print("read: in a thread, while the model loads (first case) or the network runs (the others)")
+    print("read and preprocess (*: ahead): in a thread, while the model loads (first case) or the network runs "
+          "(the others)")
     print(f"{'case':20} {'grid (x,y,z)':>16} {'read':>6} {'preproc':>8} {'network':>8} {'resample':>9} "
           f"{'lesions':>8} {'write':>6}  masks")
     identical = True
@@ -124,7 +130,7 @@ def main() -> int:
         same = np.array_equal(sitk.GetArrayViewFromImage(ours_mask), sitk.GetArrayViewFromImage(theirs_mask))
         identical &= same
         s = stages[subject]
-        print(f"{subject:20} {'x'.join(map(str, ours_mask.GetSize())):>16} {s['read']:6.1f} {s['preprocess']:8.1f} "
+        print(f"{subject:20} {'x'.join(map(str, ours_mask.GetSize())):>16} {s['read']:6.1f} {s['preprocess']:7.1f}{'*' if s['preprocess_ahead'] else ' '} "
               f"{s['network']:8.1f} {s['resample']:9.1f} {s['lesions']:8.1f} {s['write']:6.1f}  "
               f"{'identical' if same else 'DIFFERENT'}")
     network = sum(s["network"] for s in stages.values())
@@ -144,14 +150,25 @@ def main() -> int:
         print(f"network: {achieved:.1f} GFLOP/s ({per_tile:.2f} GFLOP per tile), {achieved / peak:.0%} of the "
               f"fp32 peak of {peak:.0f} GFLOP/s (matmul, {torch.get_num_threads()} threads)")
     print(f"nnUNetv2_predict (whole process tree): {theirs_seconds:.1f} s, peak RSS {theirs_gb:.2f} GB")
+    located = _regions_from_log((args.work / "ours-regions.log").read_text())
+    print(f"ours with microbleed regions (default; atlas registered on each case with microbleeds: "
+          f"{', '.join(f'{s:.1f}' for s in located)} s): {regions_seconds:.1f} s, "
+          f"{theirs_seconds / regions_seconds:.2f}x nnUNetv2_predict's time")
     print(f"masks identical: {identical}")
     print(f"speedup_vs_nnunetv2_predict={theirs_seconds / ours_seconds:.2f}")
     return 0 if identical else 1
 
 
+def _regions_from_log(text: str) -> list[float]:
+    """The regions stage's seconds per case, from the log of a run with regions."""
+    import re
+
+    return [float(m.group(1)) for m in re.finditer(r": regions ([\d.]+) s$", text, re.MULTILINE)]
+
+
 def _stages_from_log(text: str) -> dict[str, dict[str, float]]:
     """Per-case stage seconds from our log lines (pipeline: read, lesions, write; model: preprocess,
-    network, resample), in case order."""
+    network, resample; preprocess_ahead 1 where the reader thread preprocessed), in case order."""
     import re
 
     stages: dict[str, dict[str, float]] = {}
@@ -162,9 +179,11 @@ def _stages_from_log(text: str) -> dict[str, dict[str, float]]:
         elif current is not None and (match := re.search(r"read and aligned in ([\d.]+) s", line)):
             current["read"] = float(match.group(1))
         elif current is not None and (match := re.search(
-                r"preprocess ([\d.]+) s, network ([\d.]+) s \((\d+) tiles x (\d+) passes\), "
+                r"preprocess ([\d.]+) s( \(ahead\))?, network ([\d.]+) s \((\d+) tiles x (\d+) passes\), "
                 r"resample to the input grid ([\d.]+) s", line)):
-            current.update(zip(("preprocess", "network", "tiles", "passes", "resample"), map(float, match.groups())))
+            preprocess, ahead, *others = match.groups()
+            current.update(zip(("preprocess", "network", "tiles", "passes", "resample"), map(float, (preprocess, *others))))
+            current["preprocess_ahead"] = float(ahead is not None)
         elif current is not None and (match := re.search(r": (lesions|write) ([\d.]+) s$", line)):
             current[match.group(1)] = float(match.group(2))
     return stages

@@ -7,7 +7,9 @@ up to 10° and 10 mm; phantoms.make_case(raw=True)), each predicted by the same 
     nohup .venv/bin/python benchmarks/raw_scans.py [--work work/raw-scans] [--n 10] [--seed 21] \
         [--cohort lowres] [--model models/phantom-t1-t2-t2s] > work/raw-scans.log 2>&1 &
 
-Resumable (phantoms are kept, predictions run with --resume). Prints per twin: sensitivity, false
+Resumable (phantoms are kept, predictions run with --resume). The probability maps are kept
+(--save-probabilities), so that benchmarks/edge_rule.py can re-draw both twins with the edge rule.
+Prints per twin: sensitivity, false
 positives per scan, Dice, and the differences against the issue's bar (sensitivity within 0.05,
 false positives per scan within 0.2); then the brain masks' Dice against the phantoms' true brain,
 and the mean seconds per stage of the raw runs (registration per channel, brain mask, prediction).
@@ -46,7 +48,7 @@ def main() -> None:
         if not (inputs / "phantoms.csv").is_file():
             generate(inputs, args.n, args.seed, cohorts, raw)
         subprocess.run([sys.executable, "-m", "mixmicrobleednet.cli", "predict", "-i", str(inputs), "-o", str(outputs),
-                        "--model", str(args.model), "--resume", "--fast"], check=False)
+                        "--model", str(args.model), "--resume", "--fast", "--save-probabilities"], check=False)
         summaries[twin] = evaluate_folders(inputs, outputs / layout.IMAGES_DIR).loc["all"]
     print(f"\n{args.n} phantoms ({', '.join(cohorts)}), seed {args.seed}, model {args.model}, no mirroring")
     print(f"{'':14} {'sensitivity':>11} {'FP/scan':>8} {'Dice':>6}")

@@ -259,8 +259,10 @@ def test_log_names_each_stage_with_its_time_as_the_benchmark_reads_it(cohort, tm
     stages = _stages_from_log(run.stderr)
     assert list(stages) == [stem(s) for s in ("hr1", "lr3", "ts2")]
     for seconds in stages.values():
-        assert set(seconds) == {"read", "preprocess", "network", "tiles", "passes", "resample", "lesions", "write"}
+        assert set(seconds) == {"read", "preprocess", "preprocess_ahead", "network", "tiles", "passes", "resample",
+                                "lesions", "write"}
         assert all(value >= 0 for value in seconds.values())
+        assert seconds["preprocess_ahead"] == 1  # in the reader thread, beside the model's loading or the network
         assert seconds["tiles"] >= 1 and seconds["passes"] == 1  # --fast: no mirrored passes
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -77,10 +78,88 @@ class PredictionSettings:
 PRECISIONS = ("float32", "bfloat16")
 
 
-class Model:
-    """An nnUNetPredictor with the weights loaded; create once per process, reuse for every case."""
+@dataclass
+class PreprocessedCase:
+    """A case as the network reads it (nnU-Net's preprocessed (channel, z, y, x) array) and what
+    brings its output back to the input grid."""
 
-    def __init__(self, model: Path | ModelFolder, device: str = "auto", settings: PredictionSettings = PredictionSettings()):
+    data: np.ndarray
+    properties: dict
+    seconds: float
+    ahead: bool = False  # preprocessed in the reader thread, while the model loaded or the network ran
+
+
+class Preprocessing:
+    """A model's preprocessing, from its folder alone (plans, dataset.json and the configuration its
+    checkpoint names), without the network: so that a case can be preprocessed while the weights
+    load or the previous case runs through the network. The same plans nnU-Net's predictor reads."""
+
+    def __init__(self, folder: ModelFolder):
+        import torch
+        from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        try:
+            checkpoint = torch.load(folder.path / layout.CHECKPOINT, map_location="cpu", weights_only=False)
+            self.plans = PlansManager(json.loads((folder.path / layout.PLANS_JSON).read_text()))
+            self.configuration = self.plans.get_configuration(checkpoint["init_args"]["configuration"])
+            self.dataset_json = json.loads((folder.path / layout.DATASET_JSON).read_text())
+            self.preprocessor = self.configuration.preprocessor_class(verbose=False)
+        except Exception as exc:  # as Model: any failure to read the folder is the model's
+            raise ModelError(f"cannot load the model in {folder.path}: {type(exc).__name__}: {exc}") from exc
+        # _default_preprocess takes DefaultPreprocessor's steps (3D); a model with another preprocessor runs its own.
+        self.default = type(self.preprocessor) is DefaultPreprocessor and len(self.configuration.spacing) == 3
+        self.resample_data, self.resample_probabilities = (_resampling(self.configuration, k)
+                                                           for k in ("data", "probabilities"))
+
+    def preprocess(self, channels: np.ndarray, spacing_zyx: tuple[float, float, float],
+                   ahead: bool = False) -> PreprocessedCase:
+        """A (channel, z, y, x) array on the input grid, preprocessed as nnU-Net's run_case_npy."""
+        started = time.perf_counter()
+        if self.default:
+            data, properties = self._default_preprocess(channels, spacing_zyx)
+        else:
+            data, _, properties = self.preprocessor.run_case_npy(
+                channels, None, {"spacing": list(spacing_zyx)}, self.plans, self.configuration, self.dataset_json)
+        return PreprocessedCase(data, properties, time.perf_counter() - started, ahead)
+
+    def _default_preprocess(self, channels: np.ndarray, spacing_zyx) -> tuple[np.ndarray, dict]:
+        """nnU-Net's DefaultPreprocessor.run_case_npy without a segmentation: transpose, crop to the
+        nonzero box, z-score inside the brain, resample to the model's spacing; the crop and the
+        resampling from .preprocessing (same values, less work; channels resampled in parallel)."""
+        from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+
+        plans, configuration = self.plans, self.configuration
+        data = channels.astype(np.float32).transpose([0, *[axis + 1 for axis in plans.transpose_forward]])
+        spacing = [spacing_zyx[axis] for axis in plans.transpose_forward]
+        properties = {"spacing": list(spacing_zyx), "shape_before_cropping": data.shape[1:]}
+        data, seg, properties["bbox_used_for_cropping"] = crop_to_nonzero(data)
+        properties["shape_after_cropping_and_before_resampling"] = data.shape[1:]
+        target_spacing = configuration.spacing
+        new_shape = compute_new_shape(data.shape[1:], spacing, target_spacing)
+        data = self.preprocessor._normalize(data, seg, configuration, plans.foreground_intensity_properties_per_channel)
+        return self.resample_data(data, new_shape, spacing, target_spacing), properties
+
+    def to_input_grid(self, values: np.ndarray, properties: dict, outside: float) -> np.ndarray:
+        """As nnU-Net's convert_predicted_logits_to_segmentation_with_correct_shape: resample one
+        (1, z, y, x) map to the cropped input shape, put it into the uncropped volume (`outside`
+        the brain box: background), undo the transpose."""
+        from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+
+        input_spacing = [properties["spacing"][i] for i in self.plans.transpose_forward]
+        resampled = self.resample_probabilities(
+            values, properties["shape_after_cropping_and_before_resampling"], self.configuration.spacing, input_spacing)
+        full = np.full(properties["shape_before_cropping"], outside, np.float32)
+        full = insert_crop_into_image(full, np.asarray(resampled[0], np.float32), properties["bbox_used_for_cropping"])
+        return np.ascontiguousarray(full.transpose(self.plans.transpose_backward))
+
+
+class Model:
+    """An nnUNetPredictor with the weights loaded; create once per process, reuse for every case.
+    `preprocessing`: the folder's Preprocessing when it was made already (else made here)."""
+
+    def __init__(self, model: Path | ModelFolder, device: str = "auto", settings: PredictionSettings = PredictionSettings(),
+                 preprocessing: Preprocessing | None = None):
         started = time.perf_counter()
         self.folder = model if isinstance(model, ModelFolder) else read_model_folder(Path(model))
         try:
@@ -89,6 +168,7 @@ class Model:
             raise
         except Exception as exc:  # nnU-Net and PyTorch raise many kinds (KeyError, RuntimeError, pickle errors)
             raise ModelError(f"cannot load the model in {self.folder.path}: {type(exc).__name__}: {exc}") from exc
+        self.preprocessing = preprocessing or Preprocessing(self.folder)
         log.info("model loaded once from %s (sha256 %s…, channels %s, mirroring %s, %s, %.1f s)", self.folder.path,
                  self.folder.checksum[:12], ", ".join(self.folder.channels), "on" if settings.use_mirroring else "off",
                  settings.precision if self.device.type == "cpu" else "float16 autocast",
@@ -117,13 +197,6 @@ class Model:
                             "about 100x slower in bfloat16 than in float32 here (measured on an AVX2 EPYC)")
             self.predictor.network, self.predictor.tile_memory_format = _cpu_network(
                 self.predictor.network, settings.precision)
-        from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
-
-        configuration = self.predictor.configuration_manager
-        self.preprocessor = configuration.preprocessor_class(verbose=False)
-        # _preprocess takes DefaultPreprocessor's steps (3D); a model with another preprocessor runs its own.
-        self.default_preprocessing = type(self.preprocessor) is DefaultPreprocessor and len(configuration.spacing) == 3
-        self.resample_data, self.resample_probabilities = (_resampling(configuration, k) for k in ("data", "probabilities"))
         self.v1_probabilities = self.folder.imported_from_v1
         if self.v1_probabilities:
             # A model imported from nnU-Net v1, which averaged softmax probabilities over tiles and
@@ -134,7 +207,12 @@ class Model:
             self.predictor.network = torch.nn.Sequential(self.predictor.network, torch.nn.Softmax(dim=1))
 
     def predict_probabilities(self, channels: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
-        """Microbleed probability (float32) on the input grid for a (channel, z, y, x) array.
+        """Microbleed probability (float32) on the input grid for a (channel, z, y, x) array:
+        preprocessed (Preprocessing.preprocess), then predict_preprocessed."""
+        return self.predict_preprocessed(self.preprocessing.preprocess(channels, spacing_zyx))
+
+    def predict_preprocessed(self, case: PreprocessedCase) -> np.ndarray:
+        """Microbleed probability (float32) on the input grid of a preprocessed case.
 
         nnU-Net's predict_single_npy_array step by step (same preprocessing, same sliding window),
         except that one map instead of both classes' is resampled to the input grid: the microbleed
@@ -145,48 +223,24 @@ class Model:
 
         predictor, seconds = self.predictor, {}
         started = time.perf_counter()
-        if self.default_preprocessing:
-            data, properties = self._preprocess(channels, spacing_zyx)
-        else:
-            data, _, properties = self.preprocessor.run_case_npy(
-                channels, None, {"spacing": list(spacing_zyx)}, predictor.plans_manager,
-                predictor.configuration_manager, predictor.dataset_json)
-        seconds["preprocess"] = time.perf_counter() - started
-        started = time.perf_counter()
-        data = torch.from_numpy(data)
+        data = torch.from_numpy(case.data)
         output = self._v1_sliding_window(data) if self.v1_probabilities else \
             predictor.predict_sliding_window_return_logits(data).to("cpu")
         seconds["network"] = time.perf_counter() - started
         started = time.perf_counter()
+        to_input_grid = self.preprocessing.to_input_grid
         if self.v1_probabilities:
-            probability = self._to_input_grid(output[1].float().numpy()[None], properties, outside=0.0)
+            probability = to_input_grid(output[1].float().numpy()[None], case.properties, outside=0.0)
         else:
-            probability = self._to_input_grid((output[1] - output[0]).float().numpy()[None], properties, -np.inf)
+            probability = to_input_grid((output[1] - output[0]).float().numpy()[None], case.properties, -np.inf)
             _sigmoid_in_place(probability)
         del output
         seconds["resample"] = time.perf_counter() - started
         passes = 2 ** len(predictor.allowed_mirroring_axes or ()) if predictor.use_mirroring else 1
-        log.info("preprocess %.1f s, network %.1f s (%d tiles x %d passes), resample to the input grid %.1f s",
-                 seconds["preprocess"], seconds["network"], predictor.tiles_last_case, passes,
-                 seconds["resample"])
+        log.info("preprocess %.1f s%s, network %.1f s (%d tiles x %d passes), resample to the input grid %.1f s",
+                 case.seconds, " (ahead)" if case.ahead else "", seconds["network"], predictor.tiles_last_case,
+                 passes, seconds["resample"])
         return probability
-
-    def _preprocess(self, channels: np.ndarray, spacing_zyx) -> tuple[np.ndarray, dict]:
-        """nnU-Net's DefaultPreprocessor.run_case_npy without a segmentation: transpose, crop to the
-        nonzero box, z-score inside the brain, resample to the model's spacing; the crop and the
-        resampling from .preprocessing (same values, less work; channels resampled in parallel)."""
-        from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
-
-        plans, configuration = self.predictor.plans_manager, self.predictor.configuration_manager
-        data = channels.astype(np.float32).transpose([0, *[axis + 1 for axis in plans.transpose_forward]])
-        spacing = [spacing_zyx[axis] for axis in plans.transpose_forward]
-        properties = {"spacing": list(spacing_zyx), "shape_before_cropping": data.shape[1:]}
-        data, seg, properties["bbox_used_for_cropping"] = crop_to_nonzero(data)
-        properties["shape_after_cropping_and_before_resampling"] = data.shape[1:]
-        target_spacing = configuration.spacing
-        new_shape = compute_new_shape(data.shape[1:], spacing, target_spacing)
-        data = self.preprocessor._normalize(data, seg, configuration, plans.foreground_intensity_properties_per_channel)
-        return self.resample_data(data, new_shape, spacing, target_spacing), properties
 
     def _v1_sliding_window(self, data):
         """nnU-Net v1's tiled prediction: the softmax of each tile (averaged over mirrorings),
@@ -216,21 +270,6 @@ class Model:
                         total[(slice(None), *tile)] += probabilities * weight
                         weights[tile] += weight
         return (total / weights)[(slice(None), *revert_padding[1:])]
-
-    def _to_input_grid(self, values: np.ndarray, properties: dict, outside: float) -> np.ndarray:
-        """As nnU-Net's convert_predicted_logits_to_segmentation_with_correct_shape: resample one
-        (1, z, y, x) map to the cropped input shape, put it into the uncropped volume (`outside`
-        the brain box: background), undo the transpose."""
-        from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
-
-        plans, configuration = self.predictor.plans_manager, self.predictor.configuration_manager
-        input_spacing = [properties["spacing"][i] for i in plans.transpose_forward]
-        resampled = self.resample_probabilities(
-            values, properties["shape_after_cropping_and_before_resampling"], configuration.spacing, input_spacing)
-        full = np.full(properties["shape_before_cropping"], outside, np.float32)
-        full = insert_crop_into_image(full, np.asarray(resampled[0], np.float32), properties["bbox_used_for_cropping"])
-        return np.ascontiguousarray(full.transpose(plans.transpose_backward))
-
 
 def _resampling(configuration, kind: str):
     """preprocessing.resample_to_shape where the plans name nnU-Net's default resampling for

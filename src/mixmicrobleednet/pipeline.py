@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +26,7 @@ from .brain import BrainSettings
 from .cases import Case, CaseError
 from .imaging import ChannelStack, image_like, load_case, remove_partials, write_image_atomic
 from .lesions import Lesions, LesionSettings, extract_lesions
-from .model import Model, PredictionSettings
+from .model import Model, PredictionSettings, PreprocessedCase, Preprocessing
 from .modelfolder import ModelError, ModelFolder
 from .report import write_json_value, write_lesion_table, write_preprocessing_qc, write_qc_picture
 
@@ -61,14 +62,25 @@ class CaseResult:
 class ModelPredictor:
     """The predict stage (a case's aligned channels → microbleed probability on the T2* grid) with
     a model that loads in a background thread from now on (PyTorch and nnU-Net imports, weights:
-    seconds), so that the first case is read meanwhile. Its first call waits for the model; any
+    seconds), so that the first case is read and preprocessed meanwhile (`prepare`, in the reader
+    thread), as is each next case while the network runs. Its first call waits for the model; any
     failure to load raises ModelError there, which stops the run before any mask is written."""
 
     def __init__(self, folder: ModelFolder, device: str, prediction: PredictionSettings):
         self.folder = folder
+        self._lock = threading.Lock()
+        self._preprocessing: Preprocessing | None = None
+        self._ahead: dict[int, tuple[ChannelStack, PreprocessedCase]] = {}  # id(stack) -> the stack, preprocessed
         loader = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self._model = loader.submit(Model, folder, device, prediction)
+        self._model = loader.submit(lambda: Model(folder, device, prediction, self.preprocessing))
         loader.shutdown(wait=False)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        with self._lock:  # made once, by whichever thread asks first (the model's or the reader's)
+            if self._preprocessing is None:
+                self._preprocessing = Preprocessing(self.folder)
+            return self._preprocessing
 
     @property
     def model(self) -> Model:
@@ -78,8 +90,18 @@ class ModelPredictor:
     def device(self) -> str:
         return str(self.model.device) if self._model.done() and not self._model.exception() else "not loaded"
 
+    def prepare(self, stack: ChannelStack) -> None:
+        """Preprocess a case ahead of its call (reader thread); kept until that call takes it."""
+        case = self.preprocessing.preprocess(stack.array, stack.spacing_zyx, ahead=True)
+        with self._lock:
+            self._ahead[id(stack)] = (stack, case)
+
     def __call__(self, stack: ChannelStack) -> np.ndarray:
-        return self.model.predict_probabilities(stack.array, stack.spacing_zyx)
+        with self._lock:
+            held, case = self._ahead.pop(id(stack), (None, None))
+        if held is not stack:
+            case = self.preprocessing.preprocess(stack.array, stack.spacing_zyx)
+        return self.model.predict_preprocessed(case)
 
 
 #: The predict stage: a case's aligned channels and its model → microbleed probability (float32) on the T2* grid.
@@ -101,6 +123,7 @@ class CaseRun:
     device: Callable[[ModelFolder], str] = lambda model: "unknown"  # for the records, once the model is loaded
     register: bool = True  # T1/T2 not on the T2* grid: registered rigidly (else placed by their headers)
     start_model: Callable[[ModelFolder], object] = lambda model: None  # starts loading a model in the background
+    prepare: Callable[[ChannelStack, ModelFolder], None] = lambda stack, model: None  # preprocess ahead (reader thread)
     brain: BrainSettings = BrainSettings()  # brain masks: found in the scans, given or extracted
 
     @property
@@ -118,9 +141,12 @@ def _stage(result: CaseResult, name: str) -> Iterator[None]:
 
 
 def _load_timed(case: Case, run: CaseRun) -> tuple[ChannelStack, float]:
+    """The reader thread's work for one case: read and align (timed), then preprocess for its model."""
     started = time.perf_counter()
     stack = load_case(case, case.model.channels, case.model.describe(), run.register, run.brain)
-    return stack, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    run.prepare(stack, case.model)
+    return stack, seconds
 
 
 def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:

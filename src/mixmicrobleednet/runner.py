@@ -100,9 +100,10 @@ class Run:
         """The predict stage with the case's model."""
         return self.start_model(model)(stack)
 
-    def execute(self, predict: Predictor | None = None) -> list[CaseResult]:
+    def execute(self, predict: Predictor | None = None, ahead: bool = False) -> list[CaseResult]:
         """Run the cases; `predict` replaces the predict stage (process.py's evalutils `predict`,
-        which calls this run's predict)."""
+        which calls this run's predict). The reader thread preprocesses each case for this run's
+        own predict stage, not for one put in its place unless that calls this run's (`ahead`)."""
         if self.empty_shard:
             log.info("shard %d/%d: none of the %d case(s) falls to it", *self.options.shard, self.selected)
         elif not self.cases:
@@ -121,8 +122,9 @@ class Run:
         run = CaseRun(predict or self.predict, self.output_dir, self.options.prediction, output,
                       records=not self.platform, merge_each=self.input_layout == SEED, resume=self.options.resume,
                       device=lambda model: self.start_model(model).device, register=self.options.register,
-                      brain=self.options.brain,
-                      start_model=self.start_model)
+                      brain=self.options.brain, start_model=self.start_model,
+                      **({"prepare": lambda stack, model: self.start_model(model).prepare(stack)}
+                         if predict is None or ahead else {}))
         try:
             return run_cases(self.cases, run)
         except (ModelError, regions.AtlasError) as exc:
