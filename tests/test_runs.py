@@ -195,7 +195,7 @@ def test_a_record_says_what_the_case_was_computed_from(tmp_path, random_model):
     assert record["settings"]["prediction"]["use_mirroring"] is False
     assert record["status"] == "ok" and record["device"] == "cpu"
     assert {"nnunetv2", "torch", "mixmicrobleednet", "numpy", "SimpleITK", "python"} <= set(record["versions"])
-    assert {"read", "prediction", "lesions", "write"} <= set(record["stage_seconds"])
+    assert {"read", "preprocess", "prediction", "lesions", "write"} <= set(record["stage_seconds"])
     assert set(record["outputs"]) == {"mask", "lesions", "qc"}
 
 

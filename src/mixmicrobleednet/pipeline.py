@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -86,15 +86,21 @@ class ModelPredictor:
     def model(self) -> Model:
         return self._model.result()
 
+    def settle(self) -> None:
+        """Wait until the loading thread has ended, loaded or not (so that it outlives no run)."""
+        wait([self._model])
+
     @property
     def device(self) -> str:
         return str(self.model.device) if self._model.done() and not self._model.exception() else "not loaded"
 
-    def prepare(self, stack: ChannelStack) -> None:
-        """Preprocess a case ahead of its call (reader thread); kept until that call takes it."""
+    def prepare(self, stack: ChannelStack) -> float:
+        """Preprocess a case ahead of its call (reader thread); kept until that call takes it.
+        Returns the seconds it took."""
         case = self.preprocessing.preprocess(stack.array, stack.spacing_zyx, ahead=True)
         with self._lock:
             self._ahead[id(stack)] = (stack, case)
+        return case.seconds
 
     def __call__(self, stack: ChannelStack) -> np.ndarray:
         with self._lock:
@@ -123,7 +129,8 @@ class CaseRun:
     device: Callable[[ModelFolder], str] = lambda model: "unknown"  # for the records, once the model is loaded
     register: bool = True  # T1/T2 not on the T2* grid: registered rigidly (else placed by their headers)
     start_model: Callable[[ModelFolder], object] = lambda model: None  # starts loading a model in the background
-    prepare: Callable[[ChannelStack, ModelFolder], None] = lambda stack, model: None  # preprocess ahead (reader thread)
+    #: Preprocess ahead in the reader thread; its seconds, or None where the predict stage preprocesses.
+    prepare: Callable[[ChannelStack, ModelFolder], float | None] = lambda stack, model: None
     brain: BrainSettings = BrainSettings()  # brain masks: found in the scans, given or extracted
 
     @property
@@ -140,12 +147,15 @@ def _stage(result: CaseResult, name: str) -> Iterator[None]:
     log.info("%s: %s %.1f s", result.case_id, name, result.stage_seconds[name])
 
 
-def _load_timed(case: Case, run: CaseRun) -> tuple[ChannelStack, float]:
-    """The reader thread's work for one case: read and align (timed), then preprocess for its model."""
+def _load_timed(case: Case, run: CaseRun) -> tuple[ChannelStack, dict[str, float]]:
+    """The reader thread's work for one case: read and align, then preprocess for its model; the
+    seconds of each."""
     started = time.perf_counter()
     stack = load_case(case, case.model.channels, case.model.describe(), run.register, run.brain)
-    seconds = time.perf_counter() - started
-    run.prepare(stack, case.model)
+    seconds = {"read": time.perf_counter() - started}
+    preprocess = run.prepare(stack, case.model)
+    if preprocess is not None:
+        seconds["preprocess"] = preprocess
     return stack, seconds
 
 
@@ -154,7 +164,8 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
     result = CaseResult(case.case_id, case.subject)
     started = time.perf_counter()
     try:
-        stack, result.stage_seconds["read"] = loaded.result()
+        stack, seconds = loaded.result()
+        result.stage_seconds.update(seconds)
         result.registrations = {channel: r.as_record() for channel, r in stack.registrations.items()}
         result.brain_mask = stack.brain.as_record()
         for channel, registration in stack.registrations.items():

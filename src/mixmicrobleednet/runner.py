@@ -129,6 +129,9 @@ class Run:
             return run_cases(self.cases, run)
         except (ModelError, regions.AtlasError) as exc:
             raise RunError(str(exc)) from None
+        finally:  # a model still loading when every case failed before it: its thread ends with the run
+            for predictor in self._predictors.values():
+                predictor.settle()
 
 
 def prepare_run(input_dir: Path, output_dir: Path, options: RunOptions = RunOptions()) -> Run:
