@@ -281,7 +281,7 @@ def run_cases(cases: list[Case], run: CaseRun) -> list[CaseResult]:
     todo = [case for case in cases if case.case_id not in done]
     results = dict(done)
     for model in {case.model.path: case.model for case in todo}.values():
-        run.start_model(model)  # each loads (once) while the first case is read
+        run.start_model(model)  # each loads (once) while the first case is read and preprocessed
     with ThreadPoolExecutor(1, thread_name_prefix="reader") as reader:
         upcoming = reader.submit(_load_timed, todo[0], run) if todo else None
         for number, case in enumerate(todo, 1):
