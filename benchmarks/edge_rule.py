@@ -41,10 +41,9 @@ def main(argv=None) -> int:
     for stem in stems:
         reference = sitk.ReadImage(str(args.labels / layout.label_name(stem)))
         t2s = sitk.ReadImage(str(args.labels / layout.input_name(stem, layout.REFERENCE_CHANNEL)))
-        probabilities = sitk.GetArrayFromImage(sitk.ReadImage(
-            str(args.predictions / layout.seed_output_paths(stem)["probability"])))
-        mimics = sitk.GetArrayFromImage(sitk.ReadImage(str(args.labels / layout.mimic_map_name(stem))))
         outputs = layout.seed_output_paths(stem)
+        probabilities = sitk.GetArrayFromImage(sitk.ReadImage(str(args.predictions / outputs["probability"])))
+        mimics = sitk.GetArrayFromImage(sitk.ReadImage(str(args.labels / layout.mimic_map_name(stem))))
         extracted = args.predictions / outputs["brain_mask"]
         brain = sitk.GetArrayFromImage(sitk.ReadImage(str(extracted))) > 0 if extracted.is_file() \
             else stripped_brain(t2s)
