@@ -87,6 +87,21 @@ def test_varied_phantoms_are_masked_as_an_extraction_leaves_them_and_mark_each_m
         assert t2s[mimic_array == value].mean() < 0.9 * t2s[plain].mean()
 
 
+def test_loose_masks_keep_the_look_and_mask_beyond_the_brain_as_an_extraction_does(template):
+    """--loose-masks: in the default look, tissue beyond the brain stays inside the mask (a default
+    phantom keeps none); the label stays inside the brain."""
+    tight = make_case("t", COHORTS["lowres"], 3, np.random.default_rng(5), template)
+    loose = make_case("t", COHORTS["lowres"], 3, np.random.default_rng(5), template, loose_mask=True)
+    for _, label, _, brain, _ in (tight, loose):
+        inside, labelled = sitk.GetArrayFromImage(brain) > 0, sitk.GetArrayFromImage(label) > 0
+        assert labelled.any() and not (labelled & ~inside).any()
+    t2s = sitk.GetArrayFromImage(loose[0]["T2S"]).astype(float)
+    beyond = (t2s > 0) & ~(sitk.GetArrayFromImage(loose[3]) > 0)
+    assert beyond.sum() * np.prod(loose[0]["T2S"].GetSpacing()) / 1000 > 20  # ml kept beyond the brain
+    tight_t2s = sitk.GetArrayFromImage(tight[0]["T2S"]).astype(float)
+    assert not ((tight_t2s > 0) & ~(sitk.GetArrayFromImage(tight[3]) > 0)).any()
+
+
 def test_a_vessel_that_wanders_out_of_the_template_adds_nothing(template):
     vessels = np.zeros(template.brain.shape, np.float32)
     _add_tube(vessels, template, np.array([[-30.0, -30, -30], [-20, -25, -28]]), 1.0)

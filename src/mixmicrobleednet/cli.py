@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     phantoms.add_argument("--varied", action="store_true",
                           help="mimics (veins, calcifications, iron, signal loss near air), contrast, noise and mask "
                                "extent drawn from wide distributions")
+    phantoms.add_argument("--loose-masks", action="store_true",
+                          help="every case masked as a brain extraction leaves it: CSF and a rim of the Colin27 head "
+                               "up to 6 mm beyond the brain (needs mricron-data)")
     phantoms.add_argument("--raw", action="store_true",
                           help="the raw twins of the phantoms this seed gives: not skull-stripped (the Colin27 head "
                                "of mricron-data), T1/T2 on grids of their own, moved between scans")
@@ -309,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         from .phantoms import generate
 
         try:
-            generate(args.out, args.n, args.seed, args.cohort, args.raw, args.varied)
+            generate(args.out, args.n, args.seed, args.cohort, args.raw, args.varied, args.loose_masks)
         except ValueError as exc:
             log.error("%s", exc)
             return 2

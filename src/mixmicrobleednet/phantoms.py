@@ -18,6 +18,8 @@ calibre, length, curvature and orientation with branches, pallidal calcification
 dentate calcification, deep grey-matter iron, signal loss near air, per-channel contrast and noise
 scaled at random, SWI-like T2* (darker veins and microbleeds), and half of the cases masked loosely
 as a brain extraction leaves them (CSF and a rim of the Colin27 head up to 6 mm beyond the brain).
+`loose_masks=True` (`phantoms --loose-masks`) masks every case so, in any look: the scans a model
+meets after the tool's own brain extraction (#15).
 
 Raw twins (`raw=True`, `phantoms --raw`): the same subject, microbleeds and T2* acquisition as
 straight from the scanner: not skull-stripped (the Colin27 head from Debian's mricron-data around
@@ -415,16 +417,20 @@ def _loose_mask(brain_mask: np.ndarray, intracranial: np.ndarray, grid: sitk.Ima
 
 
 def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: np.random.Generator,
-              template: _Template | None = None, raw: bool = False, varied: bool = False
+              template: _Template | None = None, raw: bool = False, varied: bool = False,
+              loose_mask: bool = False
               ) -> tuple[dict[str, sitk.Image], sitk.Image, list[Microbleed], sitk.Image, sitk.Image]:
     """One phantom: channel images on their grids, the T2* label, the microbleeds drawn, the
     brain mask and the mimic map (layout.MIMIC_LABELS) on the T2* grid; `raw`: its raw twin
     (module docstring; the same draws first, so the same subject and microbleeds); `varied`: mimics,
-    contrast and masks drawn from wide distributions (_draw_varied_mimics, _draw_look)."""
+    contrast and masks drawn from wide distributions (_draw_varied_mimics, _draw_look); `loose_mask`:
+    masked as a brain extraction leaves a scan (_loose_mask), whatever the look."""
     template = template or _Template()
     transform = _random_transform(template, rng)
     inverse = transform.GetInverse()
     look = _draw_look(rng) if varied else _FIXED_LOOK
+    if loose_mask and look.loose_mask_mm is None:
+        look = replace(look, loose_mask_mm=float(rng.uniform(0.5, 6.0)))
 
     # T2* grid: axial, covering the warped brain with a margin (a raw scan's: the head too).
     warped = np.array([inverse.TransformPoint(p.tolist()) for p in template.surface_lps])
@@ -532,10 +538,12 @@ def draw_microbleed_count(rng: np.random.Generator) -> int:
 
 
 def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None, raw: bool = False,
-             varied: bool = False) -> list[dict]:
+             varied: bool = False, loose_masks: bool = False) -> list[dict]:
     """Write `n` phantoms (cohorts in turn) with their labels, phantoms.csv and microbleeds.csv;
     `raw`: the raw twins of the phantoms the same seed gives; `varied`: wide mimic and contrast
-    distributions (make_case)."""
+    distributions; `loose_masks`: every case masked as a brain extraction leaves it (make_case)."""
+    if raw and loose_masks:
+        raise ValueError("raw phantoms are not masked: --raw and --loose-masks exclude each other")
     out_dir.mkdir(parents=True, exist_ok=True)
     cohorts = cohorts or list(VALDO_COHORTS)
     unknown = sorted(set(cohorts) - set(COHORTS))
@@ -549,7 +557,7 @@ def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None,
         subject = f"s{seed}c{i:03d}"
         stem = layout.case_stem(subject)
         channels, label, bleeds, brain, mimics = make_case(subject, acquisition, draw_microbleed_count(rng), rng,
-                                                           template, raw, varied)
+                                                           template, raw, varied, loose_masks)
         for channel, image in channels.items():
             write_image_atomic(image, out_dir / layout.input_name(stem, channel))
         write_image_atomic(label, out_dir / layout.label_name(stem))
