@@ -58,13 +58,14 @@ def test_train_pipeline_end_to_end_exports_a_model_that_predicts(tmp_path):
     from mixmicrobleednet.train import write_random_model
 
     tuned = train(data, tmp_path / "tuned", "compact", device="cpu", epochs=1, iterations_per_epoch=1,
-                  init_from=model_dir)
+                  init_from=model_dir, initial_lr=1e-4)
     start, other = checkpoint["network_weights"], torch.load(
         write_random_model(tmp_path / "other", seed=5) / "fold_all" / "checkpoint_final.pth")["network_weights"]
     after = torch.load(tuned / "fold_all" / "checkpoint_final.pth")["network_weights"]
     moved = sum(float((after[k].float() - start[k].float()).norm()) for k in start)
     assert moved < 0.1 * sum(float((other[k].float() - start[k].float()).norm()) for k in start)
-    assert json.loads((tuned / "training.json").read_text())["initialised_from"] == str(model_dir)
+    record = json.loads((tuned / "training.json").read_text())
+    assert record["initialised_from"] == str(model_dir) and record["initial_lr"] == 1e-4
     t2s_only = write_random_model(tmp_path / "t2s", channels=("T2S",))
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "x"), "--init", str(t2s_only)]) == 2
     assert not (tmp_path / "x").exists()

@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(train)
     train.add_argument("--epochs", type=int, help="override the configuration's number of epochs")
     train.add_argument("--iterations-per-epoch", type=int, help="override the configuration's iterations per epoch")
+    train.add_argument("--initial-lr", type=float, help="override the configuration's initial learning rate "
+                                                      "(polynomial decay to 0 over the epochs), e.g. lower for a fine-tune")
     train.add_argument("--work", type=Path, help="nnU-Net raw/preprocessed/results folder (default: beside --out)")
     train.add_argument("--channels", nargs="+", choices=layout.CHANNELS, default=list(layout.CHANNELS),
                        help=f"the channels the network reads, in this order ({layout.REFERENCE_CHANNEL} among them; "
@@ -322,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             train(args.data, args.out, args.config, device=args.device, work_dir=args.work, epochs=args.epochs,
-                  iterations_per_epoch=args.iterations_per_epoch, channels=tuple(args.channels),
+                  iterations_per_epoch=args.iterations_per_epoch, initial_lr=args.initial_lr, channels=tuple(args.channels),
                   init_from=args.init)
         except ValueError as exc:  # no labelled cases, channels, --init
             log.error("%s", exc)

@@ -233,7 +233,8 @@ def _set_nnunet_folders(work_dir: Path) -> dict[str, str]:
 
 def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: str = "auto",
           work_dir: Path | None = None, epochs: int | None = None, iterations_per_epoch: int | None = None,
-          num_processes: int = 2, channels: tuple[str, ...] = layout.CHANNELS, init_from: Path | None = None) -> Path:
+          num_processes: int = 2, channels: tuple[str, ...] = layout.CHANNELS, init_from: Path | None = None,
+          initial_lr: float | None = None) -> Path:
     """Train fold `all` on every labelled case in `data_dir` with the network reading `channels`
     (in that order; the T2* among them); export the model folder to `out_dir`. `init_from`: a model
     folder of the same configuration and channels whose weights training starts from (fine-tuning)."""
@@ -279,7 +280,7 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
     trainer.num_iterations_per_epoch = iterations_per_epoch or config.iterations_per_epoch
     trainer.num_val_iterations_per_epoch = min(config.val_iterations_per_epoch, trainer.num_iterations_per_epoch)
     trainer.oversample_foreground_percent = config.oversample_foreground
-    trainer.initial_lr = config.initial_lr
+    trainer.initial_lr = initial_lr or config.initial_lr
     if initial:
         _start_from(trainer, initial)
     log.info("training %s: %d epochs x %d iterations on %s", config.name, trainer.num_epochs,
@@ -351,6 +352,7 @@ def _write_training_record(out_dir: Path, config: TrainingConfig, trainer, data_
         "channels": list(channels),
         "epochs": trainer.num_epochs,
         "iterations_per_epoch": trainer.num_iterations_per_epoch,
+        "initial_lr": trainer.initial_lr,
         "training_hours": round(hours, 3),
         "device": str(device),
         "cpu_count": os.cpu_count(),
