@@ -5,10 +5,7 @@ input channels in dataset.json (`channel_names`, in network order); they must be
 registry (layout.py) knows, and include the reference channel (T2*), whose grid every output is on.
 The shipped models are the model folders under one folder (models/ of the checkout, the image's
 /opt/mixmicrobleednet/models), each named by its folder and described by its MODEL_CARD.md;
-`--model auto` gives each case the shipped model with the most channels that the case has, and a
-case whose brain the tool extracts the shipped model with those channels declared for such masks
-(dataset.json `BRAIN_MASKS`), where there is one: a brain extraction leaves CSF and a rim of head
-inside the mask, which a model trained on masks that end at the brain never saw (#15).
+`--model auto` gives each case the shipped model with the most channels that the case has.
 Model folders are written by train.py (`write_model_folder`), for training and import-v1 alike.
 """
 
@@ -38,9 +35,6 @@ PLATFORM_MODEL_DIR = Path("/opt/ml/model")
 #: plans.json key (ignored by nnU-Net) telling `Model` to aggregate and resample probabilities as
 #: nnU-Net v1 did (set by import-v1).
 PROBABILITY_AGGREGATION = "mixmicrobleednet_v1_probability_aggregation"
-#: dataset.json key (ignored by nnU-Net): the brain masks a model was trained for; EXTRACTED: masks as
-#: the tool's own brain extraction leaves them (`auto` gives it the cases whose brain is extracted).
-BRAIN_MASKS, EXTRACTED = "mixmicrobleednet_brain_masks", "extracted"
 
 
 class ModelError(Exception):
@@ -55,7 +49,6 @@ class ModelFolder:
     configurations: tuple[str, ...]  # in plans.json; the checkpoint says which one it was trained as
     checksum: str  # SHA-256 over plans, dataset and checkpoint
     imported_from_v1: bool
-    for_extracted_brains: bool = False  # trained for masks as a brain extraction leaves them (BRAIN_MASKS)
 
     @property
     def name(self) -> str:
@@ -95,7 +88,7 @@ def read_model_folder(model_dir: Path) -> ModelFolder:
         raise ModelError(f"{model_dir / layout.DATASET_JSON}: channel_names {list(channels)} must name distinct "
                          f"channels among {', '.join(layout.CHANNELS)}, {layout.REFERENCE_CHANNEL} included")
     return ModelFolder(model_dir, channels, labels, configurations, model_checksum(model_dir),
-                       bool(plans.get(PROBABILITY_AGGREGATION)), dataset.get(BRAIN_MASKS) == EXTRACTED)
+                       bool(plans.get(PROBABILITY_AGGREGATION)))
 
 
 def models_folder() -> Path:
@@ -115,12 +108,10 @@ def shipped_models(models_dir: Path | None = None) -> dict[str, ModelFolder]:
 @dataclass(frozen=True)
 class ModelChoice:
     """The models a run may use: the one given (--model NAME|DIR), or every shipped one (auto),
-    of which a case gets the one with the most channels that it has, or, when the tool extracts its
-    brain, the one with those channels declared for extracted brains, where there is one."""
+    of which a case gets the one with the most channels that it has."""
 
     models: tuple[ModelFolder, ...]  # most channels first
     auto: bool
-    for_extracted: tuple[ModelFolder, ...] = ()  # auto: the shipped models declared for extracted brains
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -132,15 +123,10 @@ class ModelChoice:
         (reading the case then names the missing file)."""
         return next((m for m in self.models if set(m.channels) <= available), self.models[-1])
 
-    def for_extracted_brain(self, model: ModelFolder) -> ModelFolder:
-        """The model for a case whose brain the tool extracted, chosen `model` from its channels."""
-        return next((m for m in self.for_extracted if m.channels == model.channels), model)
-
     def describe(self) -> str:
         if not self.auto:
             return self.models[0].describe()
-        extracted = "".join(f"; for an extracted brain {m.describe()}" for m in self.for_extracted)
-        return f"per case the shipped model that fits ({'; '.join(m.describe() for m in self.models)}{extracted})"
+        return f"per case the shipped model that fits ({'; '.join(m.describe() for m in self.models)})"
 
 
 def resolve_models(spec: str | Path = DEFAULT_MODEL, models_dir: Path | None = None) -> ModelChoice:
@@ -151,9 +137,7 @@ def resolve_models(spec: str | Path = DEFAULT_MODEL, models_dir: Path | None = N
         if not shipped:
             raise ModelError(f"--model auto: no model folders in {models_dir} (set {MODELS_VARIABLE}, or give "
                              "--model a model folder)")
-        plain = [m for m in shipped.values() if not m.for_extracted_brains] or list(shipped.values())
-        return ModelChoice(tuple(sorted(plain, key=lambda m: -len(m.channels))), auto=True,
-                           for_extracted=tuple(m for m in shipped.values() if m not in plain))
+        return ModelChoice(tuple(sorted(shipped.values(), key=lambda m: -len(m.channels))), auto=True)
     path = Path(spec)
     if path.is_dir():
         return ModelChoice((read_model_folder(path),), auto=False)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -57,7 +57,6 @@ class CaseResult:
     registrations: dict[str, dict] = field(default_factory=dict)  # channel -> its registration onto the T2*
     brain_mask: dict = field(default_factory=dict)  # how the brain mask was found (BrainMask.as_record)
     regions: dict | None = None  # where the microbleeds are (regions.locate_lesions), with regions on
-    model: ModelFolder | None = None  # the model that predicted it (the case's, or its for_extracted_brain)
 
 
 class ModelPredictor:
@@ -133,8 +132,6 @@ class CaseRun:
     #: Preprocess ahead in the reader thread; its seconds, or None where the predict stage preprocesses.
     prepare: Callable[[ChannelStack, ModelFolder], float | None] = lambda stack, model: None
     brain: BrainSettings = BrainSettings()  # brain masks: found in the scans, given or extracted
-    #: The model for a case whose brain the tool extracted, given the case's model (ModelChoice.for_extracted_brain).
-    for_extracted_brain: Callable[[ModelFolder], ModelFolder] = lambda model: model
 
     @property
     def settings_record(self) -> dict:
@@ -150,28 +147,24 @@ def _stage(result: CaseResult, name: str) -> Iterator[None]:
     log.info("%s: %s %.1f s", result.case_id, name, result.stage_seconds[name])
 
 
-def _load_timed(case: Case, run: CaseRun) -> tuple[ChannelStack, dict[str, float], ModelFolder]:
-    """The reader thread's work for one case: read and align, choose the model for the brain mask
-    it got, preprocess for that model; the seconds of each, and the model."""
+def _load_timed(case: Case, run: CaseRun) -> tuple[ChannelStack, dict[str, float]]:
+    """The reader thread's work for one case: read and align, then preprocess for its model; the
+    seconds of each."""
     started = time.perf_counter()
     stack = load_case(case, case.model.channels, case.model.describe(), run.register, run.brain)
     seconds = {"read": time.perf_counter() - started}
-    model = run.for_extracted_brain(case.model) if stack.brain.extracted else case.model
-    if model is not case.model:
-        log.info("%s: brain extracted by the tool: %s", case.case_id, model.describe())
-    preprocess = run.prepare(stack, model)
+    preprocess = run.prepare(stack, case.model)
     if preprocess is not None:
         seconds["preprocess"] = preprocess
-    return stack, seconds, model
+    return stack, seconds
 
 
 def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
     """Predict one case; an input problem becomes the result's error message, not an exception."""
-    result = CaseResult(case.case_id, case.subject, model=case.model)
+    result = CaseResult(case.case_id, case.subject)
     started = time.perf_counter()
     try:
-        stack, seconds, result.model = loaded.result()
-        case = replace(case, model=result.model)  # its outputs' sidecars name the model that predicted them
+        stack, seconds = loaded.result()
         result.stage_seconds.update(seconds)
         result.registrations = {channel: r.as_record() for channel, r in stack.registrations.items()}
         result.brain_mask = stack.brain.as_record()
@@ -257,8 +250,8 @@ def _record(case: Case, result: CaseResult, run: CaseRun, fingerprint: list[dict
     return {"case_id": case.case_id, "subject": case.subject, "session": case.session,
             "status": "error" if result.error_messages else "ok", "error_messages": result.error_messages,
             "inputs": fingerprint,
-            "model": {"name": result.model.name, "path": str(result.model.path), "sha256": result.model.checksum,
-                      "channels": list(result.model.channels)},
+            "model": {"name": case.model.name, "path": str(case.model.path), "sha256": case.model.checksum,
+                      "channels": list(case.model.channels)},
             "settings": run.settings_record, "registrations": result.registrations,
             "brain_mask": result.brain_mask, "regions": result.regions, "outputs": result.outputs,
             "microbleed_count": result.microbleed_count,
@@ -273,8 +266,7 @@ def _already_done(cases: list[Case], run: CaseRun) -> dict[str, CaseResult]:
     done = {}
     for case in cases:
         record = records.read_record(records.record_path(run.output_dir, case))
-        models = {case.model.checksum, run.for_extracted_brain(case.model).checksum}  # the brain mask chose one
-        reason = records.finished_before(record, records.input_fingerprint(case), models,
+        reason = records.finished_before(record, records.input_fingerprint(case), case.model.checksum,
                                          run.settings_record, run.output_dir)
         if reason:
             log.info("%s: skipped, %s (--resume)", case.case_id, reason)
@@ -300,7 +292,7 @@ def run_cases(cases: list[Case], run: CaseRun) -> list[CaseResult]:
             result = results[case.case_id] = _run_case(case, loaded, run)
             if run.records:
                 records.write_record(run.output_dir, case, _record(case, result, run, fingerprint,
-                                                                    run.device(result.model)))
+                                                                    run.device(case.model)))
                 if run.merge_each:
                     records.merge(run.output_dir)
     if run.records and run.merge_each and not todo:

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import platform
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -71,13 +71,12 @@ def read_record(path: Path) -> dict | None:
     return record if isinstance(record, dict) and record.get("record_version") == RECORD_VERSION else None
 
 
-def finished_before(record: dict | None, fingerprint: list[dict], model_sha256s: Collection[str], settings: dict,
+def finished_before(record: dict | None, fingerprint: list[dict], model_sha256: str, settings: dict,
                     output_dir: Path) -> str | None:
-    """Why a case need not run again (its record matches, with one of the models it may get, and its
-    outputs exist), or None."""
+    """Why a case need not run again (its record matches and its outputs exist), or None."""
     if record is None or record.get("status") != "ok":
         return None
-    same = (record.get("inputs") == fingerprint and record.get("model", {}).get("sha256") in model_sha256s
+    same = (record.get("inputs") == fingerprint and record.get("model", {}).get("sha256") == model_sha256
             and record.get("settings") == settings)
     if not same or not all((output_dir / p).is_file() for p in record.get("outputs", {}).values()):
         return None

@@ -5,8 +5,7 @@ runs here: the model folders are read (--model: one, or every shipped one for `a
 folder is checked, the input layout is detected once (inputs.json: a Grand-Challenge job;
 dataset_description.json: a BIDS dataset, written as a BIDS derivatives dataset; else the seed's
 folder), the cases are found, chosen (participants, sessions, shard), each given its model (the one
-with the most channels that the case has; once its brain is extracted, the model for extracted
-brains with those channels, where one is shipped) and run; each model loads once, when a case needs it.
+with the most channels that the case has) and run; each model loads once, when a case needs it.
 Whatever stops the whole run (model folder, input folder, output folder) is a RunError: one
 message, exit code 2, no case written.
 """
@@ -124,7 +123,6 @@ class Run:
                       records=not self.platform, merge_each=self.input_layout == SEED, resume=self.options.resume,
                       device=lambda model: self.start_model(model).device, register=self.options.register,
                       brain=self.options.brain, start_model=self.start_model,
-                      for_extracted_brain=self.models.for_extracted_brain,
                       **({"prepare": lambda stack, model: self.start_model(model).prepare(stack)}
                          if predict is None or ahead else {}))
         try:
