@@ -87,7 +87,7 @@ def test_varied_phantoms_are_masked_as_an_extraction_leaves_them_and_mark_each_m
         assert t2s[mimic_array == value].mean() < 0.9 * t2s[plain].mean()
 
 
-def test_loose_masks_keep_the_look_and_mask_beyond_the_brain_as_an_extraction_does(template):
+def test_loose_masks_mask_beyond_the_brain_as_an_extraction_does(template):
     """--loose-masks: in the default look, tissue beyond the brain stays inside the mask (a default
     phantom keeps none); the label stays inside the brain."""
     tight = make_case("t", COHORTS["lowres"], 3, np.random.default_rng(5), template)
