@@ -96,6 +96,8 @@ _DEEP_IRON_CENTRES = [(-25, -2, 2), (25, -2, 2), (-10, 18, -12), (10, 18, -12), 
 # Where air lies next to the brain: above the frontal sinus, over the temporal bones.
 _AIR_CENTRES = [(0, -48, -18), (-42, 20, -30), (42, 20, -30)]
 _LOCATION_WEIGHTS = {"lobar": 0.6, "deep": 0.25, "infratentorial": 0.15}
+# How far beyond the brain a loose (extraction-like) mask reaches, mm: CSF up to a rim of head.
+_LOOSE_MASK_REACH_MM = (0.5, 6.0)
 
 #: A raw scan's field of view reaches this far (mm) beyond the brain: the head.
 RAW_MARGIN_MM = 25
@@ -401,7 +403,7 @@ def _draw_look(rng: np.random.Generator) -> _Look:
     if swi:  # the drawn vein darkening is at most 0.6 x 1.3 < 0.95: capping before the boost changes nothing
         mimic["vein"]["T2S"] = min(0.95, mimic["vein"]["T2S"] * 1.4)
         bleed["T2S"] = float(rng.uniform(0.9, 0.97))
-    loose = float(rng.uniform(0.5, 6.0)) if rng.random() < 0.5 else None
+    loose = float(rng.uniform(*_LOOSE_MASK_REACH_MM)) if rng.random() < 0.5 else None
     return _Look(tissue, mimic, bleed, float(rng.uniform(0.6, 1.8)), loose)
 
 
@@ -430,7 +432,7 @@ def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: n
     inverse = transform.GetInverse()
     look = _draw_look(rng) if varied else _FIXED_LOOK
     if loose_mask and look.loose_mask_mm is None:
-        look = replace(look, loose_mask_mm=float(rng.uniform(0.5, 6.0)))
+        look = replace(look, loose_mask_mm=float(rng.uniform(*_LOOSE_MASK_REACH_MM)))
 
     # T2* grid: axial, covering the warped brain with a margin (a raw scan's: the head too).
     warped = np.array([inverse.TransformPoint(p.tolist()) for p in template.surface_lps])
