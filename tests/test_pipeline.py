@@ -320,3 +320,36 @@ def test_edge_margin_uses_the_skull_stripped_scans_own_brain_with_its_holes_fill
         assert record["settings"]["output"]["lesions"]["edge_margin_mm"] == margin
     table = np.loadtxt(out / result.outputs["lesions"], delimiter=",", skiprows=1, usecols=(1, 2, 3), ndmin=2)
     np.testing.assert_allclose(table, [[18, 20, 10]])  # the centre one (i, j, k)
+
+
+def test_network_inputs_writes_cases_as_the_pipeline_hands_them_to_the_network(tmp_path, monkeypatch, capsys):
+    """benchmarks/network_inputs.py: each labelled case's channels exactly as load_case gives them,
+    on the T2* grid, its label linked; a case without a label is named and skipped; a rerun skips
+    what is written."""
+    import sys
+    from pathlib import Path
+
+    from mixmicrobleednet.cases import seed_cases
+    from mixmicrobleednet.imaging import load_case
+    from mixmicrobleednet.phantoms import generate
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from network_inputs import main as network_inputs
+
+    generate(tmp_path / "cases", 2, seed=5, cohorts=["lowres"])
+    unlabelled = seed_cases(tmp_path / "cases")[1].case_id
+    (tmp_path / "cases" / layout.label_name(unlabelled)).unlink()
+    monkeypatch.setattr(sys, "argv", ["network_inputs.py", "--cases", str(tmp_path / "cases"), "--out", str(tmp_path / "out")])
+    network_inputs()
+    assert f"{unlabelled}: no label" in capsys.readouterr().out
+    written = seed_cases(tmp_path / "out")
+    assert [c.case_id for c in written] == [seed_cases(tmp_path / "cases")[0].case_id]
+    expected = load_case(seed_cases(tmp_path / "cases")[0])
+    for index, channel in enumerate(layout.CHANNELS):
+        image = sitk.ReadImage(str(written[0].channel_paths[channel]))
+        assert image.GetSize() == expected.reference.GetSize() and image.GetOrigin() == expected.reference.GetOrigin()
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(image), expected.array[index])
+    label = tmp_path / "out" / layout.label_name(written[0].case_id)
+    assert label.is_symlink() and label.resolve() == (tmp_path / "cases" / label.name).resolve()
+    network_inputs()
+    assert written[0].case_id not in capsys.readouterr().out  # already written: skipped silently
