@@ -14,14 +14,15 @@ named and skipped.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from mixmicrobleednet import layout
-from mixmicrobleednet.cases import seed_cases
 from mixmicrobleednet.imaging import CaseError, load_case
+from mixmicrobleednet.train import training_cases
 
 
 def main() -> None:
@@ -29,14 +30,11 @@ def main() -> None:
     parser.add_argument("--cases", type=Path, required=True, help="a seed-layout folder with labels")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # training_cases names the unlabelled cases
     args.out.mkdir(parents=True, exist_ok=True)
-    for case in seed_cases(args.cases):
-        label = args.cases / layout.label_name(case.case_id)
-        written = args.out / layout.label_name(case.case_id)
+    for case, label in training_cases(args.cases):
+        written = args.out / label.name
         if written.exists():
-            continue
-        if not label.is_file():
-            print(f"{case.case_id}: no label {label.name}, skipped", flush=True)
             continue
         try:
             stack = load_case(case)

@@ -322,7 +322,7 @@ def test_edge_margin_uses_the_skull_stripped_scans_own_brain_with_its_holes_fill
     np.testing.assert_allclose(table, [[18, 20, 10]])  # the centre one (i, j, k)
 
 
-def test_network_inputs_writes_cases_as_the_pipeline_hands_them_to_the_network(tmp_path, monkeypatch, capsys):
+def test_network_inputs_writes_cases_as_the_pipeline_hands_them_to_the_network(tmp_path, monkeypatch, capsys, caplog):
     """benchmarks/network_inputs.py: each labelled case's channels exactly as load_case gives them,
     on the T2* grid, its label linked; a case without a label is named and skipped; a rerun skips
     what is written."""
@@ -341,10 +341,12 @@ def test_network_inputs_writes_cases_as_the_pipeline_hands_them_to_the_network(t
     (tmp_path / "cases" / layout.label_name(unlabelled)).unlink()
     monkeypatch.setattr(sys, "argv", ["network_inputs.py", "--cases", str(tmp_path / "cases"), "--out", str(tmp_path / "out")])
     network_inputs()
-    assert f"{unlabelled}: no label" in capsys.readouterr().out
+    assert f"{unlabelled}: no label" in caplog.text
+    labelled = seed_cases(tmp_path / "cases")[0]
+    assert capsys.readouterr().out.startswith(f"{labelled.case_id}: ")  # the written case, how it was masked
     written = seed_cases(tmp_path / "out")
-    assert [c.case_id for c in written] == [seed_cases(tmp_path / "cases")[0].case_id]
-    expected = load_case(seed_cases(tmp_path / "cases")[0])
+    assert [c.case_id for c in written] == [labelled.case_id]
+    expected = load_case(labelled)
     for index, channel in enumerate(layout.CHANNELS):
         image = sitk.ReadImage(str(written[0].channel_paths[channel]))
         assert image.GetSize() == expected.reference.GetSize() and image.GetOrigin() == expected.reference.GetOrigin()
