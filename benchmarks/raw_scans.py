@@ -9,10 +9,12 @@ up to 10° and 10 mm; phantoms.make_case(raw=True)), each predicted by the same 
 
 Resumable (phantoms are kept, predictions run with --resume). The probability maps are kept
 (--save-probabilities), so that benchmarks/edge_rule.py can re-draw both twins with the edge rule.
-Prints per twin: sensitivity, false
-positives per scan, Dice, and the differences against the issue's bar (sensitivity within 0.05,
-false positives per scan within 0.2); then the brain masks' Dice against the phantoms' true brain,
-and the mean seconds per stage of the raw runs (registration per channel, brain mask, prediction).
+Prints per twin: sensitivity, false positives per scan, Dice (each twin with the tool's defaults:
+the raw twins' brains are extracted, so the edge rule of lesions.EXTRACTED_BRAIN_EDGE_MARGIN_MM
+applies to them), and the differences against the issue's bar (sensitivity no more than 0.05
+lower, false positives per scan no more than 0.2 higher); then the brain masks' Dice against the
+phantoms' true brain, and the mean seconds per stage of the raw runs (registration per channel,
+brain mask, prediction).
 """
 
 from __future__ import annotations
@@ -57,8 +59,9 @@ def main() -> None:
               f"{s['dice_cases_with_microbleeds']:6.3f}")
     sensitivity = summaries["raw"]["sensitivity"] - summaries["preprocessed"]["sensitivity"]
     false_positives = summaries["raw"]["false_positives_per_scan"] - summaries["preprocessed"]["false_positives_per_scan"]
-    print(f"raw - preprocessed: sensitivity {sensitivity:+.3f} (bar ±0.05: {'met' if abs(sensitivity) <= 0.05 else 'NOT met'}), "
-          f"false positives per scan {false_positives:+.2f} (bar ±0.2: {'met' if abs(false_positives) <= 0.2 else 'NOT met'})")
+    # The bar is "no worse": finding more microbleeds or marking fewer false ones on raw scans meets it.
+    print(f"raw - preprocessed: sensitivity {sensitivity:+.3f} (bar: -0.05 or more: {'met' if sensitivity >= -0.05 else 'NOT met'}), "
+          f"false positives per scan {false_positives:+.2f} (bar: +0.2 or less: {'met' if false_positives <= 0.2 else 'NOT met'})")
 
     dice, stages = [], {}
     for record_path in sorted((args.work / "raw-out" / layout.RECORDS_DIR).glob("*.json")):

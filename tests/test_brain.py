@@ -131,3 +131,4 @@ def test_a_raw_phantom_is_registered_and_brain_extracted_end_to_end(tmp_path, ra
     assert _dice(found, truth) >= 0.9
     assert (tmp_path / "out" / record["outputs"]["preprocessing_qc"]).read_bytes()[:4] == b"\x89PNG"
     assert record["settings"]["brain_mask"] == "auto"
+    assert record["brain_mask"]["extracted"] and record["edge_rule"]["edge_margin_mm"] == 4.0  # the default there

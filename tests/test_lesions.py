@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from mixmicrobleednet.lesions import LESION_COLUMNS, LesionSettings, extract_lesions
+from mixmicrobleednet.lesions import EXTRACTED_BRAIN_EDGE_MARGIN_MM, LESION_COLUMNS, LesionSettings, extract_lesions
 from mixmicrobleednet.phantoms import Microbleed, _render_bleeds
 from mixmicrobleednet.report import write_lesion_table, write_qc_picture
 
@@ -144,6 +144,8 @@ def test_edge_margin_drops_microbleeds_whose_centre_lies_near_the_brains_edge():
     assert extract_lesions(probabilities, grid, LesionSettings(), brain).count == 3
     kept = extract_lesions(probabilities, grid, LesionSettings(edge_margin_mm=3.0), brain)
     assert kept.count == 2 and kept.mask.sum() == kept.table["voxel_count"].sum()
+    assert list(kept.table["lesion_id"]) == [1, 2] and len(kept.near_edge) == 1  # set aside, measured as the rest
+    assert kept.near_edge.iloc[0]["centroid_i"] == pytest.approx(30 + 18.5) and kept.near_edge.iloc[0]["voxel_count"] > 0
     assert sorted(kept.table[["centroid_i", "centroid_j"]].round().itertuples(index=False)) == [(30 - 16, 30), (30, 30 + 8)]
     assert extract_lesions(probabilities, grid, LesionSettings(edge_margin_mm=5.0), brain).count == 1
     # the grid's border counts as the brain's edge: a brain filling the grid still has one
@@ -153,3 +155,7 @@ def test_edge_margin_drops_microbleeds_whose_centre_lies_near_the_brains_edge():
     with pytest.raises(ValueError):
         LesionSettings(edge_margin_mm=-1)
     assert "3 mm or more inside the brain" in LesionSettings(edge_margin_mm=3.0).describe()
+    # no margin set: decided by how the brain mask was found
+    assert LesionSettings().margin_mm == 0 and LesionSettings().for_brain(extracted=False).edge_margin_mm == 0
+    assert LesionSettings().for_brain(extracted=True).edge_margin_mm == EXTRACTED_BRAIN_EDGE_MARGIN_MM == 4
+    assert LesionSettings(edge_margin_mm=1.0).for_brain(extracted=True).edge_margin_mm == 1

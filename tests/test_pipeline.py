@@ -4,6 +4,7 @@ import json
 import logging
 
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 
@@ -286,7 +287,7 @@ def test_prediction_options_from_the_environment_and_the_command_line_wins(monke
     args = parse()
     assert (args.fast, args.threshold, args.device, args.no_qc) == (True, 0.7, "cpu", False)
     assert parse("--threshold", "0.3").threshold == 0.3
-    assert parse().edge_margin_mm == 0.0
+    assert parse().edge_margin_mm is None  # decided per case by how its brain mask was found
     monkeypatch.setenv("MIXMICROBLEEDNET_EDGE_MARGIN_MM", "3")
     assert (parse().edge_margin_mm, parse("--edge-margin-mm", "2.5").edge_margin_mm) == (3.0, 2.5)
     monkeypatch.setenv("MIXMICROBLEEDNET_THRESHOLD", "2")
@@ -318,8 +319,43 @@ def test_edge_margin_uses_the_skull_stripped_scans_own_brain_with_its_holes_fill
         assert not result.error_messages and result.microbleed_count == expected
         record = json.loads((out / layout.RECORDS_DIR / layout.record_name(stem("e1"))).read_text())
         assert record["settings"]["output"]["lesions"]["edge_margin_mm"] == margin
+        assert record["edge_rule"]["edge_margin_mm"] == margin and len(record["edge_rule"]["near_edge"]) == 2 - expected
     table = np.loadtxt(out / result.outputs["lesions"], delimiter=",", skiprows=1, usecols=(1, 2, 3), ndmin=2)
     np.testing.assert_allclose(table, [[18, 20, 10]])  # the centre one (i, j, k)
+
+
+def test_edge_margin_defaults_to_4_mm_where_the_tool_extracted_the_brain_and_to_0_for_a_given_mask(
+        tmp_path, random_model, monkeypatch):
+    """The same brain mask, once as the tool's extraction (deepbet stood in for by the scan's own
+    brain), once given by the user: a microbleed 3 mm inside its edge is dropped by default only
+    where the tool extracted the mask; --edge-margin-mm wins; the record says what was applied."""
+    from mixmicrobleednet import brain
+    from mixmicrobleednet.brain import BrainMasking, BrainSettings
+
+    paths = write_case(tmp_path / "input", "x1", shape=(24, 40, 36), spacing_xyz=(3.0, 3.0, 3.0))
+    monkeypatch.setattr(brain, "extract_brain", lambda image, use_gpu: sitk.Cast(image > 0, sitk.sitkUInt8))
+    sitk.WriteImage(sitk.Cast(sitk.ReadImage(str(paths["T2S"])) > 0, sitk.sitkUInt8), str(tmp_path / "mask.nii.gz"))
+
+    def two_dots(stack, model):
+        probabilities = np.zeros(stack.array.shape[1:], np.float32)
+        probabilities[12, 20, 18] = probabilities[12, 20, 34] = 1  # the centre; 3 mm inside the edge
+        return probabilities
+
+    for name, masking, margin, expected in (
+            ("extracted", BrainSettings(BrainMasking.EXTRACT), None, (4.0, 1)),
+            ("given", BrainSettings(BrainMasking.GIVEN, tmp_path / "mask.nii.gz"), None, (0.0, 0)),
+            ("extracted-0", BrainSettings(BrainMasking.EXTRACT), 0.0, (0.0, 0))):
+        out = tmp_path / name
+        [result] = run_cases(cases_for(tmp_path / "input", random_model),
+                             CaseRun(two_dots, out, settings=OutputSettings(LesionSettings(edge_margin_mm=margin)),
+                                     brain=masking))
+        assert not result.error_messages, result.error_messages
+        record = json.loads((out / layout.RECORDS_DIR / layout.record_name(stem("x1"))).read_text())
+        assert record["brain_mask"]["extracted"] is (masking.masking is BrainMasking.EXTRACT)
+        assert (record["edge_rule"]["edge_margin_mm"], len(record["edge_rule"]["near_edge"])) == expected
+        assert result.microbleed_count == 2 - expected[1]
+        summary = pd.read_csv(out / layout.SUMMARY_CSV)
+        assert tuple(summary.loc[0, ["edge_margin_mm", "near_edge_count"]]) == expected
 
 
 def test_network_inputs_writes_cases_as_the_pipeline_hands_them_to_the_network(tmp_path, monkeypatch, capsys, caplog):

@@ -131,7 +131,7 @@ def sidecars(case: Case, settings) -> dict[str, dict]:
               "ModelChannels": [layout.BIDS_SUFFIXES[c] for c in case.model.channels]}
     return {"mask_sidecar": {"Type": "Lesion", "Description": "Cerebral microbleeds (MixMicrobleedNet)", **common,
                              "Threshold": settings.threshold, "MinimumSizeMm3": settings.min_size_mm3,
-                             "EdgeMarginMm": settings.edge_margin_mm},
+                             "EdgeMarginMm": settings.margin_mm},
             "probability_sidecar": {"Description": "Cerebral microbleed probability (MixMicrobleedNet)", **common},
             "brain_mask_sidecar": {"Type": "Brain", "Sources": common["Sources"],
                                    "SpatialReference": common["SpatialReference"]}}

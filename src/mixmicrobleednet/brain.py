@@ -64,9 +64,11 @@ class BrainMask:
     source: str  # how it was found, for the log, the record and the QC picture
     volume_ml: float
     seconds: float
+    extracted: bool = False  # by the tool (deepbet): its edge reaches past the brain (lesions.LesionSettings)
 
     def as_record(self) -> dict:
-        return {"source": self.source, "volume_ml": round(self.volume_ml, 1), "seconds": round(self.seconds, 2)}
+        return {"source": self.source, "volume_ml": round(self.volume_ml, 1), "seconds": round(self.seconds, 2),
+                "extracted": self.extracted}
 
 
 def background_volume(t2s: sitk.Image) -> tuple[float, float]:
@@ -139,12 +141,12 @@ def read_given_mask(path: Path, t2s: sitk.Image) -> np.ndarray:
     return onto_grid(mask, t2s)
 
 
-def checked(mask: np.ndarray, t2s: sitk.Image, source: str, started: float) -> BrainMask:
+def checked(mask: np.ndarray, t2s: sitk.Image, source: str, started: float, extracted: bool = False) -> BrainMask:
     volume = float(mask.sum()) * float(np.prod(t2s.GetSpacing())) / 1000
     if volume < MIN_BRAIN_ML:
         raise CaseError(f"brain mask ({source}) is {volume:.0f} ml on the T2S grid, less than {MIN_BRAIN_ML:.0f} ml: "
                         f"not a brain (wrong mask, or a scan that does not show the brain)")
-    return BrainMask(mask, source, volume, time.perf_counter() - started)
+    return BrainMask(mask, source, volume, time.perf_counter() - started, extracted)
 
 
 def find_brain_mask(case_id: str, t2s: sitk.Image, settings: BrainSettings,
@@ -166,6 +168,6 @@ def find_brain_mask(case_id: str, t2s: sitk.Image, settings: BrainSettings,
         image, transform = extraction_channel
         mask = onto_grid(extract_brain(image, settings.gpu_allowed), t2s, transform)
         return checked(mask, t2s, f"deepbet on the {layout.BRAIN_EXTRACTION_CHANNEL}, onto the "
-                                  f"{layout.REFERENCE_CHANNEL} grid", started)
+                                  f"{layout.REFERENCE_CHANNEL} grid", started, extracted=True)
     mask = sitk.GetArrayFromImage(extract_brain(t2s, settings.gpu_allowed)) > 0
-    return checked(mask, t2s, f"deepbet on the {layout.REFERENCE_CHANNEL}", started)
+    return checked(mask, t2s, f"deepbet on the {layout.REFERENCE_CHANNEL}", started, extracted=True)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from . import layout
-from .lesions import DEFAULT_THRESHOLD
+from .lesions import DEFAULT_THRESHOLD, EXTRACTED_BRAIN_EDGE_MARGIN_MM
 from .model import PRECISIONS
 from .modelfolder import AUTO, DEFAULT_MODEL, MODELS_VARIABLE
 
@@ -59,9 +59,12 @@ def add_prediction_options(parser: argparse.ArgumentParser) -> None:
                              "nnU-Net's argmax, as the seed)")
     parser.add_argument("--min-size-mm3", type=_non_negative, default=0.0,
                         help="drop microbleeds smaller than this volume in mm³ (default: 0, keep all)")
-    parser.add_argument("--edge-margin-mm", type=_non_negative, default=0.0,
-                        help="drop microbleeds whose centre lies within this distance of the brain mask's edge "
-                             "(default: 0, keep all; 3 is measured in the T2*-only model's card and recommended for it)")
+    parser.add_argument("--edge-margin-mm", type=_non_negative, default=None,
+                        help="set aside microbleeds whose centre lies within this distance of the brain mask's edge "
+                             "(left out of the mask and the counts, listed in the record) "
+                             f"(default: {EXTRACTED_BRAIN_EDGE_MARGIN_MM:g} where the tool extracts the brain, whose "
+                             "mask reaches onto dura and bone; else 0, keep all; 3 is measured in the T2*-only model's "
+                             "card and recommended for it)")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write the microbleed probability map (float32, T2* grid)")
     parser.add_argument("--no-qc", action="store_true", help="do not draw the QC picture per case")

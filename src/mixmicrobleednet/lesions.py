@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,12 @@ CONNECTIVITY = np.ones((3, 3, 3), bool)
 
 #: nnU-Net's argmax over {background, CMB} is `p(CMB) > 0.5`; the same rule keeps the seed's masks.
 DEFAULT_THRESHOLD = 0.5
+
+#: The edge margin (mm) where the tool extracted the brain itself, unless the user sets one: an
+#: extraction's mask reaches past the brain onto dura and bone (most at the skull base), dark on
+#: T2* beside the bright brain like a microbleed. The smallest margin with the fewest false
+#: positives on raw phantoms (benchmarks/edge_rule.py; the model card has the figures).
+EXTRACTED_BRAIN_EDGE_MARGIN_MM = 4.0
 
 #: One row per microbleed. Voxel indices are in NIfTI/ITK order (i, j, k = x, y, z of the array
 #: on disk); world coordinates are RAS millimetres, as nibabel, FSLeyes and MNI coordinates use.
@@ -30,23 +36,35 @@ class LesionSettings:
 
     threshold: float = DEFAULT_THRESHOLD  # a voxel is a microbleed voxel when p > threshold
     min_size_mm3: float = 0.0  # smaller connected components are dropped
-    #: Components whose centre lies within this distance (mm) of the brain mask's edge are dropped
-    #: (0: none, the seed's rule). Microbleeds lie in the brain; a dark rim where a mask cuts
-    #: tissue is what the T2*-only model marks most (its card measures the rule).
-    edge_margin_mm: float = 0.0
+    #: Components whose centre lies within this distance (mm) of the brain mask's edge are set
+    #: aside (0: none, the seed's rule). Microbleeds lie in the brain; a dark rim where a mask cuts
+    #: tissue is what the models mark most (the cards measure the rule). None: decided per case by
+    #: how its brain mask was found (for_brain), 0 until then.
+    edge_margin_mm: float | None = None
 
     def __post_init__(self):
         if not 0.0 <= self.threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1): got {self.threshold}")
         if self.min_size_mm3 < 0:
             raise ValueError(f"minimum size must be 0 mm³ or more: got {self.min_size_mm3}")
-        if self.edge_margin_mm < 0:
+        if self.edge_margin_mm is not None and self.edge_margin_mm < 0:
             raise ValueError(f"edge margin must be 0 mm or more: got {self.edge_margin_mm}")
+
+    @property
+    def margin_mm(self) -> float:
+        return self.edge_margin_mm or 0.0
+
+    def for_brain(self, extracted: bool) -> LesionSettings:
+        """The rule for one case: an edge margin left open becomes EXTRACTED_BRAIN_EDGE_MARGIN_MM
+        where the tool extracted the brain, else 0 (skull-stripped scans, masks the user gave)."""
+        if self.edge_margin_mm is not None:
+            return self
+        return replace(self, edge_margin_mm=EXTRACTED_BRAIN_EDGE_MARGIN_MM if extracted else 0.0)
 
     def describe(self) -> str:
         """The rule in a few words, for captions."""
         words = f"p > {self.threshold:g}, min size {self.min_size_mm3:g} mm³"
-        return words + (f", centre {self.edge_margin_mm:g} mm or more inside the brain" if self.edge_margin_mm else "")
+        return words + (f", centre {self.margin_mm:g} mm or more inside the brain" if self.margin_mm else "")
 
 
 @dataclass(frozen=True)
@@ -55,6 +73,8 @@ class Lesions:
 
     mask: np.ndarray  # uint8 0/1, (z, y, x)
     table: pd.DataFrame  # LESION_COLUMNS
+    #: Components the edge margin set aside (LesionSettings.edge_margin_mm), measured as the table's.
+    near_edge: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LESION_COLUMNS))
 
     @property
     def count(self) -> int:
@@ -102,18 +122,18 @@ def near_edge(brain: np.ndarray, centre_zyx: np.ndarray, spacing_zyx: np.ndarray
 
 def extract_lesions(probabilities: np.ndarray, reference: sitk.Image,
                     settings: LesionSettings = LesionSettings(), brain: np.ndarray | None = None) -> Lesions:
-    """Threshold, split into microbleeds, drop those under the minimum size and (with an edge
-    margin) those whose centre lies that close to the edge of `brain` (bool, the T2* grid),
-    measure the rest.
+    """Threshold, split into microbleeds, drop those under the minimum size, measure them, and
+    (with an edge margin) set aside those whose centre lies that close to the edge of `brain`
+    (bool, the T2* grid): measured as the rest, in `near_edge`, so that a reader can check them.
 
     Components are labelled only inside the box that holds every voxel above the threshold: on a
     whole-head 512x512 grid that is a fraction of the volume."""
-    if settings.edge_margin_mm and brain is None:
+    if settings.margin_mm and brain is None:
         raise ValueError("an edge margin needs the brain mask")
     above = probabilities > settings.threshold
     mask = np.zeros(probabilities.shape, np.uint8)
     region = _bounding_box(above)
-    rows = []
+    rows, near = [], []
     if region is not None:
         labels, count = label_microbleeds(above[region])
         voxel_volume = float(np.prod(reference.GetSpacing()))
@@ -121,23 +141,25 @@ def extract_lesions(probabilities: np.ndarray, reference: sitk.Image,
         kept = np.flatnonzero(voxel_counts * voxel_volume >= settings.min_size_mm3) + 1
         boxes = ndimage.find_objects(labels, max_label=count)  # measure each microbleed in its box only
         offset = [s.start for s in region]
-
-        centres_zyx = {label: np.add(ndimage.center_of_mass(labels[boxes[label - 1]] == label),
-                                     [s.start + o for s, o in zip(boxes[label - 1], offset)]) for label in kept}
-        if settings.edge_margin_mm:
-            spacing_zyx = np.array(reference.GetSpacing()[::-1])
-            kept = np.array([k for k in kept if not near_edge(brain, centres_zyx[k], spacing_zyx,
-                                                              settings.edge_margin_mm)], int)
-        mask[region] = np.isin(labels, kept) if len(kept) < count else labels > 0
-        for lesion_id, old_label in enumerate(kept, 1):
+        spacing_zyx = np.array(reference.GetSpacing()[::-1])
+        for old_label in kept:
             box = boxes[old_label - 1]
             in_lesion = labels[box] == old_label
-            centroid_ijk = [float(c) for c in centres_zyx[old_label][::-1]]
-            x, y, z = reference.TransformContinuousIndexToPhysicalPoint(centroid_ijk)  # ITK world: LPS
+            centre_zyx = np.add(ndimage.center_of_mass(in_lesion), [s.start + o for s, o in zip(box, offset)])
+            x, y, z = reference.TransformContinuousIndexToPhysicalPoint(centre_zyx[::-1].tolist())  # ITK world: LPS
             voxels = int(voxel_counts[old_label - 1])
             volume = voxels * voxel_volume
             inside = probabilities[region][box][in_lesion]
-            rows.append([lesion_id, *centroid_ijk, -x, -y, z, volume, voxels, (6 * volume / np.pi) ** (1 / 3),
-                         float(inside.max()), float(inside.mean())])
+            row = [old_label, *centre_zyx[::-1].tolist(), -x, -y, z, volume, voxels, (6 * volume / np.pi) ** (1 / 3),
+                   float(inside.max()), float(inside.mean())]
+            at_edge = settings.margin_mm and near_edge(brain, centre_zyx, spacing_zyx, settings.margin_mm)
+            (near if at_edge else rows).append(row)
+        mask[region] = np.isin(labels, [row[0] for row in rows])
+    return Lesions(mask, _numbered(rows), _numbered(near))
+
+
+def _numbered(rows: list[list]) -> pd.DataFrame:
+    """A lesion table of measured components, numbered from 1 in the order found."""
     table = pd.DataFrame(rows, columns=LESION_COLUMNS).astype({"lesion_id": int, "voxel_count": int})
-    return Lesions(mask, table)
+    table["lesion_id"] = np.arange(1, len(table) + 1)
+    return table

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +31,9 @@ from .modelfolder import ModelError, ModelFolder
 from .report import write_json_value, write_lesion_table, write_preprocessing_qc, write_qc_picture
 
 log = logging.getLogger(__name__)
+
+#: What the record keeps of each component the edge rule set aside.
+NEAR_EDGE_COLUMNS = ["centroid_x_ras_mm", "centroid_y_ras_mm", "centroid_z_ras_mm", "volume_mm3", "max_probability"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class CaseResult:
     registrations: dict[str, dict] = field(default_factory=dict)  # channel -> its registration onto the T2*
     brain_mask: dict = field(default_factory=dict)  # how the brain mask was found (BrainMask.as_record)
     regions: dict | None = None  # where the microbleeds are (regions.locate_lesions), with regions on
+    edge_rule: dict = field(default_factory=dict)  # the case's edge margin and what it set aside
 
 
 class ModelPredictor:
@@ -180,9 +184,15 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
                  stack.brain.seconds)
         with _stage(result, "prediction"):
             probabilities = run.predict(stack, case.model)
+        rule = run.settings.lesions.for_brain(stack.brain.extracted)
         with _stage(result, "lesions"):
-            lesions = extract_lesions(probabilities, stack.reference, run.settings.lesions,
-                                      stack.brain_region() if run.settings.lesions.edge_margin_mm else None)
+            lesions = extract_lesions(probabilities, stack.reference, rule, stack.brain_region() if rule.margin_mm else None)
+        # What the edge rule set aside stays on record, where a reader can look at it.
+        result.edge_rule = {"edge_margin_mm": rule.margin_mm, "near_edge": lesions.near_edge[NEAR_EDGE_COLUMNS].round(
+            2).to_dict("records")}
+        if len(lesions.near_edge):
+            log.info("%s: %d component(s) set aside, centre within %g mm of the brain mask's edge (in the record)",
+                     case.case_id, len(lesions.near_edge), rule.margin_mm)
         if run.settings.regions:
             with _stage(result, "regions"):
                 lesions, result.regions = regions.locate_lesions(stack, lesions,
@@ -190,8 +200,8 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
             log.log(logging.WARNING if "error" in result.regions else logging.INFO, "%s: %s", case.case_id,
                     regions.describe(result.regions))
         with _stage(result, "write"):
-            result.outputs = write_case_outputs(case, stack, probabilities, lesions, run.output_dir, run.settings,
-                                                sidecars(case, run.settings.lesions))
+            result.outputs = write_case_outputs(case, stack, probabilities, lesions, run.output_dir,
+                                                replace(run.settings, lesions=rule), sidecars(case, rule))
         result.microbleed_count, result.total_volume_mm3 = lesions.count, lesions.total_volume_mm3
     except CaseError as exc:
         result.error_messages.append(str(exc))
@@ -253,7 +263,7 @@ def _record(case: Case, result: CaseResult, run: CaseRun, fingerprint: list[dict
             "model": {"name": case.model.name, "path": str(case.model.path), "sha256": case.model.checksum,
                       "channels": list(case.model.channels)},
             "settings": run.settings_record, "registrations": result.registrations,
-            "brain_mask": result.brain_mask, "regions": result.regions, "outputs": result.outputs,
+            "brain_mask": result.brain_mask, "edge_rule": result.edge_rule, "regions": result.regions, "outputs": result.outputs,
             "microbleed_count": result.microbleed_count,
             "total_volume_mm3": None if result.total_volume_mm3 is None else round(result.total_volume_mm3, 3),
             "device": device, "versions": records.versions(), "host": socket.gethostname(),

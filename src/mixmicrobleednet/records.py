@@ -115,7 +115,16 @@ def summary_row(record: dict) -> dict:
             "microbleed_count": record.get("microbleed_count"), "total_volume_mm3": record.get("total_volume_mm3"),
             "runtime_s": record.get("runtime_s"), "session": record.get("session"), "case": record["case_id"],
             "model": record.get("model", {}).get("name", ""),
-            "model_sha256": record.get("model", {}).get("sha256", "")[:12], **summary_values(record.get("regions"))}
+            "model_sha256": record.get("model", {}).get("sha256", "")[:12], **summary_values(record.get("regions")),
+            **edge_values(record.get("edge_rule"))}
+
+
+def edge_values(edge_rule: dict | None) -> dict:
+    """The edge margin a case was drawn with and how many components it set aside (none recorded: a
+    failed case, or a record from before the rule was recorded)."""
+    if not edge_rule:
+        return {"edge_margin_mm": None, "near_edge_count": None}
+    return {"edge_margin_mm": edge_rule["edge_margin_mm"], "near_edge_count": len(edge_rule["near_edge"])}
 
 
 @contextmanager

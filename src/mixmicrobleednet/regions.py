@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -253,7 +253,7 @@ def locate_lesions(stack: ChannelStack, lesions: Lesions, atlas: Atlas) -> tuple
         try:
             placement = place_atlas(stack.channel_image(channel), channel, atlas)
         except RegionError as exc:
-            return Lesions(lesions.mask, pd.concat([lesions.table, located], axis=1)), {"error": str(exc)}
+            return replace(lesions, table=pd.concat([lesions.table, located], axis=1)), {"error": str(exc)}
         located = locate(centroids_lps(lesions.table), placement, atlas)
     table = pd.concat([lesions.table, located], axis=1)
-    return Lesions(lesions.mask, table), {"placement": placement.as_record() if placement else None, **counts(table)}
+    return replace(lesions, table=table), {"placement": placement.as_record() if placement else None, **counts(table)}

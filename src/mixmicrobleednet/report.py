@@ -25,7 +25,7 @@ QC_FIELD_OF_VIEW_MM = 50.0
 QC_COLUMNS = 4
 # The seed's columns first; later ones only ever added at the end.
 SUMMARY_COLUMNS = ["subject", "status", "message", "microbleed_count", "total_volume_mm3", "runtime_s", "session",
-                   "case", "model", "model_sha256", *regions.SUMMARY_COLUMNS]
+                   "case", "model", "model_sha256", *regions.SUMMARY_COLUMNS, "edge_margin_mm", "near_edge_count"]
 
 
 def write_results_json(entries: list[dict], output_dir: Path) -> None:
@@ -48,7 +48,7 @@ def write_summary_csv(rows: list[dict], output_dir: Path) -> None:
 def write_cohort_tsv(rows: list[dict], output_dir: Path) -> None:
     """The BIDS group level's table: one row per subject and session, BIDS's n/a for no value."""
     columns = ["participant_id", "session_id", "case", "status", "microbleed_count", "total_volume_mm3", "message",
-               "runtime_s", "model", "model_sha256", *regions.CATEGORY_COLUMNS]
+               "runtime_s", "model", "model_sha256", *regions.CATEGORY_COLUMNS, "edge_margin_mm", "near_edge_count"]
     table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     table.insert(0, "participant_id", "sub-" + table["subject"].astype(str))
     table.insert(1, "session_id", table["session"].map(lambda s: f"ses-{s}" if isinstance(s, str) and s else None))
