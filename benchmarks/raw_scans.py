@@ -73,7 +73,7 @@ def main() -> None:
             truth = sitk.GetArrayFromImage(sitk.ReadImage(str(args.work / "raw" / layout.brain_mask_name(record["case_id"]))))
             dice.append(2 * np.sum((found > 0) & (truth > 0)) / (np.sum(found > 0) + np.sum(truth > 0)))
     if dice:
-        print(f"brain mask (deepbet on the T1) against the phantoms' brain: Dice mean {np.mean(dice):.3f}, "
+        print(f"brain masks the tool extracted against the phantoms' brain: Dice mean {np.mean(dice):.3f}, "
               f"min {np.min(dice):.3f} over {len(dice)} cases")
     print("raw twins, mean seconds per stage: " + ", ".join(f"{k} {np.mean(v):.1f}" for k, v in stages.items()))
 
