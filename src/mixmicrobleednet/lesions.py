@@ -150,11 +150,12 @@ def extract_lesions(probabilities: np.ndarray, reference: sitk.Image,
             voxels = int(voxel_counts[old_label - 1])
             volume = voxels * voxel_volume
             inside = probabilities[region][box][in_lesion]
+            # lesion_id holds the component's label until _numbered numbers each table from 1
             row = [old_label, *centre_zyx[::-1].tolist(), -x, -y, z, volume, voxels, (6 * volume / np.pi) ** (1 / 3),
                    float(inside.max()), float(inside.mean())]
             at_edge = settings.margin_mm and near_edge(brain, centre_zyx, spacing_zyx, settings.margin_mm)
             (near if at_edge else rows).append(row)
-        mask[region] = np.isin(labels, [row[0] for row in rows])
+        mask[region] = labels > 0 if len(rows) == count else np.isin(labels, [row[0] for row in rows])
     return Lesions(mask, _numbered(rows), _numbered(near))
 
 
