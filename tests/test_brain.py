@@ -28,13 +28,103 @@ def _head(shape=(100, 120, 120), spacing=(2.0, 2.0, 2.0), noise=0.0, seed=0) -> 
     return make_image(array, spacing)
 
 
-def test_skull_stripped_scans_are_told_from_raw_ones():
-    stripped, why, _ = is_skull_stripped(make_image(brain_volume((20, 40, 36))))
-    assert stripped and "skull-stripped" in why
-    head, _, _ = is_skull_stripped(_head())  # background zeroed, but a head's volume
-    noise = np.random.default_rng(1).random((20, 40, 36), np.float32)
-    noisy, why, _ = is_skull_stripped(make_image(brain_volume((20, 40, 36)) + 3 + noise))  # a scanner's background
-    assert not head and not noisy and "not skull-stripped" in why
+def _tight_brain(shape=(28, 60, 52), seed=0) -> np.ndarray:
+    """A 'brain' whose field of view hugs it, as a crop to the brain's box or a slab through it: an
+    ellipsoid wider than the grid in z, y and x, background only in the corners (9 % of the grid)."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.indices(shape)
+    c = (np.array(shape) - 1) / 2
+    inside = ((zz - c[0]) / (0.9 * shape[0])) ** 2 + ((yy - c[1]) / (0.6 * shape[1])) ** 2 \
+        + ((xx - c[2]) / (0.6 * shape[2])) ** 2 < 1
+    return ((100 + 10 * rng.standard_normal(shape)) * inside).astype(np.float32)
+
+
+def _defaced(head: sitk.Image) -> sitk.Image:
+    array = sitk.GetArrayFromImage(head)
+    array[: array.shape[0] // 2, int(0.7 * array.shape[1]):] = 0  # the face: front half below the middle
+    result = sitk.GetImageFromArray(array)
+    result.CopyInformation(head)
+    return result
+
+
+def _corpus() -> dict[str, tuple[sitk.Image, bool]]:
+    """Input shapes (name → scan, skull-stripped?): crops, backgrounds, types, padding, defacing."""
+    loose, tight = brain_volume((20, 40, 36)), _tight_brain()
+    big = (2.5, 2.5, 2.5)  # voxels large enough for a brain's ml (1,240) on a small grid
+    noise = 3 * np.abs(np.random.default_rng(1).standard_normal((28, 60, 52))).astype(np.float32)
+    slab = sitk.GetArrayFromImage(_head(noise=5))[40:62]  # 44 mm of a raw head, 2,530 ml with its air
+    return {
+        "loose crop, zero background": (make_image(loose), True),
+        "tight crop, zero background (9 % of the grid)": (make_image(tight, big), True),
+        "tight crop, background -1": (make_image(np.where(tight > 0, tight, -1)), True),
+        "z-scored, background 0 in the middle of the brain's values": (make_image(np.where(tight > 0, tight - 100, 0)), True),
+        "integer type": (make_image(tight.astype(np.int16), big), True),
+        "unsigned 8 bit": (make_image(np.clip(tight, 0, 255).astype(np.uint8), big), True),
+        "stripped and padded with zeros": (make_image(np.pad(tight, 10), big), True),
+        "noise background": (make_image(tight + 3 + noise), False),
+        "raw slab padded with zeros": (make_image(np.pad(slab, 6), (2.0, 2.0, 2.0)), False),
+        "head, zeroed background": (_head(), False),
+        "head, noise, defaced": (_defaced(_head(noise=5)), False),
+        "head, noise, padded": (make_image(np.pad(sitk.GetArrayFromImage(_head(noise=5)), 8), (2.0, 2.0, 2.0)), False),
+    }
+
+
+def test_skull_stripped_scans_are_told_from_raw_ones_whatever_the_background_share():
+    wrong = {name: why for name, (scan, stripped) in _corpus().items()
+             if (found := is_skull_stripped(scan))[0] != stripped for why in [found[1]]}
+    assert not wrong, wrong
+
+
+def test_an_implausible_extraction_on_a_scan_with_a_constant_background_keeps_the_scans_own_brain(monkeypatch, caplog):
+    """The previous release segmented such a case as read: never lose it to deepbet (which fails on
+    scans already stripped), and say so; a scan without a constant background keeps the error."""
+    from mixmicrobleednet import brain
+
+    tight = _tight_brain()
+    t2s = make_image(tight, (4.0, 4.0, 4.0))
+    monkeypatch.setattr(brain, "extract_brain", lambda image, use_gpu=False: _tiny_mask(image))
+    found = find_brain_mask("c", t2s, BrainSettings(BrainMasking.EXTRACT))
+    assert np.array_equal(found.mask, tight > 0) and not found.extracted
+    assert found.source.startswith("the T2S scan's own non-background") and "deepbet on the T2S gave" in found.source
+    assert "own non-background" in caplog.text
+    noisy = make_image(tight + 3 + np.random.default_rng(2).random(tight.shape, np.float32), (4.0, 4.0, 4.0))
+    with pytest.raises(CaseError, match=r"brain mask \(deepbet on the T2S\) is \d+ ml on the T2S grid, less than 300 ml"):
+        find_brain_mask("c", noisy, BrainSettings(BrainMasking.EXTRACT))
+
+
+def _tiny_mask(image: sitk.Image) -> sitk.Image:
+    """What deepbet gives on some scans that are already stripped: a few ml."""
+    mask = np.zeros(image.GetSize()[::-1], np.uint8)
+    mask[10:14, 25:35, 20:30] = 1
+    result = sitk.GetImageFromArray(mask)
+    result.CopyInformation(image)
+    return result
+
+
+@pytest.mark.parametrize("channels", [layout.CHANNELS, (layout.REFERENCE_CHANNEL,)], ids=["T1-T2-T2S", "T2S"])
+def test_a_tight_field_of_view_skull_stripped_case_segments_as_with_skull_stripped(tmp_path, channels):
+    """The issue's cases: skull-stripped, the field of view hugging the brain (256 x 224 x 56 at
+    0.48 x 0.48 x 0.78 mm, a few percent background): taken as read, as with --skull-stripped, with
+    three channels and with the T2* alone; the record says why."""
+    from mixmicrobleednet.train import write_random_model
+
+    model = write_random_model(tmp_path / "model", channels=channels)
+    spacing = (0.48, 0.48, 0.78)
+    for index, channel in enumerate(channels):
+        path = tmp_path / "in" / layout.input_name(layout.case_stem("h00"), channel)
+        path.parent.mkdir(exist_ok=True)
+        sitk.WriteImage(make_image(_tight_brain((56, 224, 256), seed=index), spacing), str(path))
+    masks = {}
+    for flags in ({}, {"brain": BrainSettings(BrainMasking.SKULL_STRIPPED)}):
+        out = tmp_path / f"out{len(flags)}"
+        results = predict(tmp_path / "in", out, model, **flags)
+        assert not results[0].error_messages, results[0].error_messages
+        record = json.loads(next((out / "records").glob("*.json")).read_text())
+        masks[len(flags)] = sitk.GetArrayFromImage(sitk.ReadImage(str(out / record["outputs"]["mask"])))
+    assert record["brain_mask"]["source"] == "skull-stripped (--skull-stripped)"
+    auto = json.loads(next((tmp_path / "out0" / "records").glob("*.json")).read_text())
+    assert auto["brain_mask"]["source"].startswith("skull-stripped as read") and not auto["brain_mask"]["extracted"]
+    assert np.array_equal(masks[0], masks[1])
 
 
 def test_skull_stripped_and_auto_leave_the_scans_as_they_are():

@@ -142,8 +142,11 @@ def load_case(case: Case, channels: tuple[str, ...] = layout.CHANNELS, needed_by
                 log.warning("%s: %s %s", case.case_id, channel, alignment[channel])
         arrays.append(sitk.GetArrayFromImage(aligned).astype(np.float32, copy=False))
     extraction = layout.BRAIN_EXTRACTION_CHANNEL
-    brain_mask = find_brain_mask(case.case_id, reference, brain,
-                                 (images[extraction], transforms.get(extraction)) if extraction in images else None)
+    try:
+        brain_mask = find_brain_mask(case.case_id, reference, brain,
+                                     (images[extraction], transforms.get(extraction)) if extraction in images else None)
+    except CaseError as error:  # name the scan whose brain was not found
+        raise CaseError(f"{case.channel_paths[layout.REFERENCE_CHANNEL].name}: {error}") from None
     stack = np.stack(arrays)
     if brain_mask.mask is not None:
         stack *= brain_mask.mask  # outside the brain every channel is 0, as in the skull-stripped training scans
