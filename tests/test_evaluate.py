@@ -124,16 +124,108 @@ def test_valdo_a_prediction_beyond_the_distance_is_a_false_positive_and_a_miss()
     assert _valdo(reference, prediction, 2.0, "mm")["true_positives"] == 0
 
 
-def test_valdo_label_agreement_half_is_not_a_reference_microbleed_as_in_the_challenge_code():
-    reference, prediction = _blank(), np.zeros((10, 20, 20), np.float32)
-    reference = reference.astype(np.float32)
-    reference[2, 2:4, 2:4] = 1.0                      # both raters
-    reference[6, 12:14, 12:14] = 0.5                  # one rater: rounds to 0
-    prediction[2, 2:4, 2:4] = 1
-    prediction[6, 12:14, 12:14] = 1
+# Labels of 0.5 (one of two raters) stay in the reference, as the challenge code's one-decimal rounding
+# keeps them; a microbleed weighs its largest label value in F1, each voxel its value in Dice and volume.
+# Voxel volume 3 mm³; F1 = 2 wTP / (2 wTP + FP + wFN).
+ONE_RATER = (6, slice(12, 14), slice(12, 14))        # 4 voxels of 0.5: weight 2
+BOTH_RATERS = (2, slice(2, 4), slice(2, 4))          # 4 voxels of 1: weight 4
+
+
+def _mixed_reference():
+    reference = np.zeros((10, 20, 20), np.float32)
+    reference[BOTH_RATERS] = 1.0
+    reference[ONE_RATER] = 0.5
+    return reference
+
+
+def test_valdo_a_microbleed_marked_by_one_rater_alone_is_found_with_half_weight():
+    reference, prediction = np.zeros((10, 20, 20), np.float32), _blank()
+    reference[ONE_RATER] = 0.5
+    prediction[ONE_RATER] = 1
     m = _valdo(reference, prediction)
-    assert (m["n_reference"], m["true_positives"], m["false_positives"], m["false_negatives"]) == (1, 1, 1, 0)
-    assert m["absolute_volume_difference_mm3"] == pytest.approx(4 * 3.0)
+    assert (m["n_reference"], m["true_positives"], m["false_positives"], m["false_negatives"]) == (1, 1, 0, 0)
+    assert m["absolute_count_difference"] == 0
+    assert m["f1"] == pytest.approx(1.0)                                      # 2 x 0.5 / (2 x 0.5)
+    assert m["mean_dice"] == pytest.approx(2 / 3)                             # 2 x 4 x 0.5 / (4 + 2)
+    assert m["absolute_volume_difference_mm3"] == pytest.approx(6.0)          # |4 - 2| x 3
+
+
+@pytest.mark.parametrize("found, f1, mean_dice, count_difference", [
+    ((BOTH_RATERS, ONE_RATER), 1.0, (1 + 2 / 3) / 2, 0),  # 2 x 1.5 / (2 x 1.5); Dice 2x4/(4+4), 2x2/(4+2)
+    ((BOTH_RATERS,), 0.8, 1.0, 1),                         # 2 x 1 / (2 x 1 + 0.5 missed)
+    ((ONE_RATER,), 0.5, 2 / 3, 1),                         # 2 x 0.5 / (2 x 0.5 + 1 missed)
+])
+def test_valdo_mixed_agreement_weighs_hits_and_misses(found, f1, mean_dice, count_difference):
+    prediction = _blank()
+    for microbleed in found:
+        prediction[microbleed] = 1
+    m = _valdo(_mixed_reference(), prediction)
+    assert (m["n_reference"], m["true_positives"], m["false_negatives"]) == (2, len(found), 2 - len(found))
+    assert m["f1"] == pytest.approx(f1)
+    assert m["mean_dice"] == pytest.approx(mean_dice)
+    assert m["absolute_count_difference"] == count_difference
+    assert m["absolute_volume_difference_mm3"] == pytest.approx(abs(4 * len(found) - 6) * 3.0)  # label sums to 6
+
+
+def test_valdo_a_far_false_positive_counts_one_against_half_weights():
+    prediction = _blank()
+    prediction[BOTH_RATERS] = 1
+    prediction[9, 18, 2] = 1                                                  # far from both microbleeds
+    m = _valdo(_mixed_reference(), prediction)
+    assert (m["true_positives"], m["false_positives"], m["false_negatives"]) == (1, 1, 1)
+    assert m["f1"] == pytest.approx(4 / 7)                                    # 2 x 1 / (2 x 1 + 1 + 0.5)
+    assert m["mean_dice"] == pytest.approx(1.0)
+    assert m["absolute_count_difference"] == 0
+    assert m["absolute_volume_difference_mm3"] == pytest.approx(3.0)          # |5 - 6| x 3
+    alone, half = np.zeros((10, 20, 20), np.float32), _blank()
+    alone[ONE_RATER] = 0.5
+    half[ONE_RATER] = 1
+    half[9, 18, 2] = 1
+    m = _valdo(alone, half)
+    assert m["f1"] == pytest.approx(0.5)                                      # 2 x 0.5 / (2 x 0.5 + 1)
+    assert m["absolute_volume_difference_mm3"] == pytest.approx(9.0)          # |5 - 2| x 3
+
+
+@pytest.mark.parametrize("false_positives, f1", [
+    # Numbered along x first (NIfTI order): FP (x 2) 1, hit (x 12) 2, FP (x 18) 3. The two false positives
+    # share "no microbleed", so the code's table runs hit, FP, FP and files 0.5, 1, 1 on rows 1, 2, 3:
+    # the hit (row 2) weighs 1. 2 x 1 / (2 x 1 + 2)
+    (((9, 18, 2), (1, 18, 18)), 0.5),
+    # Hit 1, FP 2, FP 3: the table keeps its order and the hit its 0.5. 2 x 0.5 / (2 x 0.5 + 2)
+    (((9, 18, 17), (1, 18, 18)), 1 / 3),
+])
+def test_valdo_f1_weights_land_where_the_challenge_code_files_them(false_positives, f1):
+    reference, prediction = np.zeros((10, 20, 20), np.float32), _blank()
+    reference[ONE_RATER] = 0.5
+    prediction[ONE_RATER] = 1
+    for voxel in false_positives:
+        prediction[voxel] = 1
+    m = _valdo(reference, prediction)
+    assert (m["true_positives"], m["false_positives"]) == (1, 2)
+    assert m["f1"] == pytest.approx(f1)
+
+
+def test_valdo_a_microbleed_with_a_one_rater_rim_weighs_its_largest_label():
+    reference, prediction = np.zeros((10, 20, 20), np.float32), _blank()
+    reference[2, 2:4, 2:4] = 1.0                                              # both raters
+    reference[2, 4, 2:4] = 0.5                                                # one rater's wider outline
+    prediction[2, 2:4, 2:4] = 1                                               # centre 0.5 voxel from (2, 3, 2.5)
+    prediction[9, 18, 18] = 1                                                 # false positive
+    m = _valdo(reference, prediction)
+    assert (m["n_reference"], m["true_positives"], m["false_positives"]) == (1, 1, 1)
+    assert m["f1"] == pytest.approx(2 / 3)                                    # 2 x 1 / (2 x 1 + 1)
+    assert m["mean_dice"] == pytest.approx(8 / 9)                             # 2 x 4 / (4 + 4 + 2 x 0.5)
+    assert m["absolute_volume_difference_mm3"] == 0.0                         # |5 - 5| x 3
+
+
+def test_valdo_an_exact_tie_makes_both_predictions_hits_and_no_miss():
+    reference, prediction = _blank(), _blank()
+    reference[4, 9, 9] = 1
+    prediction[4, 9, 7] = prediction[4, 9, 11] = 1                            # both 2 voxels away
+    m = _valdo(reference, prediction)
+    assert (m["true_positives"], m["false_positives"], m["false_negatives"]) == (2, 0, 0)
+    assert m["f1"] == pytest.approx(1.0)                                      # 2 x 2 / (2 x 2 + 0 + 0)
+    assert m["mean_dice"] == 0.0                                              # neither overlaps it
 
 
 def test_valdo_empty_reference_and_empty_prediction():

@@ -116,24 +116,34 @@ def valdo_case_measures(reference: np.ndarray, prediction: np.ndarray, spacing_z
                         distance_unit: str = "voxel", threshold: float = VALDO_THRESHOLD) -> dict:
     """The VALDO 2021 Task 2 microbleed measures of one case, by the rules of the challenge's public
     evaluation code (WhereIsValdo/valdo-eval-2021: evaluation_comparison/pairwise_measures.py with
-    `compare_segmentations.py -task microbleeds`), in our own words and code:
+    `compare_segmentations.py -task microbleeds`, as revised in 2022, commit af152b5), in our own
+    words and code:
 
     - The prediction may be probabilities: voxels >= `threshold` (0.5) are microbleed voxels, and
       the volume counts the probabilities of those voxels ("clipped" map), not their number.
-    - The label is rounded to whole numbers as numpy rounds (half to even), so voxels labelled 0.5
-      (the raters' lower agreement) are not reference voxels and only those labelled 1 are. (The
-      challenge describes 0.5/1 as rater agreement; its code gives 0.5 no weight, and so do we.)
-    - Microbleeds are 26-connected components. Each predicted one is assigned to the reference
-      microbleed whose centre of mass is nearest, if closer than `distance`; none → false positive.
-      A reference microbleed with one assigned prediction: that one is a true positive; with several,
-      the nearest is (all of them on an exact tie, as the code's equality test does) and the others
-      are false positives. Misses = reference microbleeds - true positives.
-    - Centres of mass are in voxel indices: the challenge's distance is in voxels
-      (`distance_unit="voxel"`), whatever the spacing; `"mm"` measures it in millimetres instead.
-    - F1 = 2 TP / (2 TP + FP + FN). Mean Dice: over reference microbleeds with a true positive, the
-      Dice of the microbleed with the union of every prediction assigned to it (false positives
-      among them too), averaged. Absolute count difference: |reference - predicted components|.
-      Absolute volume difference: |sum of the clipped map - reference voxels| x voxel volume.
+    - The label is rounded to one decimal, so it keeps the raters' agreement: 1 (both raters) or
+      0.5 (one of two). Reference microbleeds are the 26-connected components of its voxels above
+      0, whatever their agreement; a microbleed's agreement is its largest label value.
+    - Predicted microbleeds are 26-connected components. Each is assigned to the reference
+      microbleed whose centre of mass (of its voxels, unweighted) is nearest, if closer than
+      `distance`; none → false positive. A reference microbleed with one assigned prediction: that
+      one is a true positive; with several, the nearest is (all of them on an exact tie, as the
+      code's equality test does) and the others are false positives. Misses: reference microbleeds
+      with no prediction assigned.
+    - Centres of mass are in voxel indices with `distance_unit="voxel"` (the 2021 release measured
+      so); `"mm"` multiplies them by the spacing first, as the 2022 revision does with `pixdim`.
+    - F1 weighs each true positive and each miss by its microbleed's agreement, false positives by 1:
+      2 wTP / (2 wTP + FP + wFN). Mean Dice: over reference microbleeds with a true positive, the
+      Dice of the union of every prediction assigned to it (false positives among them too) with the
+      microbleed's label values as voxel weights, averaged. Absolute count difference: |reference -
+      predicted components|. Absolute volume difference: |sum of the clipped map - sum of the
+      label| x voxel volume. With labels of 0 and 1 all of these are the unweighted measures.
+    - As in the public code, a true positive's weight can be another row's: the code reads its table
+      of predictions by position but files each weight (agreement for a true positive, 1 otherwise)
+      by row number, and the table is reordered (predictions alone on their microbleed first, then
+      those sharing one, several false positives among them) when not all are alike. So F1 depends
+      on the order in which the NIfTI (x, y, z) array numbers the components; with labels of 0 and
+      1 every weight is 1 and nothing moves.
     - An empty prediction (nothing >= threshold): F1 and mean Dice 0, or NaN when the reference is
       empty too; an empty reference: F1 and mean Dice NaN (every prediction a false positive).
     - The public code's input checks (`np.all(seg) >= 0` and the like) compare a boolean with 0 or
@@ -144,37 +154,48 @@ def valdo_case_measures(reference: np.ndarray, prediction: np.ndarray, spacing_z
     prediction = np.asarray(prediction, np.float64)
     if prediction.size and (prediction.min() < 0 or prediction.max() > 1):
         raise ValueError(f"prediction values in [{prediction.min()}, {prediction.max()}]: expected 0..1")
-    reference = np.rint(np.asarray(reference, np.float64))
+    # On NIfTI's (x, y, z) array, so that microbleeds are numbered as the challenge code numbers them:
+    # the numbering breaks its equal-distance ties and places its F1 weights (below).
+    prediction, spacing = prediction.T, np.asarray(spacing_zyx, np.float64)[::-1]
+    reference = np.around(np.asarray(reference, np.float64), 1).T
     binary = prediction >= threshold
     clipped_sum = float(prediction[binary].sum())
     ref_labels, n_ref = label_microbleeds(reference)
     seg_labels, n_seg = label_microbleeds(binary)
     result = {"n_reference": n_ref, "n_predicted": n_seg,
               "absolute_count_difference": abs(n_ref - n_seg),
-              "absolute_volume_difference_mm3": abs(clipped_sum - float(reference.sum())) * float(np.prod(spacing_zyx))}
+              "absolute_volume_difference_mm3": abs(clipped_sum - float(reference.sum())) * float(np.prod(spacing))}
     if clipped_sum == 0 or n_ref == 0:  # nothing predicted, or nothing to find
         undefined = np.nan if n_ref == 0 else 0.0
         return {**result, "true_positives": 0, "false_positives": n_seg, "false_negatives": n_ref,
                 "f1": undefined, "mean_dice": undefined}
-    scale = np.asarray(spacing_zyx, np.float64) if distance_unit == "mm" else 1.0
+    scale = spacing if distance_unit == "mm" else 1.0
     seg_centres = np.array(ndimage.center_of_mass(binary, seg_labels, range(1, n_seg + 1))) * scale
     ref_centres = np.array(ndimage.center_of_mass(reference > 0, ref_labels, range(1, n_ref + 1))) * scale
+    agreement = np.asarray(ndimage.maximum(reference, ref_labels, np.arange(1, n_ref + 1)))
     distances = cdist(seg_centres, ref_centres)
     nearest = distances.argmin(axis=1)
     nearest_distance = distances[np.arange(n_seg), nearest]
     assigned = np.where(nearest_distance < distance, nearest + 1, 0)  # reference label, 0: none
+    found = np.unique(assigned[assigned > 0])
     true_positive = np.zeros(n_seg, bool)
     dice = []
-    for ref_label in np.unique(assigned[assigned > 0]):
+    for ref_label in found:
         mine = np.flatnonzero(assigned == ref_label)
         true_positive[mine[nearest_distance[mine] == nearest_distance[mine].min()]] = True
         predicted = np.isin(seg_labels, mine + 1)
-        actual = ref_labels == ref_label
-        dice.append(2 * np.count_nonzero(predicted & actual) / (predicted.sum() + actual.sum()))
+        weights = np.where(ref_labels == ref_label, reference, 0.0)
+        dice.append(2 * weights[predicted].sum() / (predicted.sum() + weights.sum()))
     tp = int(true_positive.sum())
-    fp, fn = n_seg - tp, n_ref - tp
+    fp, fn = n_seg - tp, n_ref - len(found)
+    # Each row's weight goes to the row numbered as its place in the code's reordered table (docstring).
+    shared = np.bincount(assigned)[assigned] > 1
+    row_weight = np.where(true_positive, agreement[assigned - 1], 1.0)
+    weighted_tp = row_weight[np.concatenate([np.flatnonzero(~shared), np.flatnonzero(shared)])][true_positive].sum()
+    weighted_fn = agreement.sum() - agreement[found - 1].sum()
     return {**result, "true_positives": tp, "false_positives": fp, "false_negatives": fn,
-            "f1": 2 * tp / (2 * tp + fp + fn), "mean_dice": float(np.mean(dice)) if dice else 0.0}
+            "f1": float(2 * weighted_tp / (2 * weighted_tp + fp + weighted_fn)),
+            "mean_dice": float(np.mean(dice)) if dice else 0.0}
 
 
 def valdo_summary(per_case: pd.DataFrame) -> dict:
