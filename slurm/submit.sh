@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Submit a BIDS dataset to SLURM: one array task per participant, then the group step when all
-# of them succeeded (afterok). Prints the two job ids ("ARRAY_ID GROUP_ID").
+# Submit a BIDS dataset to SLURM: one array task per participant, then the group step once all of
+# them have ended, however they ended (afterany): a failed participant is a row of cohort.tsv, not a
+# group step left pending for ever. Prints the two job ids ("ARRAY_ID GROUP_ID").
 #   slurm/submit.sh BIDS_DIR OUTPUT_DIR [mixmicrobleednet options, e.g. --model DIR --fast]
 # MIXMICROBLEEDNET_SBATCH: extra sbatch options for both jobs (e.g. "--partition=gpu --gres=gpu:1
 # --account=myproject"); MIXMICROBLEEDNET_COMMAND: see participant.sbatch. Logs: OUTPUT_DIR/logs/.
@@ -26,6 +27,6 @@ while [ $# -gt 0 ]; do
   shift
 done
 # shellcheck disable=SC2086
-group=$(sbatch --parsable ${MIXMICROBLEEDNET_SBATCH:-} --dependency="afterok:$array" \
+group=$(sbatch --parsable ${MIXMICROBLEEDNET_SBATCH:-} --dependency="afterany:$array" \
         --output="$output_dir/logs/%x_%j.log" "$here/group.sbatch" "$bids_dir" "$output_dir" "${group_options[@]}")
 echo "${array} ${group%%;*}"

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from mixmicrobleednet import layout
-from mixmicrobleednet.bids import bids_cases
+from mixmicrobleednet.bids import NO_RECORD, bids_cases
 from mixmicrobleednet.cli import main as cli_main
 from mixmicrobleednet.pipeline import OutputSettings
 
@@ -144,14 +144,20 @@ def test_brain_masks_are_valid_bids_derivatives(tmp_path, random_model):
     assert validator_errors(out) == []
 
 
-def test_group_level_lists_cases_that_did_not_run(tmp_path, random_model):
-    raw = write_bids_dataset(tmp_path / "raw", visits=(("01", None), ("02", None)), shape=(8, 10, 9))
+def test_group_level_lists_failed_cases_and_cases_that_did_not_run(tmp_path, random_model, caplog):
+    """A participant whose scan is unreadable and one whose task died before its record (here: never
+    ran) are rows of cohort.tsv with their status and why; the group level then exits 1."""
+    raw = write_bids_dataset(tmp_path / "raw", visits=(("01", None), ("02", None), ("03", None)), shape=(8, 10, 9))
+    (raw / "sub-02/anat/sub-02_T2starw.nii.gz").write_bytes(b"not an image")
     out = tmp_path / "out"
-    assert cli_main(["bids", str(raw), str(out), "participant", "--participant-label", "01", "--model",
-                     str(random_model), "--device", "cpu", "--fast", "--no-qc"]) == 0
+    assert cli_main(["bids", str(raw), str(out), "participant", "--participant-label", "01", "02", "--model",
+                     str(random_model), "--device", "cpu", "--fast", "--no-qc"]) == 1
     assert cli_main(["bids", str(raw), str(out), "group", "--model", str(random_model)]) == 1
-    cohort = pd.read_csv(out / layout.BIDS_COHORT_TSV, sep="\t")
-    assert list(zip(cohort["case"], cohort["status"])) == [("sub-01", "ok"), ("sub-02", "not run")]
+    cohort = pd.read_csv(out / layout.BIDS_COHORT_TSV, sep="\t", keep_default_na=False)
+    assert list(zip(cohort["case"], cohort["status"])) == [("sub-01", "ok"), ("sub-02", "error"), ("sub-03", "not run")]
+    ok, failed, not_run = cohort["message"]
+    assert ok == "" and failed.startswith("sub-02_T2starw.nii.gz: not a readable image") and not_run == NO_RECORD
+    assert f"{layout.BIDS_COHORT_TSV}: 3 case(s): 1 error, 1 not run, 1 ok" in caplog.text
 
 
 def test_bids_and_seed_layouts_give_the_same_mask(tmp_path, random_model):

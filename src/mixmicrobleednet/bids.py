@@ -137,6 +137,10 @@ def sidecars(case: Case, settings) -> dict[str, dict]:
                                    "SpatialReference": common["SpatialReference"]}}
 
 
+#: cohort.tsv's message for a case without a record: its task never ran it, or died before the record.
+NO_RECORD = "no record in the output folder: not run, or its process ended before the case finished"
+
+
 def group(bids_dir: Path, output_dir: Path, channels: tuple[str, ...], participants: tuple[str, ...] = (),
           sessions: tuple[str, ...] = ()) -> list[dict]:
     """The group level: one row per case of the dataset (and per record of a case no longer in it)
@@ -148,7 +152,7 @@ def group(bids_dir: Path, output_dir: Path, channels: tuple[str, ...], participa
         record = by_case.pop(case.case_id, None)
         rows.append(records.summary_row(record) if record else
                     {"subject": case.subject, "session": case.session, "case": case.case_id, "status": "not run",
-                     "message": case.input_problem or "no record in the output folder"})
+                     "message": case.input_problem or NO_RECORD})
     if not participants and not sessions:
         rows += [records.summary_row(r) for r in by_case.values()]
     write_derivatives_description(output_dir, bids_dir)
