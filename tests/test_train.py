@@ -69,3 +69,46 @@ def test_train_pipeline_end_to_end_exports_a_model_that_predicts(tmp_path):
     t2s_only = write_random_model(tmp_path / "t2s", channels=("T2S",))
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "x"), "--init", str(t2s_only)]) == 2
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.model
+def test_a_killed_training_resumes_from_its_latest_checkpoint_on_the_data_already_preprocessed(tmp_path, monkeypatch):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from mixmicrobleednet import train as training
+    from mixmicrobleednet.phantoms import generate
+
+    data, work = tmp_path / "data", tmp_path / "work"
+    generate(data, 2, seed=9, cohorts=["lowres"])
+    end_epoch = nnUNetTrainer.on_epoch_end
+
+    def killed_after_two_epochs(trainer):
+        end_epoch(trainer)
+        if trainer.current_epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(nnUNetTrainer, "on_epoch_end", killed_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(data, tmp_path / "model", "compact", device="cpu", work_dir=work, epochs=4, iterations_per_epoch=1)
+    latest = next(work.rglob("checkpoint_latest.pth"))
+    monkeypatch.setattr(nnUNetTrainer, "on_epoch_end", end_epoch)
+
+    def not_again(*args):
+        raise AssertionError("the preprocessed data was made again")
+
+    monkeypatch.setattr(training, "_prepare_dataset", not_again)
+    carried = tmp_path / "carried.pth"  # as from another machine: the file, given by name
+    carried.write_bytes(latest.read_bytes())
+    model = training.train(data, tmp_path / "model", "compact", device="cpu", work_dir=work, epochs=4,
+                           iterations_per_epoch=1, resume=carried)
+    import torch
+
+    logged = torch.load(model / "fold_all" / "checkpoint_final.pth", weights_only=False)
+    assert logged["current_epoch"] == 4
+    record = json.loads((model / "training.json").read_text())
+    assert record["epochs"] == 4
+    log = next(work.rglob("training_log_*.txt")).parent
+    losses = torch.load(log / "checkpoint_final.pth", weights_only=False)["logging"]["train_losses"]
+    assert len(losses) == 4  # two epochs before the kill, two after: the log goes on, not anew
+    with pytest.raises(ValueError, match="no such checkpoint file"):
+        training.train(data, tmp_path / "m2", "compact", device="cpu", work_dir=work, resume=tmp_path / "none.pth")

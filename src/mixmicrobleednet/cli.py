@@ -268,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "model of T2*/SWI-only cohorts")
     train.add_argument("--init", type=Path, metavar="MODEL_DIR",
                        help="start from this model folder's weights (same configuration and channels): fine-tuning")
+    train.add_argument("--resume", nargs="?", const=True, default=False, type=Path, metavar="CHECKPOINT",
+                       help="go on from the latest checkpoint in --work (written every epoch), or from CHECKPOINT "
+                            "(nnU-Net's checkpoint_latest.pth carried from another machine); reuses the data "
+                            "already preprocessed in --work for the same cases")
 
     import_v1 = commands.add_parser("import-v1", help="convert an nnU-Net v1 3d_fullres model (such as the 2021 "
                                                      "MixMicrobleedNet checkpoint) into a model folder for --model")
@@ -332,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             train(args.data, args.out, args.config, device=args.device, work_dir=args.work, epochs=args.epochs,
                   iterations_per_epoch=args.iterations_per_epoch, initial_lr=args.initial_lr, channels=tuple(args.channels),
-                  init_from=args.init)
+                  init_from=args.init, resume=args.resume)
         except ValueError as exc:  # no labelled cases, channels, --init
             log.error("%s", exc)
             return 2

@@ -234,10 +234,13 @@ def _set_nnunet_folders(work_dir: Path) -> dict[str, str]:
 def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: str = "auto",
           work_dir: Path | None = None, epochs: int | None = None, iterations_per_epoch: int | None = None,
           num_processes: int = 2, channels: tuple[str, ...] = layout.CHANNELS, init_from: Path | None = None,
-          initial_lr: float | None = None) -> Path:
+          initial_lr: float | None = None, resume: bool | Path = False) -> Path:
     """Train fold `all` on every labelled case in `data_dir` with the network reading `channels`
     (in that order; the T2* among them); export the model folder to `out_dir`. `init_from`: a model
-    folder of the same configuration and channels whose weights training starts from (fine-tuning)."""
+    folder of the same configuration and channels whose weights training starts from (fine-tuning).
+    `resume`: go on from the work folder's latest checkpoint (True; from the start when there is none)
+    or from a checkpoint file (one carried from another machine); the data already preprocessed in
+    the work folder for the same cases and channels is used as it is."""
     from .model import resolve_device
 
     config = CONFIGS[config_name]
@@ -256,26 +259,25 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
     started = time.time()
 
     raw_dir = Path(folders["nnUNet_raw"]) / DATASET_NAME
-    if raw_dir.exists():
-        shutil.rmtree(raw_dir)
-    fingerprint = write_raw_dataset(training_cases(data_dir), raw_dir, channels)
-
     preprocessed_dir = Path(folders["nnUNet_preprocessed"]) / DATASET_NAME
-    preprocessed_dir.mkdir(parents=True, exist_ok=True)
-    (preprocessed_dir / "dataset_fingerprint.json").write_text(json.dumps(fingerprint, indent=2))
-    plans = make_plans(config, [float(v) for v in np.median(fingerprint["spacings"], 0)],
-                       [int(v) for v in np.median(fingerprint["shapes_before_crop"], 0)], channels)
-    (preprocessed_dir / f"{PLANS_NAME}.json").write_text(json.dumps(plans, indent=2))
-    shutil.copy(raw_dir / "dataset.json", preprocessed_dir / "dataset.json")
+    pairs = training_cases(data_dir)
+    # What the preprocessed data was made from: a resumed training reuses it only for the same cases.
+    made_from = {"cases": sorted(case.case_id for case, _ in pairs), "channels": list(channels),
+                 "configuration": config.configuration}
+    made_from_file = preprocessed_dir / "made_from.json"
+    reuse = bool(resume) and made_from_file.is_file() and json.loads(made_from_file.read_text()) == made_from
+    if reuse:
+        log.info("resuming: the data preprocessed in %s is reused", preprocessed_dir)
+        plans = json.loads((preprocessed_dir / f"{PLANS_NAME}.json").read_text())
+    else:
+        plans = _prepare_dataset(pairs, raw_dir, preprocessed_dir, config, channels, num_processes)
+        made_from_file.write_text(json.dumps(made_from, indent=2))
 
-    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-    log.info("preprocessing %s to %s mm", config.configuration, config.spacing)
-    DefaultPreprocessor(verbose=False).run(DATASET_NAME, config.configuration, PLANS_NAME, num_processes)
 
     dataset_json = json.loads((raw_dir / "dataset.json").read_text())
     trainer = nnUNetTrainer({**plans, "continue_training": False}, config.configuration, "all", dataset_json, device=torch_device)
+    trainer.save_every = 1  # a checkpoint every epoch: a killed training loses minutes, not hours
     trainer.num_epochs = epochs or config.epochs
     trainer.num_iterations_per_epoch = iterations_per_epoch or config.iterations_per_epoch
     trainer.num_val_iterations_per_epoch = min(config.val_iterations_per_epoch, trainer.num_iterations_per_epoch)
@@ -283,6 +285,10 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
     trainer.initial_lr = initial_lr or config.initial_lr
     if initial:
         _start_from(trainer, initial)
+    checkpoint = _resume_checkpoint(resume, Path(trainer.output_folder))
+    if checkpoint:
+        trainer.load_checkpoint(str(checkpoint))
+        log.info("resuming from %s at epoch %d", checkpoint, trainer.current_epoch)
     log.info("training %s: %d epochs x %d iterations on %s", config.name, trainer.num_epochs,
              trainer.num_iterations_per_epoch, torch_device)
     trainer.run_training()
@@ -292,6 +298,36 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
     _write_training_record(out_dir, config, trainer, data_dir, hours, torch_device, channels, init_from)
     log.info("model written to %s (%.2f h)", out_dir, hours)
     return out_dir
+
+
+def _prepare_dataset(pairs: list[tuple[Case, Path]], raw_dir: Path, preprocessed_dir: Path, config: TrainingConfig,
+                     channels: tuple[str, ...], num_processes: int) -> dict:
+    """nnU-Net's raw dataset, plans and preprocessed data for `config`; returns the plans."""
+    if raw_dir.exists():
+        shutil.rmtree(raw_dir)
+    fingerprint = write_raw_dataset(pairs, raw_dir, channels)
+    preprocessed_dir.mkdir(parents=True, exist_ok=True)
+    (preprocessed_dir / "dataset_fingerprint.json").write_text(json.dumps(fingerprint, indent=2))
+    plans = make_plans(config, [float(v) for v in np.median(fingerprint["spacings"], 0)],
+                       [int(v) for v in np.median(fingerprint["shapes_before_crop"], 0)], channels)
+    (preprocessed_dir / f"{PLANS_NAME}.json").write_text(json.dumps(plans, indent=2))
+    shutil.copy(raw_dir / "dataset.json", preprocessed_dir / "dataset.json")
+
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    log.info("preprocessing %s to %s mm", config.configuration, config.spacing)
+    DefaultPreprocessor(verbose=False).run(DATASET_NAME, config.configuration, PLANS_NAME, num_processes)
+    return plans
+
+
+def _resume_checkpoint(resume: bool | Path, fold_dir: Path) -> Path | None:
+    """The checkpoint a training goes on from: a file given, else the fold's latest (none: start)."""
+    if isinstance(resume, Path):
+        if not resume.is_file():
+            raise ValueError(f"--resume {resume}: no such checkpoint file")
+        return resume
+    latest = fold_dir / "checkpoint_latest.pth"
+    return latest if resume and latest.is_file() else None
 
 
 def _start_from(trainer, model: ModelFolder) -> None:

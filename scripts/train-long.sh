@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The long training (#32): the compact network on phantoms that randomise what must not matter
+# (varied contrast and mimics; raw heads with skull and scalp, masked by the tool's own brain
+# extraction; loose masks), resumed from its latest checkpoint on this machine or from the one
+# committed in training/NAME/, so that it goes on from session to session and machine to machine.
+#   scripts/train-long.sh run [NAME]    generate the data when missing, then train (nohup it: hours)
+#   scripts/train-long.sh save [NAME]   copy the latest checkpoint and the log into training/NAME/
+# NAME: compact-t1-t2-t2s (default) or compact-t2s. Data and nnU-Net folders: work/train-long/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+action=${1:?run or save}
+name=${2:-compact-t1-t2-t2s}
+case $name in
+  compact-t1-t2-t2s) channels=(T1 T2 T2S) ;;
+  compact-t2s) channels=(T2S) ;;
+  *) echo "unknown training $name" >&2; exit 2 ;;
+esac
+data=work/train-long/data
+work=work/train-long/$name
+kept=training/$name
+epochs=300
+iterations=100
+
+if [ "$action" = save ]; then
+  latest=$(find "$work" -name checkpoint_latest.pth | head -1)
+  [ -n "$latest" ] || { echo "no checkpoint in $work" >&2; exit 1; }
+  mkdir -p "$kept"
+  cp "$latest" "$kept/checkpoint_latest.pth.tmp" && mv "$kept/checkpoint_latest.pth.tmp" "$kept/checkpoint_latest.pth"
+  cp "$(ls -t "$(dirname "$latest")"/training_log_*.txt | head -1)" "$kept/training_log.txt"
+  cp "$work.log" "$kept/run.log" 2>/dev/null || true
+  exit 0
+fi
+[ "$action" = run ] || { echo "run or save" >&2; exit 2; }
+
+# The training data: 30 cases of each kind, fixed seeds, so any machine makes the same set.
+for spec in "varied 301 --varied" "raw 302 --raw --varied" "loose 303 --loose-masks --varied"; do
+  read -r kind seed flags <<< "$spec"
+  # shellcheck disable=SC2086
+  [ -f "work/train-long/$kind/phantoms.csv" ] \
+    || .venv/bin/mixmicrobleednet phantoms --out "work/train-long/$kind" --n 30 --seed "$seed" $flags
+done
+mkdir -p "$data"
+for f in work/train-long/{varied,raw,loose}/sub-*; do
+  case $f in *_mimics.nii.gz|*_brainmask.nii.gz) continue ;; esac
+  ln -sfn "$(realpath "$f")" "$data/$(basename "$f")"
+done
+
+resume=(--resume)
+if [ -f "$kept/checkpoint_latest.pth" ] && [ -z "$(find "$work" -name checkpoint_latest.pth 2>/dev/null)" ]; then
+  resume=(--resume "$kept/checkpoint_latest.pth")  # a new machine: go on from the committed one
+fi
+exec .venv/bin/mixmicrobleednet train --data "$data" --out "work/train-long/$name-model" --work "$work" \
+  --config compact --channels "${channels[@]}" --epochs "$epochs" --iterations-per-epoch "$iterations" \
+  --device auto "${resume[@]}"
