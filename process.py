@@ -26,11 +26,11 @@ from evalutils import SegmentationAlgorithm
 from pandas import DataFrame
 
 from mixmicrobleednet import layout
-from mixmicrobleednet.cli import (add_bids_arguments, add_cohort_options, add_model_option, add_prediction_options,
-                                  run_bids_app, run_options)
+from mixmicrobleednet.cli import run_bids_app
 from mixmicrobleednet.imaging import ChannelStack
 from mixmicrobleednet.modelfolder import DEFAULT_MODEL, ModelFolder, choose_model_dir
-from mixmicrobleednet.runner import Run, RunError, exit_code, prepare_run
+from mixmicrobleednet.options import add_options
+from mixmicrobleednet.runner import Run, RunError, exit_code, options_from, prepare_run
 
 INPUT_DIR = Path("/input")
 OUTPUT_DIR = Path("/output")
@@ -67,10 +67,7 @@ class MixMicrobleedNet(SegmentationAlgorithm):
 def bids_app(argv: list[str]) -> int:
     """BIDS_DIR OUTPUT_DIR participant|group [options]: the BIDS App convention."""
     parser = argparse.ArgumentParser(description="MixMicrobleedNet BIDS App")
-    add_bids_arguments(parser)
-    add_prediction_options(parser)
-    add_cohort_options(parser)
-    parser.set_defaults(model=choose_model_dir(DEFAULT_MODEL))
+    add_options(parser, "bids", model=choose_model_dir(DEFAULT_MODEL))
     return run_bids_app(parser.parse_args(argv))
 
 
@@ -81,13 +78,11 @@ def main(argv=None, input_dir: Path = INPUT_DIR, output_dir: Path = OUTPUT_DIR) 
         return bids_app(argv)
     parser = argparse.ArgumentParser(description="MixMicrobleedNet container: /input → /output "
                                                  "(or BIDS_DIR OUTPUT_DIR participant|group: the BIDS App)")
-    add_model_option(parser)
-    add_prediction_options(parser)
-    add_cohort_options(parser)
-    parser.set_defaults(model=None)  # not given: a model at /opt/ml/model, else the baked-in ones
+    add_options(parser, "container", model=None)  # not given: a model at /opt/ml/model, else the baked-in ones
     args = parser.parse_args(argv)
     try:
-        run = prepare_run(input_dir, output_dir, run_options(args, args.model or choose_model_dir(DEFAULT_MODEL)))
+        run = prepare_run(input_dir, output_dir,
+                          options_from(args, "container", model=args.model or choose_model_dir(DEFAULT_MODEL)))
         algorithm = MixMicrobleedNet(run)
         algorithm.process()
     except RunError as exc:

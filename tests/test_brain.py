@@ -14,7 +14,8 @@ from mixmicrobleednet import layout
 from mixmicrobleednet.brain import (BrainMasking, BrainSettings, extract_brain, find_brain_mask, is_skull_stripped,
                                     onto_grid)
 from mixmicrobleednet.cases import CaseError, seed_cases
-from mixmicrobleednet.cli import build_parser, run_options
+from mixmicrobleednet.cli import build_parser
+from mixmicrobleednet.runner import options_from
 from mixmicrobleednet.imaging import load_case
 
 
@@ -83,13 +84,13 @@ def test_an_implausible_extraction_on_a_scan_with_a_constant_background_keeps_th
     tight = _tight_brain()
     t2s = make_image(tight, (4.0, 4.0, 4.0))
     monkeypatch.setattr(brain, "extract_brain", lambda image, use_gpu=False: _tiny_mask(image))
-    found = find_brain_mask("c", t2s, BrainSettings(BrainMasking.EXTRACT))
+    found = find_brain_mask("c", t2s, BrainSettings(masking=BrainMasking.EXTRACT))
     assert np.array_equal(found.mask, tight > 0) and not found.extracted
     assert found.source.startswith("the T2S scan's own non-background") and "deepbet on the T2S gave" in found.source
     assert "own non-background" in caplog.text
     noisy = make_image(tight + 3 + np.random.default_rng(2).random(tight.shape, np.float32), (4.0, 4.0, 4.0))
     with pytest.raises(CaseError, match=r"brain mask \(deepbet on the T2S\) is \d+ ml on the T2S grid, less than 300 ml"):
-        find_brain_mask("c", noisy, BrainSettings(BrainMasking.EXTRACT))
+        find_brain_mask("c", noisy, BrainSettings(masking=BrainMasking.EXTRACT))
 
 
 def _tiny_mask(image: sitk.Image) -> sitk.Image:
@@ -115,7 +116,7 @@ def test_a_tight_field_of_view_skull_stripped_case_segments_as_with_skull_stripp
         path.parent.mkdir(exist_ok=True)
         sitk.WriteImage(make_image(_tight_brain((56, 224, 256), seed=index), spacing), str(path))
     masks = {}
-    for flags in ({}, {"brain": BrainSettings(BrainMasking.SKULL_STRIPPED)}):
+    for flags in ({}, {"brain": BrainSettings(masking=BrainMasking.SKULL_STRIPPED)}):
         out = tmp_path / f"out{len(flags)}"
         results = predict(tmp_path / "in", out, model, **flags)
         assert not results[0].error_messages, results[0].error_messages
@@ -130,9 +131,9 @@ def test_a_tight_field_of_view_skull_stripped_case_segments_as_with_skull_stripp
 def test_skull_stripped_and_auto_leave_the_scans_as_they_are():
     t2s = make_image(brain_volume((20, 40, 36)))
     for masking in (BrainMasking.AUTO, BrainMasking.SKULL_STRIPPED):
-        found = find_brain_mask("c", t2s, BrainSettings(masking))
+        found = find_brain_mask("c", t2s, BrainSettings(masking=masking))
         assert found.mask is None and found.volume_ml > 0
-    assert "--skull-stripped" in find_brain_mask("c", _head(noise=5), BrainSettings(BrainMasking.SKULL_STRIPPED)).source
+    assert "--skull-stripped" in find_brain_mask("c", _head(noise=5), BrainSettings(masking=BrainMasking.SKULL_STRIPPED)).source
 
 
 def test_a_given_mask_masks_every_channel(tmp_path):
@@ -143,7 +144,7 @@ def test_a_given_mask_masks_every_channel(tmp_path):
     given = make_image(mask, spacing_xyz=(8.0, 8.0, 12.0))
     (tmp_path / "masks").mkdir()
     sitk.WriteImage(given, str(tmp_path / "masks" / layout.brain_mask_name(case.case_id)))
-    stack = load_case(case, brain=BrainSettings(BrainMasking.GIVEN, tmp_path / "masks"))
+    stack = load_case(case, brain=BrainSettings(masking=BrainMasking.GIVEN, given=tmp_path / "masks"))
     assert stack.brain.source == f"given ({layout.brain_mask_name(case.case_id)})"
     assert not stack.array[:, mask == 0].any() and stack.array[:, mask == 1].any()
 
@@ -151,11 +152,11 @@ def test_a_given_mask_masks_every_channel(tmp_path):
 def test_a_missing_or_tiny_given_mask_is_the_case_error(tmp_path):
     t2s = make_image(brain_volume((20, 40, 36)))
     with pytest.raises(CaseError, match=r"no brain mask sub-x_space-T2S_brainmask\.nii\.gz"):
-        find_brain_mask("sub-x_space-T2S", t2s, BrainSettings(BrainMasking.GIVEN, tmp_path))
+        find_brain_mask("sub-x_space-T2S", t2s, BrainSettings(masking=BrainMasking.GIVEN, given=tmp_path))
     tiny = tmp_path / "tiny.nii.gz"
     sitk.WriteImage(make_image((brain_volume((20, 40, 36)) > 0).astype(np.uint8)), str(tiny))
     with pytest.raises(CaseError, match=r"brain mask \(given \(tiny\.nii\.gz\)\) is 8 ml on the T2S grid, less than 300 ml: not a brain"):
-        find_brain_mask("sub-x_space-T2S", t2s, BrainSettings(BrainMasking.GIVEN, tiny))
+        find_brain_mask("sub-x_space-T2S", t2s, BrainSettings(masking=BrainMasking.GIVEN, given=tiny))
 
 
 def test_the_command_line_chooses_one_way_to_mask(tmp_path):
@@ -165,8 +166,8 @@ def test_the_command_line_chooses_one_way_to_mask(tmp_path):
                ("--extract-brain",): BrainMasking.EXTRACT, ("--brain-mask", "m"): BrainMasking.GIVEN}
     for flags, masking in choices.items():
         args = parser.parse_args(common + list(flags))
-        assert run_options(args, tmp_path).brain.masking is masking
-    assert not run_options(parser.parse_args(common + ["--device", "cpu"]), tmp_path).brain.gpu_allowed
+        assert options_from(args, "predict").brain.masking is masking
+    assert not options_from(parser.parse_args(common + ["--device", "cpu"]), "predict").brain.gpu_allowed
     with pytest.raises(SystemExit):
         parser.parse_args(common + ["--skull-stripped", "--brain-mask", "m"])
 

@@ -84,7 +84,7 @@ def blobs_with_known_probabilities() -> tuple[np.ndarray, sitk.Image]:
 ])
 def test_threshold_and_minimum_size_change_mask_table_and_count_alike(threshold, min_size, volumes):
     probabilities, grid = blobs_with_known_probabilities()
-    lesions = extract_lesions(probabilities, grid, LesionSettings(threshold, min_size))
+    lesions = extract_lesions(probabilities, grid, LesionSettings(threshold=threshold, min_size_mm3=min_size))
     assert lesions.count == len(volumes)
     assert sorted(lesions.table["volume_mm3"], reverse=True) == sorted(volumes, reverse=True)
     assert lesions.total_volume_mm3 == pytest.approx(sum(volumes))
@@ -103,7 +103,7 @@ def test_no_microbleeds_gives_an_empty_table_with_its_header(tmp_path):
 @pytest.mark.parametrize("threshold, min_size", [(1.0, 0), (-0.1, 0), (0.5, -1)])
 def test_invalid_settings_fail_up_front(threshold, min_size, tmp_path):
     with pytest.raises(ValueError):
-        LesionSettings(threshold, min_size)
+        LesionSettings(threshold=threshold, min_size_mm3=min_size)
     from mixmicrobleednet.cli import main
 
     with pytest.raises(SystemExit) as exit_:

@@ -67,7 +67,7 @@ def test_each_case_gets_its_own_mask(tmp_path, random_model):
     folder = tmp_path / "input"
     write_case(folder, "a1", shape=(10, 30, 30), seed=1)
     write_case(folder, "b2", shape=(12, 26, 34), seed=5)
-    predict(folder, tmp_path / "out", random_model, output=OutputSettings(LesionSettings(threshold=0.0)))
+    predict(folder, tmp_path / "out", random_model, output=OutputSettings(lesions=LesionSettings(threshold=0.0)))
     sizes = {s: sitk.ReadImage(str(layout.prediction_path(tmp_path / "out", stem(s)))).GetSize() for s in ("a1", "b2")}
     assert sizes == {"a1": (30, 30, 10), "b2": (34, 26, 12)}
 
@@ -217,7 +217,7 @@ def test_the_next_case_is_read_while_the_current_one_is_predicted(tmp_path, rand
     finally:
         pipeline.load_case = original
     assert seen == [(stem(f"c{n}"), (3, 6 + n, 20, 22)) for n in range(3)]
-    assert all(name.startswith("reader") for name in readers)
+    assert readers and all(name.startswith("reader") for name in readers)  # every case read in the reader thread
 
 
 def test_the_first_case_is_read_while_the_model_loads(cohort, tmp_path, random_model, monkeypatch):
@@ -270,11 +270,11 @@ def test_log_names_each_stage_with_its_time_as_the_benchmark_reads_it(cohort, tm
 def test_prediction_options_from_the_environment_and_the_command_line_wins(monkeypatch, capsys):
     import argparse
 
-    from mixmicrobleednet.cli import add_prediction_options
+    from mixmicrobleednet.options import add_options
 
     def parse(*argv):
         parser = argparse.ArgumentParser()
-        add_prediction_options(parser)
+        add_options(parser, "container")
         return parser.parse_args(argv)
 
     assert (parse().fast, parse().threshold, parse().device, parse().precision) == (False, 0.5, "auto", "float32")
@@ -315,7 +315,7 @@ def test_edge_margin_uses_the_skull_stripped_scans_own_brain_with_its_holes_fill
     for margin, expected in ((0.0, 2), (2.0, 1)):
         out = tmp_path / f"out-{margin}"
         [result] = run_cases(cases_for(tmp_path / "input", random_model),
-                             CaseRun(two_dots, out, settings=OutputSettings(LesionSettings(edge_margin_mm=margin))))
+                             CaseRun(two_dots, out, settings=OutputSettings(lesions=LesionSettings(edge_margin_mm=margin))))
         assert not result.error_messages and result.microbleed_count == expected
         record = json.loads((out / layout.RECORDS_DIR / layout.record_name(stem("e1"))).read_text())
         assert record["settings"]["output"]["lesions"]["edge_margin_mm"] == margin
@@ -342,12 +342,12 @@ def test_edge_margin_defaults_to_4_mm_where_the_tool_extracted_the_brain_and_to_
         return probabilities
 
     for name, masking, margin, expected in (
-            ("extracted", BrainSettings(BrainMasking.EXTRACT), None, (4.0, 1)),
-            ("given", BrainSettings(BrainMasking.GIVEN, tmp_path / "mask.nii.gz"), None, (0.0, 0)),
-            ("extracted-0", BrainSettings(BrainMasking.EXTRACT), 0.0, (0.0, 0))):
+            ("extracted", BrainSettings(masking=BrainMasking.EXTRACT), None, (4.0, 1)),
+            ("given", BrainSettings(masking=BrainMasking.GIVEN, given=tmp_path / "mask.nii.gz"), None, (0.0, 0)),
+            ("extracted-0", BrainSettings(masking=BrainMasking.EXTRACT), 0.0, (0.0, 0))):
         out = tmp_path / name
         [result] = run_cases(cases_for(tmp_path / "input", random_model),
-                             CaseRun(two_dots, out, settings=OutputSettings(LesionSettings(edge_margin_mm=margin)),
+                             CaseRun(two_dots, out, settings=OutputSettings(lesions=LesionSettings(edge_margin_mm=margin)),
                                      brain=masking))
         assert not result.error_messages, result.error_messages
         record = json.loads((out / layout.RECORDS_DIR / layout.record_name(stem("x1"))).read_text())

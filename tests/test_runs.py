@@ -98,7 +98,7 @@ def test_resume_recomputes_a_case_whose_input_or_settings_changed(tmp_path, rand
 
     with caplog.at_level("INFO"):
         predict(tmp_path / "in", tmp_path / "out", random_model, resume=True,
-                output=OutputSettings(LesionSettings(threshold=0.6)))
+                output=OutputSettings(lesions=LesionSettings(threshold=0.6)))
     assert "skipped" not in caplog.text
 
 

@@ -60,11 +60,14 @@ class BrainMasking(str, Enum):
     GIVEN = "given"  # the user's mask files
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BrainSettings:
     masking: BrainMasking = BrainMasking.AUTO
     given: Path | None = None  # --brain-mask FILE or FOLDER (masking GIVEN)
     gpu_allowed: bool = True  # False with --device cpu
+
+    def __post_init__(self):
+        object.__setattr__(self, "masking", BrainMasking(self.masking))  # the option table gives its value
 
     def as_record(self) -> str:
         return f"{self.masking.value}: {self.given}" if self.given else self.masking.value

@@ -88,6 +88,7 @@ def parse_label_name(name: str) -> str | None:
 # A model folder (nnU-Net v2's results layout, fold `all` only; modelfolder.py reads and writes it).
 PLANS_JSON = "plans.json"
 DATASET_JSON = "dataset.json"
+MODEL_CARD = "MODEL_CARD.md"
 FOLD = "all"
 CHECKPOINT_NAME = "checkpoint_final.pth"
 CHECKPOINT = f"fold_{FOLD}/{CHECKPOINT_NAME}"
@@ -137,6 +138,31 @@ INPUT_SOCKETS: dict[str, str] = {channel: _SOCKETS["inputs"][channel] for channe
 OUTPUT_SOCKETS: dict[str, str] = dict(_SOCKETS["outputs"])
 
 
+# Two or more sessions of a subject compared (longitudinal.py), in any layout's output folder.
+LONGITUDINAL_TSV = "longitudinal.tsv"  # a row per follow-up
+LONGITUDINAL_MICROBLEEDS_TSV = "longitudinal_microbleeds.tsv"  # a row per microbleed of a baseline/follow-up pair
+LONGITUDINAL_DIR = "longitudinal"  # per follow-up: its QC picture and record
+
+
+def longitudinal_paths(follow_up_case_id: str) -> dict[str, str]:
+    """A follow-up's outputs of the comparison with its baseline, relative to the output folder."""
+    return {"qc": f"{LONGITUDINAL_DIR}/{follow_up_case_id}_longitudinal_qc.png",
+            "record": f"{LONGITUDINAL_DIR}/{follow_up_case_id}_longitudinal.json"}
+
+
+def without_session(case_id: str, session: str) -> str:
+    """A case's name without its session: what one subject's sessions of the same series share."""
+    return case_id.replace(f"_{_BIDS_PREFIXES['session']}-{session}", "", 1)
+
+
+def sidecar_name(image_name: str) -> str:
+    """An image's JSON sidecar (BIDS: the same name with .json; AcquisitionDateTime and the like)."""
+    for extension in (NIFTI, ".nii", *PLATFORM_IMAGE_SUFFIXES):
+        if image_name.endswith(extension):
+            return image_name[: -len(extension)] + ".json"
+    return image_name + ".json"
+
+
 # BIDS (bids.py): raw dataset in, derivatives dataset out.
 DATASET_DESCRIPTION = "dataset_description.json"
 BIDSIGNORE = ".bidsignore"
@@ -150,7 +176,8 @@ BIDS_COHORT_TSV = "cohort.tsv"
 BIDS_FIGURES_DIR = "figures"
 BIDS_LOGS_DIR = "logs"  # slurm/submit.sh's job logs
 #: What the BIDS specification does not cover in our derivatives (.bidsignore).
-BIDS_IGNORED = (f"/{RECORDS_DIR}", f"/{BIDS_FIGURES_DIR}", f"/{BIDS_LOGS_DIR}", f"/{BIDS_COHORT_TSV}", "*_lesions.tsv")  # the validator misses "dir/"
+BIDS_IGNORED = (f"/{RECORDS_DIR}", f"/{BIDS_FIGURES_DIR}", f"/{BIDS_LOGS_DIR}", f"/{BIDS_COHORT_TSV}", "*_lesions.tsv",  # the validator misses "dir/"
+                f"/{LONGITUDINAL_TSV}", f"/{LONGITUDINAL_MICROBLEEDS_TSV}", f"/{LONGITUDINAL_DIR}")
 
 
 def bids_case_id(entities: dict[str, str | None]) -> str:

@@ -9,17 +9,11 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .options import DEFAULT_THRESHOLD, EXTRACTED_BRAIN_EDGE_MARGIN_MM
+
 #: Voxels touching by a face, edge or corner belong to the same microbleed.
 CONNECTIVITY = np.ones((3, 3, 3), bool)
 
-#: nnU-Net's argmax over {background, CMB} is `p(CMB) > 0.5`; the same rule keeps the seed's masks.
-DEFAULT_THRESHOLD = 0.5
-
-#: The edge margin (mm) where the tool extracted the brain itself, unless the user sets one: an
-#: extraction's mask reaches past the brain onto dura and bone (most at the skull base), dark on
-#: T2* beside the bright brain like a microbleed. The smallest margin with the fewest false
-#: positives on raw phantoms (benchmarks/edge_rule.py; the model card has the figures).
-EXTRACTED_BRAIN_EDGE_MARGIN_MM = 4.0
 
 #: One row per microbleed. Voxel indices are in NIfTI/ITK order (i, j, k = x, y, z of the array
 #: on disk); world coordinates are RAS millimetres, as nibabel, FSLeyes and MNI coordinates use.
@@ -30,7 +24,7 @@ LESION_COLUMNS = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LesionSettings:
     """What counts as a microbleed: the same rule for the mask, the table and the counts."""
 

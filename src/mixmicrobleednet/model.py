@@ -15,6 +15,7 @@ import numpy as np
 
 from . import layout
 from .modelfolder import ModelError, ModelFolder, read_model_folder
+from .options import PRECISIONS
 from .preprocessing import crop_to_nonzero, resample_to_shape
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def resolve_device(requested: str):
     return torch.device("cuda")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PredictionSettings:
     """The paper's defaults: 3d_fullres-style sliding window, fold all, mirroring, step 0.5."""
 
@@ -74,8 +75,6 @@ class PredictionSettings:
     precision: str = "float32"
 
 
-#: The values PredictionSettings.precision takes.
-PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass

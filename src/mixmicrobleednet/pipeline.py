@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 NEAR_EDGE_COLUMNS = ["centroid_x_ras_mm", "centroid_y_ras_mm", "centroid_z_ras_mm", "volume_mm3", "max_probability"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OutputSettings:
     """What is written per case besides the mask and the lesion table."""
 

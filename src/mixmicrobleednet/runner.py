@@ -12,6 +12,7 @@ message, exit code 2, no case written.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import tempfile
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import layout, records, regions
+from . import layout, options, records, regions
 from .brain import BrainSettings
 from .bids import bids_cases, is_bids_dataset, write_derivatives_description
 from .cases import Case, InputFolderError, platform_case, platform_channels, seed_cases, select_cases, uses_platform_interface
@@ -44,7 +45,7 @@ class RunError(Exception):
     """The run cannot start or go on: nothing, or nothing more, can be predicted."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunOptions:
     model: str | Path = DEFAULT_MODEL  # --model: a model folder, a shipped model's name, or auto
     device: str = "auto"
@@ -56,6 +57,12 @@ class RunOptions:
     sessions: tuple[str, ...] = ()
     register: bool = True  # T1/T2 not on the T2* grid: rigid registration (False: their headers alone)
     brain: BrainSettings = BrainSettings()  # brain masks: found, given or extracted
+
+
+def options_from(args: argparse.Namespace, command: str, **fixed) -> RunOptions:
+    """A run command's parsed options as the run's settings (options.OPTIONS says which field each
+    fills); `fixed` sets fields the caller decides (the container's model)."""
+    return options.build(RunOptions, options.settings_values(args, command) | fixed)
 
 
 def check_output_folder(output_dir: Path) -> None:
