@@ -1,9 +1,10 @@
 """The tests' one module of shared helpers: small synthetic volumes and cases, a random-weight model
 with the compact plans, a run with the CPU defaults, and the nnU-Net v1 reference run.
 
-Tiers (pytest markers, README "Tests"): unmarked tests are fast unit tests; `model` runs a
-random-weight model on the CPU; `shipped` the shipped weights; `v1` needs nnU-Net v1 (.venv-nnunetv1);
-`docker` a Docker engine and the image.
+Tiers (pytest markers, docs/development.md "Tests"): unmarked tests are fast unit tests; `model` runs
+a random-weight model on the CPU; `shipped` the shipped weights; `v1` needs nnU-Net v1
+(.venv-nnunetv1); `anatomy` Colin27; `docker` a Docker engine and the image; `cluster` SLURM; `wheel`
+the built wheel in a fresh venv. A plain pytest runs unit and model; run-tests.sh all.
 """
 
 from __future__ import annotations
