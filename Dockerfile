@@ -35,9 +35,11 @@ RUN /opt/venv/bin/python -c "import sys, torch; cuda = torch.version.cuda or 'no
                                  (f'torch {torch.__version__} with CUDA {cuda} is not the labelled ${TORCH_VERSION} with CUDA ${TORCH_CUDA}', \
                                   (torch.__version__.split('+')[0], cuda) != ('${TORCH_VERSION}'.split('+')[0], '${TORCH_CUDA}'))) if bad]; \
     sys.exit('; '.join(problems) if problems else 0)"
-# Our package last: a change to src/ rebuilds a small layer, not the GBs above.
+# Our package last: a change to src/ rebuilds a small layer, not the GBs above. The package's build
+# needs models/ too (pyproject.toml maps it into the wheel as the package's models/).
 COPY pyproject.toml README.md /tmp/package/
 COPY src /tmp/package/src
+COPY models /tmp/package/models
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps --no-index \
         --find-links ${WHEELS} /tmp/package \
     && rm -rf /tmp/package

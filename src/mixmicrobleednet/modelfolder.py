@@ -3,8 +3,9 @@
 An nnU-Net v2 model folder (plans.json, dataset.json, fold_all/checkpoint_final.pth) declares its
 input channels in dataset.json (`channel_names`, in network order); they must be channels the
 registry (layout.py) knows, and include the reference channel (T2*), whose grid every output is on.
-The shipped models are the model folders under one folder (models/ of the checkout, the image's
-/opt/mixmicrobleednet/models), each named by its folder and described by its MODEL_CARD.md;
+The shipped models are the model folders under one folder (models/ of the checkout, which the wheel
+carries as the package's models/; the image's /opt/mixmicrobleednet/models), each named by its folder
+and described by its MODEL_CARD.md;
 `--model auto` gives each case the shipped model with the most channels that the case has.
 Model folders are written by train.py (`write_model_folder`), for training and import-v1 alike.
 """
@@ -22,9 +23,12 @@ from . import layout
 
 log = logging.getLogger(__name__)
 
-#: Where the shipped models are (one model folder each) when $MIXMICROBLEEDNET_MODELS does not say: models/
-#: of the source checkout (the image sets the variable).
+#: Where the shipped models are (one model folder each) when $MIXMICROBLEEDNET_MODELS does not say: the
+#: package's models/ in an installed wheel (pyproject.toml maps the checkout's models/ there), else models/
+#: of the source checkout (an editable install: setuptools' editable finder does not map a folder without
+#: __init__.py). The image sets the variable.
 MODELS_VARIABLE = "MIXMICROBLEEDNET_MODELS"
+PACKAGE_MODELS_DIR = Path(__file__).resolve().parent / "models"
 CHECKOUT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 #: --model's value for "per case, the shipped model whose channels the case has".
 AUTO = "auto"
@@ -92,8 +96,11 @@ def read_model_folder(model_dir: Path) -> ModelFolder:
 
 
 def models_folder() -> Path:
-    """The folder of the shipped models ($MIXMICROBLEEDNET_MODELS, read now)."""
-    return Path(os.environ.get(MODELS_VARIABLE, CHECKOUT_MODELS_DIR))
+    """The folder of the shipped models ($MIXMICROBLEEDNET_MODELS, read now; else the installed package's,
+    else the checkout's)."""
+    if MODELS_VARIABLE in os.environ:
+        return Path(os.environ[MODELS_VARIABLE])
+    return PACKAGE_MODELS_DIR if PACKAGE_MODELS_DIR.is_dir() or not CHECKOUT_MODELS_DIR.is_dir() else CHECKOUT_MODELS_DIR
 
 
 def shipped_models(models_dir: Path | None = None) -> dict[str, ModelFolder]:
