@@ -147,7 +147,7 @@ def test_missing_atlas_stops_the_run_before_any_case(random_model, tmp_path, mon
     assert not (tmp_path / "out" / layout.IMAGES_DIR).exists()
     predict(tmp_path / "input", tmp_path / "out", random_model,
             output=OutputSettings(regions=False, qc_picture=False))
-    assert predict.exit_code in (0, 1) and (tmp_path / "out" / layout.SUMMARY_CSV).is_file()
+    assert predict.exit_code == 0 and (tmp_path / "out" / layout.SUMMARY_CSV).is_file()  # no atlas needed then
 
 
 def test_a_case_the_atlas_cannot_be_placed_on_keeps_its_mask(random_model, tmp_path):

@@ -103,12 +103,9 @@ def test_a_killed_training_resumes_from_its_latest_checkpoint_on_the_data_alread
                            iterations_per_epoch=1, resume=carried)
     import torch
 
-    logged = torch.load(model / "fold_all" / "checkpoint_final.pth", weights_only=False)
-    assert logged["current_epoch"] == 4
-    record = json.loads((model / "training.json").read_text())
-    assert record["epochs"] == 4
-    log = next(work.rglob("training_log_*.txt")).parent
-    losses = torch.load(log / "checkpoint_final.pth", weights_only=False)["logging"]["train_losses"]
-    assert len(losses) == 4  # two epochs before the kill, two after: the log goes on, not anew
+    assert json.loads((model / "training.json").read_text())["epochs"] == 4
+    final = torch.load(next(work.rglob("training_log_*.txt")).parent / "checkpoint_final.pth", weights_only=False)
+    assert final["current_epoch"] == 4
+    assert len(final["logging"]["train_losses"]) == 4  # two epochs before the kill, two after: the log goes on
     with pytest.raises(ValueError, match="no such checkpoint file"):
         training.train(data, tmp_path / "m2", "compact", device="cpu", work_dir=work, resume=tmp_path / "none.pth")
