@@ -93,6 +93,25 @@ def test_an_implausible_extraction_on_a_scan_with_a_constant_background_keeps_th
         find_brain_mask("c", noisy, BrainSettings(masking=BrainMasking.EXTRACT))
 
 
+def test_a_failed_extraction_is_the_case_error_naming_its_scan(tmp_path, random_model, monkeypatch):
+    """Without a constant background to fall back on, a too-small extraction fails the case, the
+    message names the T2* file, and the other case of the run finishes."""
+    from mixmicrobleednet import brain
+
+    monkeypatch.setattr(brain, "extract_brain", lambda image, use_gpu=False: _tiny_mask(image))
+    write_case(tmp_path / "in", "ok1", shape=(28, 60, 52), spacing_xyz=(2.5, 2.5, 2.5))
+    noisy = _tight_brain() + 3 + np.random.default_rng(4).random((28, 60, 52), np.float32)
+    path = tmp_path / "in" / layout.input_name(layout.case_stem("raw1"), layout.REFERENCE_CHANNEL)
+    sitk.WriteImage(make_image(noisy, (2.5, 2.5, 2.5)), str(path))
+    for channel in (c for c in layout.CHANNELS if c != layout.REFERENCE_CHANNEL):
+        sitk.WriteImage(make_image(noisy, (2.5, 2.5, 2.5)),
+                        str(tmp_path / "in" / layout.input_name(layout.case_stem("raw1"), channel)))
+    results = {r.case_id: r for r in predict(tmp_path / "in", tmp_path / "out", random_model)}
+    assert results[layout.case_stem("ok1")].error_messages == []
+    [message] = results[layout.case_stem("raw1")].error_messages
+    assert message.startswith(f"{path.name}: brain mask (deepbet on the T1") and "not a brain" in message
+
+
 def _tiny_mask(image: sitk.Image) -> sitk.Image:
     """What deepbet gives on some scans that are already stripped: a few ml."""
     mask = np.zeros(image.GetSize()[::-1], np.uint8)
