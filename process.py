@@ -30,6 +30,7 @@ from mixmicrobleednet.cli import run_bids_app
 from mixmicrobleednet.imaging import ChannelStack
 from mixmicrobleednet.modelfolder import DEFAULT_MODEL, ModelFolder, choose_model_dir
 from mixmicrobleednet.options import add_options
+from mixmicrobleednet.pipeline import WithStage
 from mixmicrobleednet.runner import Run, RunError, exit_code, options_from, prepare_run
 
 INPUT_DIR = Path("/input")
@@ -51,14 +52,15 @@ class MixMicrobleedNet(SegmentationAlgorithm):
         self._cases[self._index_key] = DataFrame({"case": self.run.cases})
 
     def process_cases(self, file_loader_key=None):
-        # ahead: this predict calls the run's own, so the reader may preprocess for it
-        self.results = self.run.execute(lambda stack, model: self.predict(input_image=stack, model=model), ahead=True)
+        # this predict calls the run's own, so the run still loads and preprocesses ahead for it
+        self.results = self.run.execute(WithStage(self.run.predictor,
+                                                  lambda stack, model: self.predict(input_image=stack, model=model)))
 
     def predict(self, *, input_image: ChannelStack, model: ModelFolder) -> np.ndarray:
         """One case's channels, aligned on the T2* grid → microbleed probability on that grid with
         the case's model (the pipeline turns it into the mask, the lesion table, the QC picture and
         the record)."""
-        return self.run.predict(input_image, model)
+        return self.run.predictor.predict(input_image, model)
 
     def save(self):
         pass  # each case's record and the merged results.json / summary.csv are written as it finishes

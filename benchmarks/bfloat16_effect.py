@@ -13,7 +13,7 @@ first case with microbleeds that hold the most voxels near the threshold go thro
 emulation and the real autocast, and the differences between them are printed: the emulation stands for the flag only as far as it agrees
 with the real autocast, which the check shows.
 
-Both ways run through the same pipeline (runner.prepare_run(...).execute(predict=...)), with
+Both ways run through the same pipeline (runner.prepare_run(...).execute(FunctionPredictor(...))), with
 mirroring off (`--fast`), and are scored with `evaluate` against the phantoms' labels; prints
 sensitivity, false positives per scan and Dice for float32 and bfloat16, and how many voxels'
 masks differ.
@@ -34,8 +34,10 @@ import torch
 
 from mixmicrobleednet import PredictionSettings, layout
 from mixmicrobleednet.evaluate import evaluate_folders
-from mixmicrobleednet.model import Model, _cpu_network, _cpu_has_bfloat16
-from mixmicrobleednet.pipeline import OutputSettings
+from mixmicrobleednet.cpu_network import cpu_network as _cpu_network
+from mixmicrobleednet.device import cpu_has_bfloat16 as _cpu_has_bfloat16
+from mixmicrobleednet.model import Model
+from mixmicrobleednet.pipeline import FunctionPredictor, OutputSettings
 from mixmicrobleednet.runner import RunOptions, prepare_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +124,7 @@ def predict_and_score(cases: Path, out: Path, model: Model, network, name: str) 
                          output=OutputSettings(save_probabilities=False, qc_picture=False, regions=False))
     started = time.perf_counter()
     prepare_run(cases, out / name, options).execute(
-        predict=lambda stack, folder: model.predict_probabilities(stack.array, stack.spacing_zyx))
+        FunctionPredictor(lambda stack, folder: model.predict_probabilities(stack.array, stack.spacing_zyx)))
     seconds = time.perf_counter() - started
     cohorts = cases / "phantoms.csv"
     summary = evaluate_folders(cases, out / name, out / f"eval-{name}", cohorts if cohorts.is_file() else None)

@@ -1,8 +1,11 @@
 """The package's rules (docs/architecture.md): no import cycles; inference never imports training,
-phantom, import or evaluation code, at module level or inside a function; one table (options.py)
+phantom, import or evaluation code, at module level or inside a function; of inference, only
+nnunet_glue.py imports nnU-Net, pinned to the installed and required release; one table (options.py)
 defines every command-line option, and README lists those of `predict` as the table says."""
 
 import ast
+import tomllib
+from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +36,7 @@ def _graph() -> dict[str, set[str]]:
 def test_the_graph_is_read():
     graph = _graph()
     assert "model" in graph["pipeline"] and "modelfolder" in graph["model"] and "train" in graph["cli"]
+    assert "nnunet_glue" in graph["model"]  # imported inside functions
 
 
 def test_no_import_cycles():
@@ -59,6 +63,42 @@ def test_inference_never_imports_tools():
     assert {"runner", "pipeline", "model", "modelfolder", "cases", "imaging", "records"} <= inference
     reached = {module: graph[module] & TOOLS for module in inference}
     assert not any(reached.values()), {m: sorted(t) for m, t in reached.items() if t}
+
+
+def _packages_imported(module: Path) -> set[str]:
+    """The top-level packages outside this one that `module` imports anywhere in its code."""
+    found = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found - {"mixmicrobleednet"}
+
+
+def test_of_inference_only_the_glue_imports_nnunet():
+    inference = set(_graph()) - TOOLS - FRONT
+    importers = {module for module in inference if "nnunetv2" in _packages_imported(PACKAGE / f"{module}.py")}
+    assert importers == {"nnunet_glue"}, f"nnunetv2 imported outside nnunet_glue.py: {sorted(importers - {'nnunet_glue'})}"
+
+
+def _module_constant(module: Path, name: str):
+    """The value a module assigns to `name` at its top level, read without importing it."""
+    for node in ast.parse(module.read_text()).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(target, ast.Name) and target.id == name for target in targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{module.name} assigns no {name}")
+
+
+def test_nnunet_is_the_release_the_glue_mirrors():
+    """An nnU-Net upgrade fails here: nnunet_glue.py mirrors one release's internals, so the pin moves
+    only with the glue checked against the new release (and the shipped tier run against it)."""
+    pinned = _module_constant(PACKAGE / "nnunet_glue.py", "NNUNET_VERSION")
+    assert metadata.version("nnunetv2") == pinned
+    requirement = f"nnunetv2=={pinned}"
+    assert requirement in (REPO / "requirements.txt").read_text().split()
+    assert requirement in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
 
 
 def _argument_calls(path: Path) -> list[int]:

@@ -7,7 +7,8 @@ import SimpleITK as sitk
 from mixmicrobleednet import layout
 from mixmicrobleednet.layout import case_stem as stem
 from mixmicrobleednet.cases import CaseError, seed_cases, select_cases
-from mixmicrobleednet.imaging import align_to_reference, load_case, read_channel, same_grid, write_image_atomic
+from mixmicrobleednet.files import write_image_atomic
+from mixmicrobleednet.imaging import align_to_reference, load_case, read_channel, same_grid
 
 from conftest import brain_volume, make_image, predict, write_case
 

@@ -12,9 +12,9 @@ from mixmicrobleednet import layout
 from mixmicrobleednet.layout import case_stem as stem
 from mixmicrobleednet.cli import main
 from mixmicrobleednet.lesions import LesionSettings
-from mixmicrobleednet.model import resolve_device
+from mixmicrobleednet.device import resolve_device
 from mixmicrobleednet.modelfolder import ModelError
-from mixmicrobleednet.pipeline import CaseRun, OutputSettings, run_cases
+from mixmicrobleednet.pipeline import CaseRun, FunctionPredictor, OutputSettings, run_cases
 
 from conftest import cases_for, predict, write_case
 
@@ -128,7 +128,7 @@ def test_cpu_threads_follow_the_containers_cpu_quota(tmp_path, monkeypatch):
 
     import torch
 
-    import mixmicrobleednet.model as model
+    import mixmicrobleednet.device as model
 
     cores = len(os.sched_getaffinity(0))
     cpu_max = tmp_path / "cpu.max"  # cgroup v2: "<quota> <period>" in microseconds, or "max <period>"
@@ -212,8 +212,8 @@ def test_the_next_case_is_read_while_the_current_one_is_predicted(tmp_path, rand
 
     pipeline.load_case = spying_load
     try:
-        run_cases(cases_for(folder, random_model), CaseRun(lambda stack, model: seen.append(
-            (stack.case_id, stack.array.shape)) or np.zeros(stack.array.shape[1:], np.float32), tmp_path / "out"))
+        run_cases(cases_for(folder, random_model), CaseRun(FunctionPredictor(lambda stack, model: seen.append(
+            (stack.case_id, stack.array.shape)) or np.zeros(stack.array.shape[1:], np.float32)), tmp_path / "out"))
     finally:
         pipeline.load_case = original
     assert seen == [(stem(f"c{n}"), (3, 6 + n, 20, 22)) for n in range(3)]
@@ -315,7 +315,7 @@ def test_edge_margin_uses_the_skull_stripped_scans_own_brain_with_its_holes_fill
     for margin, expected in ((0.0, 2), (2.0, 1)):
         out = tmp_path / f"out-{margin}"
         [result] = run_cases(cases_for(tmp_path / "input", random_model),
-                             CaseRun(two_dots, out, settings=OutputSettings(lesions=LesionSettings(edge_margin_mm=margin))))
+                             CaseRun(FunctionPredictor(two_dots), out, settings=OutputSettings(lesions=LesionSettings(edge_margin_mm=margin))))
         assert not result.error_messages and result.microbleed_count == expected
         record = json.loads((out / layout.RECORDS_DIR / layout.record_name(stem("e1"))).read_text())
         assert record["settings"]["output"]["lesions"]["edge_margin_mm"] == margin
@@ -347,7 +347,7 @@ def test_edge_margin_defaults_to_4_mm_where_the_tool_extracted_the_brain_and_to_
             ("extracted-0", BrainSettings(masking=BrainMasking.EXTRACT), 0.0, (0.0, 0))):
         out = tmp_path / name
         [result] = run_cases(cases_for(tmp_path / "input", random_model),
-                             CaseRun(two_dots, out, settings=OutputSettings(lesions=LesionSettings(edge_margin_mm=margin)),
+                             CaseRun(FunctionPredictor(two_dots), out, settings=OutputSettings(lesions=LesionSettings(edge_margin_mm=margin)),
                                      brain=masking))
         assert not result.error_messages, result.error_messages
         record = json.loads((out / layout.RECORDS_DIR / layout.record_name(stem("x1"))).read_text())

@@ -8,7 +8,8 @@ import pytest
 from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero as nnunet_crop_to_nonzero
 from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
 
-from mixmicrobleednet.preprocessing import crop_to_nonzero, resample_to_shape
+from mixmicrobleednet.nnunet_glue import resample_to_shape
+from mixmicrobleednet.preprocessing import crop_to_nonzero
 
 REPO = Path(__file__).resolve().parents[1]
 HIGHRES, THICK, LOWRES, MODEL = (0.8, 0.49, 0.49), (3.5, 0.45, 0.45), (3.0, 1.0, 1.0), (1.2, 0.8, 0.8)
@@ -79,7 +80,7 @@ def test_crop_of_an_empty_volume_is_nnunets():
 def test_plans_with_other_resampling_use_nnunets_function():
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from mixmicrobleednet.model import _resampling
+    from mixmicrobleednet.nnunet_glue import _resampling
 
     plans = json.loads((REPO / "models" / "phantom-t1-t2-t2s" / "plans.json").read_text())
     name, configuration = next(iter(plans["configurations"].items()))

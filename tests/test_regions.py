@@ -12,7 +12,7 @@ from conftest import cases_for, predict, write_case
 from mixmicrobleednet import layout, regions
 from mixmicrobleednet.lesions import LESION_COLUMNS, centroids_lps
 from mixmicrobleednet.phantoms import generate
-from mixmicrobleednet.pipeline import CaseRun, OutputSettings, run_cases
+from mixmicrobleednet.pipeline import CaseRun, FunctionPredictor, OutputSettings, run_cases
 from mixmicrobleednet.runner import EXIT_RUN_FAILED
 
 
@@ -102,7 +102,7 @@ def _truth_predictor(folder):
 
 def test_phantom_regions_agree_with_the_generator(phantom_folder, random_model, tmp_path):
     out = tmp_path / "out"
-    results = run_cases(cases_for(phantom_folder, random_model), CaseRun(_truth_predictor(phantom_folder), out))
+    results = run_cases(cases_for(phantom_folder, random_model), CaseRun(FunctionPredictor(_truth_predictor(phantom_folder)), out))
     truth = pd.read_csv(phantom_folder / "microbleeds.csv")
     assert set(truth["location"]) == set(regions.CATEGORIES)
     summary = pd.read_csv(out / layout.SUMMARY_CSV)
@@ -131,7 +131,7 @@ def test_phantom_regions_agree_with_the_generator(phantom_folder, random_model, 
 def test_no_regions_keeps_the_seed_columns(phantom_folder, random_model, tmp_path):
     out = tmp_path / "out"
     [result, _] = run_cases(cases_for(phantom_folder, random_model), CaseRun(
-        _truth_predictor(phantom_folder), out, settings=OutputSettings(regions=False)))
+        FunctionPredictor(_truth_predictor(phantom_folder)), out, settings=OutputSettings(regions=False)))
     assert list(pd.read_csv(out / result.outputs["lesions"]).columns) == LESION_COLUMNS
     summary = pd.read_csv(out / layout.SUMMARY_CSV)
     assert summary[regions.SUMMARY_COLUMNS].isna().all().all()
@@ -161,7 +161,7 @@ def test_a_case_the_atlas_cannot_be_placed_on_keeps_its_mask(random_model, tmp_p
         probabilities[10, 20, 18] = 1
         return probabilities
 
-    [result] = run_cases(cases_for(tmp_path / "input", random_model), CaseRun(one_dot, out))
+    [result] = run_cases(cases_for(tmp_path / "input", random_model), CaseRun(FunctionPredictor(one_dot), out))
     assert not result.error_messages and result.microbleed_count == 1
     assert "atlas registration" in result.regions["error"]
     table = pd.read_csv(out / result.outputs["lesions"])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import __version__, layout, records
 from .cases import Case, InputFolderError, select_cases
-from .imaging import atomic_output
+from .files import atomic_output
 from .report import write_cohort_tsv
 
 log = logging.getLogger(__name__)

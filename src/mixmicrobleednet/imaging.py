@@ -1,12 +1,9 @@
 """Read and check channel images, align T1/T2 onto the T2* grid, mask them with the brain mask
-(brain.py), write images atomically."""
+(brain.py)."""
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,37 +155,3 @@ def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     image = sitk.GetImageFromArray(array)
     image.CopyInformation(reference)
     return image
-
-
-PARTIAL = ".partial-"  # in the name of a file being written
-
-
-def _partial_name(path: Path, writer: str) -> str:
-    """The hidden name `path` is written under by `writer` (a process id, or * to match any); it
-    keeps the suffix, since writers pick the format by it."""
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    return f".{path.name[: len(path.name) - len(suffix)]}{PARTIAL}{writer}{suffix}"
-
-
-def remove_partials(path: Path) -> None:
-    """Remove what a killed process left half-written of `path` (before it is written again)."""
-    for stale in path.parent.glob(_partial_name(path, "*")):
-        stale.unlink(missing_ok=True)
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path in the same folder to write to; rename it to `path` only when the
-    writing finished, so a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(_partial_name(path, str(os.getpid())))
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_image_atomic(image: sitk.Image, path: Path) -> None:
-    with atomic_output(path) as temporary:
-        sitk.WriteImage(image, str(temporary), useCompression=True)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from typing import Protocol
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,11 +25,12 @@ from . import records, regions
 from .bids import sidecars
 from .brain import BrainSettings
 from .cases import Case, CaseError
-from .imaging import ChannelStack, image_like, load_case, remove_partials, write_image_atomic
+from .files import remove_partials, write_image_atomic, write_json_value
+from .imaging import ChannelStack, image_like, load_case
 from .lesions import Lesions, LesionSettings, extract_lesions
 from .model import Model, PredictionSettings, PreprocessedCase, Preprocessing
 from .modelfolder import ModelError, ModelFolder
-from .report import write_json_value, write_lesion_table, write_preprocessing_qc, write_qc_picture
+from .report import write_lesion_table, write_preprocessing_qc, write_qc_picture
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +116,93 @@ class ModelPredictor:
         return self.model.predict_preprocessed(case)
 
 
-#: The predict stage: a case's aligned channels and its model → microbleed probability (float32) on the T2* grid.
-Predictor = Callable[[ChannelStack, ModelFolder], np.ndarray]
+class Predictor(Protocol):
+    """The predict stage: a case's aligned channels and its model → microbleed probability (float32)
+    on the T2* grid; models load from `start` on, a case may be preprocessed ahead in the reader
+    thread (`prepare`: its seconds, None where `predict` preprocesses), `device` is for the records."""
+
+    def start(self, model: ModelFolder) -> None: ...
+    def prepare(self, stack: ChannelStack, model: ModelFolder) -> float | None: ...
+    def predict(self, stack: ChannelStack, model: ModelFolder) -> np.ndarray: ...
+    def device(self, model: ModelFolder) -> str: ...
+    def settle(self) -> None: ...
+
+
+class ModelPredictors:
+    """The run's predictor: one ModelPredictor per model folder, each loaded once, when a case first needs it."""
+
+    def __init__(self, device: str, prediction: PredictionSettings):
+        self._device, self._prediction = device, prediction
+        self._loaded: dict[Path, ModelPredictor] = {}
+
+    def _of(self, model: ModelFolder) -> ModelPredictor:
+        if model.path not in self._loaded:
+            self._loaded[model.path] = ModelPredictor(model, self._device, self._prediction)
+        return self._loaded[model.path]
+
+    def start(self, model: ModelFolder) -> None:
+        self._of(model)
+
+    def prepare(self, stack: ChannelStack, model: ModelFolder) -> float:
+        return self._of(model).prepare(stack)
+
+    def predict(self, stack: ChannelStack, model: ModelFolder) -> np.ndarray:
+        return self._of(model)(stack)
+
+    def device(self, model: ModelFolder) -> str:
+        return self._of(model).device
+
+    def settle(self) -> None:
+        """A model still loading when every case failed before it: its thread ends with the run."""
+        for predictor in self._loaded.values():
+            predictor.settle()
+
+
+@dataclass(frozen=True)
+class FunctionPredictor:
+    """A predict stage that is a plain function (tests, benchmarks): nothing loads or is prepared ahead."""
+
+    function: Callable[[ChannelStack, ModelFolder], np.ndarray]
+
+    def start(self, model: ModelFolder) -> None:
+        pass
+
+    def prepare(self, stack: ChannelStack, model: ModelFolder) -> None:
+        return None
+
+    def predict(self, stack: ChannelStack, model: ModelFolder) -> np.ndarray:
+        return self.function(stack, model)
+
+    def device(self, model: ModelFolder) -> str:
+        return "unknown"
+
+    def settle(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class WithStage:
+    """A predictor whose predict stage is handed to `stage`, which calls the predictor's own predict
+    (process.py: evalutils' `predict` as the model stage): loading, preprocessing ahead and the device
+    stay the predictor's."""
+
+    predictor: Predictor
+    stage: Callable[[ChannelStack, ModelFolder], np.ndarray]
+
+    def start(self, model: ModelFolder) -> None:
+        self.predictor.start(model)
+
+    def prepare(self, stack: ChannelStack, model: ModelFolder) -> float | None:
+        return self.predictor.prepare(stack, model)
+
+    def predict(self, stack: ChannelStack, model: ModelFolder) -> np.ndarray:
+        return self.stage(stack, model)
+
+    def device(self, model: ModelFolder) -> str:
+        return self.predictor.device(model)
+
+    def settle(self) -> None:
+        self.predictor.settle()
 
 
 @dataclass(frozen=True)
@@ -123,18 +210,14 @@ class CaseRun:
     """What every case of a run shares: how it is predicted (each case with its own model), the
     settings, where outputs go."""
 
-    predict: Predictor
+    predictor: Predictor
     output_dir: Path
     prediction: PredictionSettings = PredictionSettings()
     settings: OutputSettings = OutputSettings()
     records: bool = True  # records and merged reports (not for a Grand-Challenge job: its sockets alone)
     merge_each: bool = True  # merge the reports after every case (BIDS: the group level merges, once)
     resume: bool = False
-    device: Callable[[ModelFolder], str] = lambda model: "unknown"  # for the records, once the model is loaded
     register: bool = True  # T1/T2 not on the T2* grid: registered rigidly (else placed by their headers)
-    start_model: Callable[[ModelFolder], object] = lambda model: None  # starts loading a model in the background
-    #: Preprocess ahead in the reader thread; its seconds, or None where the predict stage preprocesses.
-    prepare: Callable[[ChannelStack, ModelFolder], float | None] = lambda stack, model: None
     brain: BrainSettings = BrainSettings()  # brain masks: found in the scans, given or extracted
 
     @property
@@ -157,7 +240,7 @@ def _load_timed(case: Case, run: CaseRun) -> tuple[ChannelStack, dict[str, float
     started = time.perf_counter()
     stack = load_case(case, case.model.channels, case.model.describe(), run.register, run.brain)
     seconds = {"read": time.perf_counter() - started}
-    preprocess = run.prepare(stack, case.model)
+    preprocess = run.predictor.prepare(stack, case.model)
     if preprocess is not None:
         seconds["preprocess"] = preprocess
     return stack, seconds
@@ -183,7 +266,7 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
         log.info("%s: brain mask: %s, %.0f ml (%.1f s)", case.case_id, stack.brain.source, stack.brain.volume_ml,
                  stack.brain.seconds)
         with _stage(result, "prediction"):
-            probabilities = run.predict(stack, case.model)
+            probabilities = run.predictor.predict(stack, case.model)
         rule = run.settings.lesions.for_brain(stack.brain.extracted)
         with _stage(result, "lesions"):
             lesions = extract_lesions(probabilities, stack.reference, rule, stack.brain_region() if rule.margin_mm else None)
@@ -291,7 +374,7 @@ def run_cases(cases: list[Case], run: CaseRun) -> list[CaseResult]:
     todo = [case for case in cases if case.case_id not in done]
     results = dict(done)
     for model in {case.model.path: case.model for case in todo}.values():
-        run.start_model(model)  # each loads (once) while the first case is read and preprocessed
+        run.predictor.start(model)  # each loads (once) while the first case is read and preprocessed
     with ThreadPoolExecutor(1, thread_name_prefix="reader") as reader:
         upcoming = reader.submit(_load_timed, todo[0], run) if todo else None
         for number, case in enumerate(todo, 1):
@@ -302,7 +385,7 @@ def run_cases(cases: list[Case], run: CaseRun) -> list[CaseResult]:
             result = results[case.case_id] = _run_case(case, loaded, run)
             if run.records:
                 records.write_record(run.output_dir, case, _record(case, result, run, fingerprint,
-                                                                    run.device(case.model)))
+                                                                    run.predictor.device(case.model)))
                 if run.merge_each:
                     records.merge(run.output_dir)
     if run.records and run.merge_each and not todo:

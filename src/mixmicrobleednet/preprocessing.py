@@ -45,11 +45,11 @@ def crop_to_nonzero(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list
     return data[(slice(None), *box)], seg, bbox
 
 
-def resample_to_shape(data: np.ndarray, new_shape, current_spacing, new_spacing, order: int = 3,
-                      order_z: int = 0, force_separate_z: bool | None = False,
-                      separate_z_anisotropy_threshold: float | None = None, workers: int | None = None) -> np.ndarray:
-    """nnU-Net's resample_data_or_seg_to_shape (is_seg=False) for a (channel, z, y, x) array,
-    float32 out.
+def resample_separable(data: np.ndarray, new_shape: tuple[int, ...], lowres_axis: int | None, order: int = 3,
+                       order_z: int = 0, workers: int | None = None) -> np.ndarray:
+    """nnU-Net's resampling of a (channel, z, y, x) array to `new_shape` once its rule chose the
+    low-resolution axis to resample on its own (`lowres_axis`; None: all axes alike), float32 out
+    (nnunet_glue.resample_to_shape applies the rule).
 
     nnU-Net resizes an anisotropic scan slice by slice across its low-resolution axis (skimage
     clips each slice to the slice's value range) and then picks slices with order `order_z`;
@@ -57,14 +57,7 @@ def resample_to_shape(data: np.ndarray, new_shape, current_spacing, new_spacing,
     low-resolution one, else z) are resampled on slabs along it, then the split axis on slabs
     along another: each line is resampled on its own, so slabs give the same numbers and keep
     `workers` threads busy (scipy and numpy release the GIL; default: every core)."""
-    from nnunetv2.configuration import ANISO_THRESHOLD
-    from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
-
-    new_shape = tuple(int(n) for n in new_shape)
-    if tuple(data.shape[1:]) == new_shape:
-        return data
-    separate_z, lowres_axis = determine_do_sep_z_and_axis(
-        force_separate_z, current_spacing, new_spacing, separate_z_anisotropy_threshold or ANISO_THRESHOLD)
+    separate_z = lowres_axis is not None
     split = lowres_axis if separate_z else 0
     across = [axis for axis in range(3) if axis != split]
     workers = workers or len(os.sched_getaffinity(0))

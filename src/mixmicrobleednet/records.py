@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import layout
 from .cases import Case
-from .imaging import atomic_output, remove_partials
+from .files import atomic_output, remove_partials
 from .regions import summary_values
 from .report import write_results_json, write_summary_csv
 

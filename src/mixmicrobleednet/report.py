@@ -1,7 +1,7 @@
-"""What a person reads: results.json (the seed's), summary.csv, the lesion table, the QC pictures
-(microbleeds; preprocessing: registration and brain mask), and the value files of a Grand-Challenge job.
+"""What a person reads: results.json (the seed's), summary.csv, the lesion table and the QC pictures
+(microbleeds; preprocessing: registration and brain mask).
 
-Every file is written under a temporary name and renamed (imaging.atomic_output).
+Every file is written under a temporary name and renamed (files.atomic_output).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import pandas as pd
 import SimpleITK as sitk
 
 from . import layout, regions
-from .imaging import atomic_output, image_like
+from .files import atomic_output
+from .imaging import image_like
 from .lesions import LesionSettings, Lesions
 
 #: The QC picture shows at most this many microbleeds (the largest); the caption says how many more.
@@ -31,12 +32,6 @@ SUMMARY_COLUMNS = ["subject", "status", "message", "microbleed_count", "total_vo
 def write_results_json(entries: list[dict], output_dir: Path) -> None:
     with atomic_output(output_dir / layout.RESULTS_JSON) as temporary:
         temporary.write_text(json.dumps(entries, indent=2))
-
-
-def write_json_value(value, path: Path) -> None:
-    """A Grand-Challenge value socket (the bare JSON value in its own file), or a JSON sidecar."""
-    with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps(value))
 
 
 def write_summary_csv(rows: list[dict], output_dir: Path) -> None:

@@ -20,16 +20,13 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from . import layout, options, records, regions
 from .brain import BrainSettings
 from .bids import bids_cases, is_bids_dataset, write_derivatives_description
 from .cases import Case, InputFolderError, platform_case, platform_channels, seed_cases, select_cases, uses_platform_interface
-from .imaging import ChannelStack
 from .model import PredictionSettings
-from .modelfolder import DEFAULT_MODEL, ModelChoice, ModelError, ModelFolder, resolve_models
-from .pipeline import CaseResult, CaseRun, ModelPredictor, OutputSettings, Predictor, run_cases
+from .modelfolder import DEFAULT_MODEL, ModelChoice, ModelError, resolve_models
+from .pipeline import CaseResult, CaseRun, ModelPredictors, OutputSettings, Predictor, run_cases
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +82,10 @@ class Run:
     input_layout: str  # SEED, PLATFORM or BIDS
     cases: list[Case] = field(default_factory=list)  # each with its model
     selected: int = 0  # cases of the chosen participants and sessions, before sharding
-    _predictors: dict[Path, ModelPredictor] = field(default_factory=dict, repr=False)
+    predictor: ModelPredictors = field(init=False, repr=False)  # the run's models, each loaded once
+
+    def __post_init__(self):
+        self.predictor = ModelPredictors(self.options.device, self.options.prediction)
 
     @property
     def platform(self) -> bool:
@@ -97,20 +97,9 @@ class Run:
         """More shards than cases: this one has none, which is no failure."""
         return not self.cases and self.selected > 0
 
-    def start_model(self, model: ModelFolder) -> ModelPredictor:
-        """A model, loading in the background from the first call on (once per run)."""
-        if model.path not in self._predictors:
-            self._predictors[model.path] = ModelPredictor(model, self.options.device, self.options.prediction)
-        return self._predictors[model.path]
-
-    def predict(self, stack: ChannelStack, model: ModelFolder) -> np.ndarray:
-        """The predict stage with the case's model."""
-        return self.start_model(model)(stack)
-
-    def execute(self, predict: Predictor | None = None, ahead: bool = False) -> list[CaseResult]:
-        """Run the cases; `predict` replaces the predict stage (process.py's evalutils `predict`,
-        which calls this run's predict). The reader thread preprocesses each case for this run's
-        own predict stage, not for one put in its place unless that calls this run's (`ahead`)."""
+    def execute(self, predictor: Predictor | None = None) -> list[CaseResult]:
+        """Run the cases with the run's predictor, or `predictor` in its place (pipeline.WithStage,
+        pipeline.FunctionPredictor)."""
         if self.empty_shard:
             log.info("shard %d/%d: none of the %d case(s) falls to it", *self.options.shard, self.selected)
         elif not self.cases:
@@ -126,19 +115,15 @@ class Run:
         # The model starts loading only when a case is left to predict (not when --resume finds all done).
         # A Grand-Challenge job's sockets have no place for regions: not computed.
         output = replace(self.options.output, regions=False) if self.platform else self.options.output
-        run = CaseRun(predict or self.predict, self.output_dir, self.options.prediction, output,
+        run = CaseRun(predictor or self.predictor, self.output_dir, self.options.prediction, output,
                       records=not self.platform, merge_each=self.input_layout == SEED, resume=self.options.resume,
-                      device=lambda model: self.start_model(model).device, register=self.options.register,
-                      brain=self.options.brain, start_model=self.start_model,
-                      **({"prepare": lambda stack, model: self.start_model(model).prepare(stack)}
-                         if predict is None or ahead else {}))
+                      register=self.options.register, brain=self.options.brain)
         try:
             return run_cases(self.cases, run)
         except (ModelError, regions.AtlasError) as exc:
             raise RunError(str(exc)) from None
-        finally:  # a model still loading when every case failed before it: its thread ends with the run
-            for predictor in self._predictors.values():
-                predictor.settle()
+        finally:
+            run.predictor.settle()
 
 
 def prepare_run(input_dir: Path, output_dir: Path, options: RunOptions = RunOptions()) -> Run:
@@ -150,7 +135,7 @@ def prepare_run(input_dir: Path, output_dir: Path, options: RunOptions = RunOpti
         raise RunError(str(exc)) from None
     check_output_folder(output_dir)
     if options.device == "cuda":  # no GPU: stop now, not after the first case is read
-        from .model import resolve_device
+        from .device import resolve_device
 
         try:
             resolve_device("cuda")

@@ -24,7 +24,8 @@ import SimpleITK as sitk
 
 from . import layout
 from .cases import Case, seed_cases
-from .imaging import atomic_output, image_like, load_case
+from .files import atomic_output
+from .imaging import image_like, load_case
 from .modelfolder import ModelFolder, read_model_folder
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
     `resume`: go on from the work folder's latest checkpoint (True; from the start when there is none)
     or from a checkpoint file (one carried from another machine); the data already preprocessed in
     the work folder for the same cases and channels is used as it is."""
-    from .model import resolve_device
+    from .device import resolve_device
 
     config = CONFIGS[config_name]
     unknown = [c for c in channels if c not in layout.CHANNELS]
