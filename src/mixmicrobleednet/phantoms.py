@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import functools
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from . import layout, regions
-from .imaging import write_image_atomic
+from .files import write_image_atomic
 
 log = logging.getLogger(__name__)
 
@@ -418,6 +419,37 @@ def _loose_mask(brain_mask: np.ndarray, intracranial: np.ndarray, grid: sitk.Ima
     return ndimage.binary_fill_holes(distance <= reach_mm * (0.6 + 0.4 * wobble)).astype(np.uint8)
 
 
+@dataclass(frozen=True)
+class _Subject:
+    """What every visit of one phantom subject shares: the anatomy's warp (the subject's world →
+    the template), the look, the mimics and the microbleeds (centres in the subject's world)."""
+
+    transform: sitk.Transform
+    look: _Look
+    spacing_factor: float  # the first visit's grid spacing over its acquisition's (drawn here: make_case's order)
+    mimic_maps: dict[str, np.ndarray]
+    bleeds: list[Microbleed]
+
+
+def _draw_subject(template: _Template, rng: np.random.Generator, n_microbleeds: int, varied: bool,
+                  loose_mask: bool) -> _Subject:
+    transform = _random_transform(template, rng)
+    inverse = transform.GetInverse()
+    look = _draw_look(rng) if varied else _FIXED_LOOK
+    if loose_mask and look.loose_mask_mm is None:
+        look = replace(look, loose_mask_mm=float(rng.uniform(*_LOOSE_MASK_REACH_MM)))
+    spacing_factor = rng.uniform(0.97, 1.03)
+    mimic_maps = _draw_varied_mimics(template, rng) if varied else _draw_mimics(template, rng)
+    chosen = _choose_microbleeds(template, rng, n_microbleeds)
+    in_template = [template.index_to_lps(c[None])[0] for c, _, _ in chosen]  # MNI, LPS
+    # The truth is where each microbleed landed, not the pool it came from: the cortical grey matter
+    # pool also reaches the cerebellar cortex and the deep nuclei (a quarter of its draws).
+    places = regions.regions_at(np.array(in_template), template.atlas)
+    bleeds = [Microbleed(tuple(inverse.TransformPoint(p.tolist())), d, regions.MARS_REGIONS[region], region, pool)
+              for p, (_, d, pool), region in zip(in_template, chosen, places)]
+    return _Subject(transform, look, spacing_factor, mimic_maps, bleeds)
+
+
 def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: np.random.Generator,
               template: _Template | None = None, raw: bool = False, varied: bool = False,
               loose_mask: bool = False
@@ -428,30 +460,32 @@ def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: n
     contrast and masks drawn from wide distributions (_draw_varied_mimics, _draw_look); `loose_mask`:
     masked as a brain extraction leaves a scan (_loose_mask), whatever the look."""
     template = template or _Template()
-    transform = _random_transform(template, rng)
+    drawn = _draw_subject(template, rng, n_microbleeds, varied, loose_mask)
+    return _render_visit(drawn, acquisition, drawn.spacing_factor, rng, template, raw)
+
+
+def _render_visit(drawn: _Subject, acquisition: Acquisition, spacing_factor: float, rng: np.random.Generator,
+                  template: _Template, raw: bool = False, pose: sitk.Transform | None = None
+                  ) -> tuple[dict[str, sitk.Image], sitk.Image, list[Microbleed], sitk.Image, sitk.Image]:
+    """One visit of a subject, as make_case returns it; `pose`: where the head lies in this visit's
+    scanner (this visit's world → the subject's); None: where it was drawn."""
+    transform = drawn.transform if pose is None else sitk.CompositeTransform([drawn.transform, pose])  # pose first
     inverse = transform.GetInverse()
-    look = _draw_look(rng) if varied else _FIXED_LOOK
-    if loose_mask and look.loose_mask_mm is None:
-        look = replace(look, loose_mask_mm=float(rng.uniform(*_LOOSE_MASK_REACH_MM)))
+    look = drawn.look
 
     # T2* grid: axial, covering the warped brain with a margin (a raw scan's: the head too).
     warped = np.array([inverse.TransformPoint(p.tolist()) for p in template.surface_lps])
     margin = RAW_MARGIN_MM if raw else 12 if look.loose_mask_mm is not None else 4
     lo, hi = warped.min(0) - margin, warped.max(0) + margin
-    spacing_xyz = np.array(acquisition.spacing_zyx[::-1]) * rng.uniform(0.97, 1.03)
+    spacing_xyz = np.array(acquisition.spacing_zyx[::-1]) * spacing_factor
     size = np.ceil((hi - lo) / spacing_xyz).astype(int)
     grid = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
     grid.SetSpacing(spacing_xyz.tolist())
     grid.SetOrigin(lo.tolist())
 
-    mimic_maps = _draw_varied_mimics(template, rng) if varied else _draw_mimics(template, rng)
-    chosen = _choose_microbleeds(template, rng, n_microbleeds)
-    in_template = [template.index_to_lps(c[None])[0] for c, _, _ in chosen]  # MNI, LPS
-    # The truth is where each microbleed landed, not the pool it came from: the cortical grey matter
-    # pool also reaches the cerebellar cortex and the deep nuclei (a quarter of its draws).
-    places = regions.regions_at(np.array(in_template), template.atlas)
-    bleeds = [Microbleed(tuple(inverse.TransformPoint(p.tolist())), d, regions.MARS_REGIONS[region], region, pool)
-              for p, (_, d, pool), region in zip(in_template, chosen, places)]
+    mimic_maps = drawn.mimic_maps
+    bleeds = drawn.bleeds if pose is None else \
+        [replace(b, centre_lps=tuple(pose.GetInverse().TransformPoint(b.centre_lps))) for b in drawn.bleeds]
     # channel -> its grid and its world → the T2* scan's world (the subject's movement between scans)
     grids = {channel: (grid, sitk.Transform()) for channel in layout.CHANNELS}
     if raw:
@@ -553,17 +587,11 @@ def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None,
         raise ValueError(f"unknown acquisition(s) {', '.join(unknown)}: choose from {', '.join(COHORTS)}")
     template = _Template()
     cases, lesion_rows = [], []
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        acquisition = COHORTS[cohorts[i % len(cohorts)]]
-        subject = f"s{seed}c{i:03d}"
+    for rng, acquisition, subject in _draws(n, seed, cohorts, "s"):
         stem = layout.case_stem(subject)
         channels, label, bleeds, brain, mimics = make_case(subject, acquisition, draw_microbleed_count(rng), rng,
                                                            template, raw, varied, loose_masks)
-        for channel, image in channels.items():
-            write_image_atomic(image, out_dir / layout.input_name(stem, channel))
-        write_image_atomic(label, out_dir / layout.label_name(stem))
-        write_image_atomic(mimics, out_dir / layout.mimic_map_name(stem))  # what false positives sit on (evaluate)
+        _write_phantom(out_dir, stem, channels, label, mimics)
         if raw:  # the truth for brain extraction, and a --brain-mask folder
             write_image_atomic(brain, out_dir / layout.brain_mask_name(stem))
         cases.append({"subject": subject, "cohort": acquisition.name, "n_microbleeds": len(bleeds),
@@ -577,6 +605,89 @@ def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None,
     _write_csv(out_dir / "microbleeds.csv", lesion_rows,
                ["subject", "x_lps", "y_lps", "z_lps", "diameter_mm", "location", "region", "drawn_from"])
     return cases
+
+
+#: A visit pair's two sessions (seed layout): session order makes the first the baseline.
+VISIT_SESSIONS = ("1", "2")
+VISIT_PAIRS_CSV, VISIT_MICROBLEEDS_CSV = "visit_pairs.csv", "visit_microbleeds.csv"  # the truth of generate_visit_pairs
+VISIT_STATUSES = ("persistent", "new", "resolved")
+
+
+def make_visit_pair(acquisitions: tuple[Acquisition, Acquisition], counts: dict[str, int], rng: np.random.Generator,
+                    template: _Template | None = None, varied: bool = False) -> tuple[tuple, tuple, list[dict]]:
+    """Two visits of one phantom subject (#34): the same anatomy, mimics and persistent microbleeds,
+    `counts["new"]` microbleeds at the follow-up only and `counts["resolved"]` at the baseline only.
+    The follow-up has the head moved (random_rigid: 3° to 10°, 3 mm to 10 mm), a grid of its own,
+    its own contrast (each tissue's signal scaled by 0.9 to 1.1 per channel) and noise. Returns each
+    visit as make_case does and the truth: per microbleed its status, its centre at each visit (LPS
+    mm, each visit's world) and its diameter; fewer when the brain had no room for all."""
+    template = template or _Template()
+    statuses = [status for status in VISIT_STATUSES for _ in range(counts[status])]
+    drawn = _draw_subject(template, rng, len(statuses), varied, loose_mask=False)
+    statuses = statuses[:len(drawn.bleeds)]
+
+    def showing(kept: tuple[str, ...]) -> _Subject:
+        return replace(drawn, bleeds=[b for b, status in zip(drawn.bleeds, statuses) if status in kept])
+
+    baseline = _render_visit(showing(("persistent", "resolved")), acquisitions[0], drawn.spacing_factor, rng, template)
+    pose = random_rigid(rng, drawn.transform.GetInverse().TransformPoint(template.centre_lps.tolist()))
+    look = replace(drawn.look, tissue={channel: tuple(float(v) for v in np.array(values) * rng.uniform(0.9, 1.1, 3))
+                                       for channel, values in drawn.look.tissue.items()})
+    follow_up = _render_visit(replace(showing(("persistent", "new")), look=look), acquisitions[1],
+                              rng.uniform(0.97, 1.03), rng, template, pose=pose)
+    back = pose.GetInverse()  # the subject's world (the baseline's) → the follow-up's
+    truth = [{"status": status, "baseline_lps": bleed.centre_lps, "follow_up_lps": back.TransformPoint(bleed.centre_lps),
+              "diameter_mm": bleed.diameter_mm} for bleed, status in zip(drawn.bleeds, statuses)]
+    return baseline, follow_up, truth
+
+
+def draw_visit_counts(rng: np.random.Generator) -> dict[str, int]:
+    """New microbleeds spread evenly over the ARIA-H grades (none, mild 1-4, moderate 5-9, severe
+    10-13), 0-4 persistent and 0-3 resolved ones."""
+    new = (0, int(rng.integers(1, 5)), int(rng.integers(5, 10)), int(rng.integers(10, 14)))[rng.integers(4)]
+    return {"persistent": int(rng.integers(0, 5)), "new": new, "resolved": int(rng.integers(0, 4))}
+
+
+def generate_visit_pairs(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None,
+                         varied: bool = False) -> list[dict]:
+    """Write `n` visit pairs (make_visit_pair; cohorts in turn, both visits of a pair in one) as
+    sessions 1 and 2 of a subject in the seed layout, with labels and mimic maps, visit_pairs.csv
+    (the counts per pair) and visit_microbleeds.csv (the truth per microbleed)."""
+    from .longitudinal import aria_h_grade  # the grade the comparison gives, for the truth
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cohorts = cohorts or ["lowres"]
+    template = _Template()
+    pairs, rows = [], []
+    for rng, acquisition, subject in _draws(n, seed, cohorts, "p"):
+        baseline, follow_up, truth = make_visit_pair((acquisition, acquisition), draw_visit_counts(rng), rng,
+                                                     template, varied)
+        for session, (channels, label, _, _, mimics) in zip(VISIT_SESSIONS, (baseline, follow_up)):
+            _write_phantom(out_dir, layout.case_stem(subject, session), channels, label, mimics)
+        counted = {status: sum(row["status"] == status for row in truth) for status in VISIT_STATUSES}
+        pairs.append({"subject": subject, "cohort": acquisition.name, **counted, "aria_h_grade": aria_h_grade(counted["new"])})
+        rows += [{"subject": subject, "status": row["status"], "diameter_mm": round(row["diameter_mm"], 3),
+                  **{f"{visit}_{axis}_lps": round(value, 3) for visit in ("baseline", "follow_up")
+                     for axis, value in zip("xyz", row[f"{visit}_lps"])}} for row in truth]
+        log.info("visit pair %s (%s): %s", subject, acquisition.name, counted)
+    _write_csv(out_dir / VISIT_PAIRS_CSV, pairs)
+    _write_csv(out_dir / VISIT_MICROBLEEDS_CSV, rows, ["subject", "status", "diameter_mm"] + [
+        f"{visit}_{axis}_lps" for visit in ("baseline", "follow_up") for axis in "xyz"])
+    return pairs
+
+
+def _draws(n: int, seed: int, cohorts: list[str], prefix: str) -> Iterator[tuple[np.random.Generator, Acquisition, str]]:
+    """Each of `n` cases' own random generator, acquisition (the cohorts in turn) and subject name."""
+    for i in range(n):
+        yield np.random.default_rng([seed, i]), COHORTS[cohorts[i % len(cohorts)]], f"{prefix}{seed}c{i:03d}"
+
+
+def _write_phantom(out_dir: Path, stem: str, channels: dict[str, sitk.Image], label: sitk.Image,
+                   mimics: sitk.Image) -> None:
+    for channel, image in channels.items():
+        write_image_atomic(image, out_dir / layout.input_name(stem, channel))
+    write_image_atomic(label, out_dir / layout.label_name(stem))
+    write_image_atomic(mimics, out_dir / layout.mimic_map_name(stem))  # what false positives sit on (evaluate)
 
 
 def _write_csv(path: Path, rows: list[dict], header: list[str] | None = None) -> None:
