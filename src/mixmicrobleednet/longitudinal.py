@@ -13,9 +13,10 @@ microbleeds of both visits are matched one to one by distance in the baseline's 
 
 Both visits reason together: a microbleed seen at one visit alone, where the other visit's probability
 map is raised near its mapped place, was there at both and missed at one (probability just under the
-threshold): persistent, not new (or resolved). This is what keeps a mimic that the model marks at one
-visit and nearly marks at the other (a vein, iron) from counting as new, so the comparison needs both
-visits' probability maps (--save-probabilities): a pair without them is an error, not a guess. A
+threshold): persistent, not new (or resolved); so is one where the other visit's T2* scan is about as
+dark there (a vein or iron that the model marks at one visit and not at all at the other). This is
+what keeps mimics present at both visits from counting as new, so the comparison needs both visits'
+probability maps (--save-probabilities): a pair without them is an error, not a guess. A
 microbleed whose mapped place lies outside the other visit's brain mask (another field of view) is
 `not covered` and counts as neither.
 
