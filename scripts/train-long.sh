@@ -4,7 +4,8 @@
 # extraction; loose masks), resumed from its latest checkpoint on this machine or from the one
 # committed in training/NAME/, so that it goes on from session to session and machine to machine.
 #   scripts/train-long.sh run [NAME]    generate the data when missing, then train (nohup it: hours)
-#   scripts/train-long.sh save [NAME]   copy the latest checkpoint and the log into training/NAME/
+#   scripts/train-long.sh save [NAME]   the latest checkpoint (weights and progress, no optimizer state) and
+#                                       the logs into training/NAME/, with the command that resumes
 # NAME: compact-t1-t2-t2s (default) or compact-t2s. Data and nnU-Net folders: work/train-long/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,10 @@ if [ "$action" = save ]; then
   latest=$(find "$work" -name checkpoint_latest.pth | head -1)
   [ -n "$latest" ] || { echo "no checkpoint in $work" >&2; exit 1; }
   mkdir -p "$kept"
-  cp "$latest" "$kept/checkpoint_latest.pth.tmp" && mv "$kept/checkpoint_latest.pth.tmp" "$kept/checkpoint_latest.pth"
+  .venv/bin/python -c "import sys; from pathlib import Path; from mixmicrobleednet.train import weights_only_checkpoint
+weights_only_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]))" "$latest" "$kept/checkpoint_latest.pth"
+  printf 'resume (any machine, from the checkout):\n  nohup scripts/train-long.sh run %s > work/train-long/%s.log 2>&1 &\n' \
+    "$name" "$name" > "$kept/RESUME.txt"
   cp "$(ls -t "$(dirname "$latest")"/training_log_*.txt | head -1)" "$kept/training_log.txt"
   cp "$work.log" "$kept/run.log" 2>/dev/null || true
   exit 0

@@ -288,7 +288,7 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
         _start_from(trainer, initial)
     checkpoint = _resume_checkpoint(resume, Path(trainer.output_folder))
     if checkpoint:
-        trainer.load_checkpoint(str(checkpoint))
+        _load_progress(trainer, checkpoint)
         log.info("resuming from %s at epoch %d", checkpoint, trainer.current_epoch)
     log.info("training %s: %d epochs x %d iterations on %s", config.name, trainer.num_epochs,
              trainer.num_iterations_per_epoch, torch_device)
@@ -329,6 +329,40 @@ def _resume_checkpoint(resume: bool | Path, fold_dir: Path) -> Path | None:
         return resume
     latest = fold_dir / "checkpoint_latest.pth"
     return latest if resume and latest.is_file() else None
+
+
+#: What a carried checkpoint keeps of nnU-Net's checkpoint_latest.pth: the weights and where training
+#: stood (epoch, loss curves, best EMA), not the optimizer's momentum (as large again as the weights).
+PROGRESS_KEYS = ("network_weights", "current_epoch", "logging", "_best_ema", "init_args", "trainer_name",
+                 "inference_allowed_mirroring_axes")
+
+
+def weights_only_checkpoint(checkpoint: Path, out: Path) -> None:
+    """nnU-Net's checkpoint reduced to PROGRESS_KEYS, written atomically (to commit and carry)."""
+    import torch
+
+    progress = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    with atomic_output(out) as temporary:
+        torch.save({key: progress[key] for key in PROGRESS_KEYS}, temporary)
+
+
+def _load_progress(trainer, checkpoint: Path) -> None:
+    """nnU-Net's own load_checkpoint, also for a weights-only checkpoint: its optimizer starts anew
+    (SGD momentum builds up again within an epoch)."""
+    import torch
+
+    if not trainer.was_initialized:
+        trainer.initialize()
+    progress = torch.load(checkpoint, map_location=trainer.device, weights_only=False)
+    if "optimizer_state" in progress:
+        trainer.load_checkpoint(str(checkpoint))
+        return
+    progress |= {"optimizer_state": trainer.optimizer.state_dict(), "grad_scaler_state": None}
+    # nnU-Net 2.8.1's load_checkpoint takes a dict in its signature but reads only a file name
+    completed = Path(trainer.output_folder) / "checkpoint_carried.pth"
+    torch.save(progress, completed)
+    trainer.load_checkpoint(str(completed))
+    completed.unlink()
 
 
 def _start_from(trainer, model: ModelFolder) -> None:
