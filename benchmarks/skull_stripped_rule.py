@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from mixmicrobleednet import layout
-from mixmicrobleednet.brain import background, is_skull_stripped
+from mixmicrobleednet.brain import Background, is_skull_stripped
 from mixmicrobleednet.phantoms import COHORTS, COLIN27_DIR, VALDO_COHORTS, _Template, make_case, t2s_like_copy
 
 
@@ -124,7 +124,7 @@ def main() -> int:
     print(f"{'scan':58s} {'bg share':>8s} {'inside':>7s} {'ml':>6s} {'dark':>5s}  answer         (rule before)")
     for expected, scans in ((False, raw_scans()), (True, stripped_scans())):
         for name, image in scans.items():
-            found = background(image)
+            found = Background(image)
             stripped = is_skull_stripped(image)[0]
             wrong += stripped != expected
             print(f"{name:58s} {found.share:8.1%} {found.cohesion:7.0%} {found.volume_ml:6.0f} {found.dark_share:5.0%}  "

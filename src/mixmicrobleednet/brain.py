@@ -88,16 +88,47 @@ class BrainMask:
                 "extracted": self.extracted}
 
 
-@dataclass(frozen=True)
 class Background:
-    """A T2* scan's constant background, if it has one."""
+    """A T2* scan's background candidate: the commonest value on the grid's six faces (zero, negative
+    or any other: a z-scored scan's background need not be its minimum). Each measure is computed
+    when first asked for: --skull-stripped needs only the volume, a stripped scan's brain only the voxels."""
 
-    voxels: np.ndarray  # bool (z, y, x): at the background value
-    value: float
-    share: float  # of the grid
-    cohesion: float  # share of its voxels whose six neighbours are background too
-    volume_ml: float  # of what is not background
-    dark_share: float  # of what is not background, near the background value (air); 0 when it is no minimum
+    def __init__(self, t2s: sitk.Image):
+        self._array = sitk.GetArrayViewFromImage(t2s)
+        self._voxel_ml = float(np.prod(t2s.GetSpacing())) / 1000
+        array = self._array
+        faces = np.concatenate([array[[0, -1]].ravel(), array[:, [0, -1]].ravel(), array[:, :, [0, -1]].ravel()])
+        values, counts = np.unique(faces, return_counts=True)
+        self.value = float(values[counts.argmax()])
+        self.voxels = array == values[counts.argmax()]  # bool (z, y, x): at the background value
+
+    @functools.cached_property
+    def count(self) -> int:
+        return int(self.voxels.sum())
+
+    @property
+    def share(self) -> float:
+        """Of the grid."""
+        return self.count / self.voxels.size
+
+    @functools.cached_property
+    def cohesion(self) -> float:
+        """Share of its voxels whose six neighbours are background too (the grid's faces do not cut it)."""
+        return int(ndimage.binary_erosion(self.voxels, border_value=1).sum()) / max(self.count, 1)
+
+    @property
+    def volume_ml(self) -> float:
+        """Of what is not background."""
+        return (self.voxels.size - self.count) * self._voxel_ml
+
+    @functools.cached_property
+    def dark_share(self) -> float:
+        """Of what is not background, near the background value (air); 0 when the value is no minimum."""
+        rest = self._array[~self.voxels]
+        if not rest.size or rest.min() <= self.value:  # a background below everything: magnitude images, padding
+            return 0.0
+        above = rest.astype(np.float64) - self.value
+        return float(np.mean(above < DARK * np.percentile(above, 99)))
 
     @property
     def constant(self) -> bool:
@@ -108,34 +139,15 @@ class Background:
         return ndimage.binary_fill_holes(~self.voxels)
 
 
-def background(t2s: sitk.Image) -> Background:
-    """The scan's background candidate: the commonest value on the grid's six faces (zero, negative or
-    any other: a z-scored scan's background need not be its minimum)."""
-    array = sitk.GetArrayViewFromImage(t2s)
-    faces = np.concatenate([array[[0, -1]].ravel(), array[:, [0, -1]].ravel(), array[:, :, [0, -1]].ravel()])
-    values, counts = np.unique(faces, return_counts=True)
-    value = values[counts.argmax()]
-    voxels = array == value
-    count = int(voxels.sum())
-    inner = int(ndimage.binary_erosion(voxels, border_value=1).sum())  # the grid's faces do not cut it
-    rest = array[~voxels]
-    dark = 0.0
-    if rest.size and rest.min() > value:  # a background below everything: magnitude images, padding
-        above = rest.astype(np.float64) - float(value)
-        dark = float(np.mean(above < DARK * np.percentile(above, 99)))
-    return Background(voxels, float(value), count / array.size, inner / max(count, 1),
-                      rest.size * float(np.prod(t2s.GetSpacing())) / 1000, dark)
-
-
 def stripped_brain(t2s: sitk.Image) -> np.ndarray:
     """The brain of a skull-stripped T2* scan (bool): what is not its constant background, holes filled."""
-    return background(t2s).brain()
+    return Background(t2s).brain()
 
 
 def is_skull_stripped(t2s: sitk.Image) -> tuple[bool, str, float]:
     """Whether the T2* scan is already skull-stripped (module docstring), why, in words, and the ml
     that are not background."""
-    found = background(t2s)
+    found = Background(t2s)
     stripped = found.constant and found.volume_ml <= MAX_BRAIN_ML and found.dark_share < MAX_DARK_SHARE
     return stripped, (f"{'skull-stripped' if stripped else 'not skull-stripped'} as read (background {found.value:g} on "
                       f"{found.share:.1%} of the {layout.REFERENCE_CHANNEL} grid, {found.cohesion:.0%} of it inside; "
@@ -215,11 +227,12 @@ def extracted_or_own(case_id: str, mask: np.ndarray, t2s: sitk.Image, source: st
     volume = _volume_ml(mask, t2s)
     if volume >= MIN_BRAIN_ML:
         return BrainMask(mask, source, volume, time.perf_counter() - started, extracted=True)
-    found = background(t2s)
+    found = Background(t2s)
     if not found.constant:
         raise _too_small(volume, source)
-    own = checked(found.brain(), t2s, f"the {layout.REFERENCE_CHANNEL} scan's own non-background (background {found.value:g}), holes filled: {source} "
-                             f"gave {volume:.0f} ml, less than {MIN_BRAIN_ML:.0f} ml", started)
+    own = checked(found.brain(), t2s, f"the {layout.REFERENCE_CHANNEL} scan's own non-background (background "
+                                      f"{found.value:g}), holes filled: {source} gave {volume:.0f} ml, less than "
+                                      f"{MIN_BRAIN_ML:.0f} ml", started)
     log.warning("%s: brain mask: %s", case_id, own.source)
     return own
 
@@ -234,7 +247,7 @@ def find_brain_mask(case_id: str, t2s: sitk.Image, settings: BrainSettings,
         path = given_mask_path(settings.given, case_id)
         return checked(read_given_mask(path, t2s), t2s, f"given ({path.name})", started)
     if settings.masking is BrainMasking.SKULL_STRIPPED:
-        return BrainMask(None, "skull-stripped (--skull-stripped)", background(t2s).volume_ml, 0.0)
+        return BrainMask(None, "skull-stripped (--skull-stripped)", Background(t2s).volume_ml, 0.0)
     if settings.masking is BrainMasking.AUTO:
         stripped, why, volume = is_skull_stripped(t2s)
         if stripped:
