@@ -35,16 +35,14 @@ RUN /opt/venv/bin/python -c "import sys, torch; cuda = torch.version.cuda or 'no
                                  (f'torch {torch.__version__} with CUDA {cuda} is not the labelled ${TORCH_VERSION} with CUDA ${TORCH_CUDA}', \
                                   (torch.__version__.split('+')[0], cuda) != ('${TORCH_VERSION}'.split('+')[0], '${TORCH_CUDA}'))) if bad]; \
     sys.exit('; '.join(problems) if problems else 0)"
-# Our package last: a change to src/ rebuilds a small layer, not the GBs above. The package's build
-# needs models/ too (pyproject.toml maps it into the wheel as the package's models/).
+# Our package last: a change to src/ rebuilds a small layer, not the GBs above. The package carries
+# the shipped models (pyproject.toml maps models/ into it; --model NAME, auto: per case the one that fits).
 COPY pyproject.toml README.md /tmp/package/
 COPY src /tmp/package/src
 COPY models /tmp/package/models
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps --no-index \
         --find-links ${WHEELS} /tmp/package \
     && rm -rf /tmp/package
-# The shipped models, one model folder each (--model NAME; auto: per case the one that fits).
-COPY models /opt/mixmicrobleednet/models
 # Microbleed regions: Colin27's brain, AAL and the JHU white-matter labels from Debian's mricron-data
 # (build.sh copies them, with Debian's copyright file, from the host's package).
 COPY build/atlas /opt/mixmicrobleednet/atlas
@@ -56,7 +54,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     MIXMICROBLEEDNET_IMAGE=${IMAGE_TAG} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    MIXMICROBLEEDNET_MODELS=/opt/mixmicrobleednet/models \
     MIXMICROBLEEDNET_ATLAS_DIR=/opt/mixmicrobleednet/atlas \
     MPLCONFIGDIR=/tmp/matplotlib \
     XDG_CACHE_HOME=/tmp/cache \

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 from scipy import ndimage
+from scipy.spatial.distance import cdist
 
 from mixmicrobleednet import layout, longitudinal, records
 from mixmicrobleednet.cases import Case
@@ -282,6 +283,56 @@ def test_a_visit_pair_phantom_shows_each_microbleed_at_the_visits_its_status_say
 def test_the_command_says_when_there_is_nothing_to_compare_or_no_input_folder(tmp_path):
     output_dir, input_dir = tmp_path / "out", tmp_path / "in"
     write_visit(output_dir, input_dir, "1", _grid((4.0, 4.0, 4.0), (8, 8, 8)) + 1, {})  # one session only
-    assert longitudinal.main(output_dir, input_dir) == 1 and not (output_dir / layout.LONGITUDINAL_TSV).exists()
+    from mixmicrobleednet.cli import main as cli_main
+
+    assert cli_main(["longitudinal", str(output_dir), "-i", str(input_dir)]) == 1
+    assert not (output_dir / layout.LONGITUDINAL_TSV).exists()
     assert longitudinal.main(output_dir, input_dir, expected=False) == 0  # the BIDS group level without sessions
     assert longitudinal.main(output_dir) == 2  # a seed-layout output folder does not name its inputs
+
+
+@pytest.mark.shipped
+def test_a_bids_dataset_with_two_sessions_through_participant_and_group_levels(tmp_path):
+    """A visit-pair phantom as a BIDS dataset whose ses-2 was acquired a year before ses-1: the
+    participant level saves the probability maps unasked, the group level writes cohort.tsv and the
+    comparison (ses-2 the baseline), and the derivatives stay valid BIDS."""
+    from conftest import write_bids_dataset
+    from test_bids import validator_errors
+
+    from mixmicrobleednet.cli import main as cli_main
+    from mixmicrobleednet.phantoms import VISIT_MICROBLEEDS_CSV, generate_visit_pairs
+
+    (pair,) = generate_visit_pairs(tmp_path / "phantoms", 1, 3410, ["lowres"])
+    assert (pair["persistent"], pair["new"], pair["resolved"]) == (2, 0, 3)  # so 3 new from ses-2 to ses-1
+    raw = write_bids_dataset(tmp_path / "raw", visits=(("01", "1"), ("01", "2")), shape=(4, 4, 4))
+    for session, acquired in (("1", "2025-06-02T09:30:00"), ("2", "2024-06-02T09:30:00")):
+        for channel in layout.CHANNELS:
+            image = raw / layout.bids_anat_dir("01", session) / layout.bids_image_name("01", session, channel)
+            phantom = tmp_path / "phantoms" / layout.input_name(layout.case_stem(pair["subject"], session), channel)
+            image.write_bytes(phantom.read_bytes())
+            sidecar = image.with_name(layout.sidecar_name(image.name))
+            sidecar.write_text(json.dumps(json.loads(sidecar.read_text()) | {"AcquisitionDateTime": acquired}))
+    out = tmp_path / "derivatives"
+    assert cli_main(["bids", str(raw), str(out), "participant", "--device", "cpu", "--fast"]) == 0
+    for session in ("1", "2"):
+        assert (out / layout.bids_output_paths({"subject": "01", "session": session})["probability"]).is_file()
+    assert cli_main(["bids", str(raw), str(out), "group"]) == 0
+
+    (row,) = pd.read_csv(out / layout.LONGITUDINAL_TSV, sep="\t", dtype={"baseline": str, "follow_up": str}).to_dict("records")
+    assert (row["baseline"], row["follow_up"], row["baseline_by"]) == ("2", "1", "AcquisitionDateTime")
+    assert row["interval_days"] == 365 and row["status"] == "ok"
+    # The phantom's microbleeds shown at its first visit only (ses-1) are the new ones; ses-1's centres,
+    # LPS to RAS. Each one called new is one of them (no false new), and the 3-mm one may be missed.
+    truth = pd.read_csv(tmp_path / "phantoms" / VISIT_MICROBLEEDS_CSV)
+    truly_new = truth.loc[truth["status"] == "resolved", ["baseline_x_lps", "baseline_y_lps", "baseline_z_lps"]]
+    truly_new = truly_new.to_numpy() * [-1, -1, 1]
+    microbleeds = pd.read_csv(out / layout.LONGITUDINAL_MICROBLEEDS_TSV, sep="\t")
+    called_new = microbleeds.loc[microbleeds["status"] == "new", ["follow_up_x_ras_mm", "follow_up_y_ras_mm",
+                                                                  "follow_up_z_ras_mm"]].to_numpy()
+    assert row["new"] == len(called_new) >= 2 and row["resolved"] == 0 and row["aria_h_microhemorrhage_grade"] == "mild"
+    assert (cdist(called_new, truly_new).min(axis=1) < 3.0).all()
+    assert (microbleeds["seen_at"] == "both").sum() == 2  # the two persistent microbleeds, matched
+    paths = layout.longitudinal_paths(row["follow_up_case"])
+    assert (out / paths["qc"]).is_file()
+    assert "registration" in json.loads((out / paths["record"]).read_text())
+    assert validator_errors(out) == []

@@ -1,4 +1,4 @@
-"""`mixmicrobleednet predict|bids|merge|phantoms|train|import-v1|evaluate`: the command line over the package."""
+"""`mixmicrobleednet predict|bids|models|merge|longitudinal|phantoms|train|import-v1|evaluate`: the command line over the package."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def run_bids_app(args: argparse.Namespace) -> int:
 
     from .bids import group, is_bids_dataset
     from .cases import InputFolderError
+    from .longitudinal import main as compare_sessions
     from .modelfolder import ModelError, resolve_models
     from .runner import EXIT_CASE_FAILED, EXIT_OK, EXIT_RUN_FAILED, options_from, run
 
@@ -38,7 +39,9 @@ def run_bids_app(args: argparse.Namespace) -> int:
     all_ok = set(statuses) == {"ok"}
     log.log(logging.INFO if all_ok else logging.ERROR, "%s: %d case(s): %s", args.output_dir / layout.BIDS_COHORT_TSV,
             len(rows), ", ".join(f"{count} {status}" for status, count in sorted(statuses.items())) or "none")
-    return EXIT_OK if all_ok else EXIT_CASE_FAILED
+    # Subjects with two or more sessions: their visits compared (none is no failure at group level).
+    compared = compare_sessions(args.output_dir, args.bids_dir, tuple(args.participant_label), expected=False)
+    return EXIT_OK if all_ok and compared == EXIT_OK else max(EXIT_CASE_FAILED, compared)
 
 
 def list_models(as_json: bool) -> int:
@@ -75,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("models", help="the shipped models: name, channels, folder and model card")
     commands.add_parser("merge", help="rebuild results.json and summary.csv from the records in an output folder "
                                       "(after several processes wrote to it)")
+    commands.add_parser("longitudinal", help="compare each subject's sessions with the first: new, persistent and "
+                                             "resolved microbleeds, ARIA-H microhemorrhage grade",
+                        description="Compare each follow-up session with the subject's baseline in an output folder "
+                                    "of `predict` or `bids ... participant` (probability maps are saved there when "
+                                    "a subject has two or more sessions). A research measure, not a diagnosis.")
     commands.add_parser("phantoms", help="write synthetic microbleed phantoms with labels")
     commands.add_parser("train", help="train fold 'all' with nnU-Net v2 on labelled cases")
     commands.add_parser("import-v1", help="convert an nnU-Net v1 3d_fullres model (such as the 2021 "
@@ -110,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         merged = merge(args.output)
         log.info("%s: results.json and summary.csv rebuilt from %d record(s)", args.output, len(merged))
         return 0
+    if args.command == "longitudinal":
+        from .longitudinal import main as compare_sessions
+
+        return compare_sessions(args.output_dir, args.input, tuple(args.participant_label))
     if args.command == "phantoms":
         from .phantoms import generate
 

@@ -4,8 +4,8 @@ An nnU-Net v2 model folder (plans.json, dataset.json, fold_all/checkpoint_final.
 input channels in dataset.json (`channel_names`, in network order); they must be channels the
 registry (layout.py) knows, and include the reference channel (T2*), whose grid every output is on.
 The shipped models are the model folders under one folder (models/ of the checkout, which the wheel
-carries as the package's models/; the image's /opt/mixmicrobleednet/models), each named by its folder
-and described by its MODEL_CARD.md;
+carries as the package's models/, and so does the image), each named by its folder and described by
+its MODEL_CARD.md;
 `--model auto` gives each case the shipped model with the most channels that the case has.
 Model folders are written by train.py (`write_model_folder`), for training and import-v1 alike.
 """
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 #: Where the shipped models are (one model folder each) when $MIXMICROBLEEDNET_MODELS does not say: the
 #: package's models/ in an installed wheel (pyproject.toml maps the checkout's models/ there), else models/
 #: of the source checkout (an editable install: setuptools' editable finder does not map a folder without
-#: __init__.py). The image sets the variable.
+#: __init__.py).
 MODELS_VARIABLE = "MIXMICROBLEEDNET_MODELS"
 PACKAGE_MODELS_DIR = Path(__file__).resolve().parent / "models"
 CHECKOUT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"

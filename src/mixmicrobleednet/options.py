@@ -181,12 +181,17 @@ OPTIONS: tuple[Option, ...] = (
     Option(flag="--shard", type=_shard, metavar="K/N", commands=_RUN, fills=_fills("shard"),
            help="take every N-th case of the sorted cases from the K-th on (1-based; e.g. $SLURM_ARRAY_TASK_ID/N "
                 "with --array=1-N)"),
-    Option(flag="--participant-label", nargs="+", default=[], metavar="LABEL", commands=_RUN,
+    Option(flag="--participant-label", nargs="+", default=[], metavar="LABEL", commands=(*_RUN, "longitudinal"),
            fills=_fills("participants", tuple), help="only these subjects (with or without sub-)"),
     Option(flag="--session-label", nargs="+", default=[], metavar="LABEL", commands=_RUN,
            fills=_fills("sessions", tuple), help="only these sessions (with or without ses-)"),
 
     Option(flag="output", type=Path, commands=("merge",), help="the output folder whose records to merge"),
+    Option(flag="output_dir", type=Path, commands=("longitudinal",),
+           help="the output folder of a run over two or more sessions per subject (seed layout or BIDS derivatives)"),
+    Option(flag="--input", short="-i", type=Path, commands=("longitudinal",),
+           help="the run's input folder, for the T2* scans (default: the raw dataset a BIDS derivatives dataset "
+                "names)"),
     Option(flag="--json", action="store_true", commands=("models",), help="as JSON, for scripts"),
 
     Option(flag="--out", type=Path, required=True, commands=("phantoms",), help="folder to write the phantoms into"),

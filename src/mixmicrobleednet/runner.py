@@ -24,6 +24,7 @@ from . import layout, options, records, regions
 from .brain import BrainSettings
 from .bids import bids_cases, is_bids_dataset, write_derivatives_description
 from .cases import Case, InputFolderError, platform_case, platform_channels, seed_cases, select_cases, uses_platform_interface
+from .longitudinal import has_series
 from .model import PredictionSettings
 from .modelfolder import DEFAULT_MODEL, ModelChoice, ModelError, resolve_models
 from .pipeline import CaseResult, CaseRun, ModelPredictors, OutputSettings, Predictor, run_cases
@@ -159,6 +160,10 @@ def prepare_run(input_dir: Path, output_dir: Path, options: RunOptions = RunOpti
     except InputFolderError as exc:
         raise RunError(str(exc)) from None
     selected = cases if input_layout == PLATFORM else select_cases(cases, options.participants, options.sessions)
+    if input_layout != PLATFORM and has_series(selected) and not options.output.save_probabilities:
+        # `longitudinal` (and the BIDS group level) reads both visits' probability maps.
+        log.info("two or more sessions of a subject: probability maps saved for the comparison of visits")
+        options = replace(options, output=replace(options.output, save_probabilities=True))
     chosen = selected if input_layout == PLATFORM else select_cases(selected, shard=options.shard)
     chosen = [case if case.model else replace(case, model=models.choose(case.given_channels())) for case in chosen]
     log.info("%d case(s) in %s (%s layout)%s; %s", len(cases), input_dir, input_layout,
