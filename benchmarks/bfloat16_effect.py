@@ -37,7 +37,8 @@ from mixmicrobleednet.evaluate import evaluate_folders
 from mixmicrobleednet.cpu_network import cpu_network as _cpu_network
 from mixmicrobleednet.device import cpu_has_bfloat16 as _cpu_has_bfloat16
 from mixmicrobleednet.model import Model
-from mixmicrobleednet.pipeline import FunctionPredictor, OutputSettings
+from mixmicrobleednet.pipeline import FunctionPredictor
+from mixmicrobleednet.report import OutputSettings
 from mixmicrobleednet.runner import RunOptions, prepare_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def _bf16(x: torch.Tensor) -> torch.Tensor:
 
 
 def emulated_bfloat16(network: torch.nn.Module) -> torch.nn.Module:
-    """A float32 copy of model.py's CPU network that rounds where autocast's bfloat16 would."""
+    """A float32 copy of cpu_network.py's network that rounds where autocast's bfloat16 would."""
     network = copy.deepcopy(network)
     convolutions = [m for m in network.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
     with torch.no_grad():
@@ -62,10 +63,10 @@ def emulated_bfloat16(network: torch.nn.Module) -> torch.nn.Module:
         conv.register_forward_hook(lambda module, args, output: _bf16(output))
     norms = [m for m in network.modules() if type(m).__name__ == "InstanceNorm" and hasattr(m, "eps")]
     if not norms:
-        raise RuntimeError("model.py's CPU instance normalisation not found: update the emulation")
+        raise RuntimeError("cpu_network.py's instance normalisation not found: update the emulation")
     for norm in norms:
         def forward(x, norm=norm):
-            # model.py's InstanceNorm.forward as it runs under autocast: its input is a convolution's
+            # cpu_network.py's InstanceNorm.forward as it runs under autocast: its input is a convolution's
             # bfloat16 output, so its statistics come from the same bfloat16 kernels (a last-bit
             # difference in a float32 variance can flip its bfloat16 rounding and move every voxel).
             variance, mean = torch.var_mean(x.to(torch.bfloat16), dim=(2, 3, 4), keepdim=True, correction=0)

@@ -5,7 +5,7 @@
 Counts the network's FLOP per tile from its convolutions, measures the machine's fp32 peak with a
 plain matrix multiply (torch, all threads), then times one network call per setting on random
 tiles of the model's patch size, 1/2/4/8 tiles per call: nnU-Net's network as nnU-Net runs it
-(default memory layout), the same in channels-last 3D layout, ours (model.py's CPU network:
+(default memory layout), the same in channels-last 3D layout, ours (cpu_network.py's CPU network:
 channels-last and a leaner instance normalisation) and, when installed, ONNX Runtime and OpenVINO
 on the same weights (exported to a temporary folder, never shipped). Prints ms per tile, GFLOP/s,
 the share of the peak and the largest logit difference from nnU-Net's network on one tile.
@@ -112,7 +112,7 @@ def main() -> int:
 
     time_torch("nnU-Net's network", network, torch.contiguous_format)
     time_torch("nnU-Net's, channels-last", network.to(memory_format=torch.channels_last_3d), torch.channels_last_3d)
-    time_torch("ours (model.py on the CPU)", ours.predictor.network, ours.predictor.tile_memory_format)
+    time_torch("ours (cpu_network.py on the CPU)", ours.predictor.network, ours.predictor.tile_memory_format)
     network.to(memory_format=torch.contiguous_format)
     with tempfile.TemporaryDirectory() as folder:
         onnx_file = Path(folder) / "network.onnx"

@@ -116,7 +116,7 @@ def main() -> int:
     env = {**os.environ, **{k: str(args.work / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}}
     theirs_seconds, theirs_gb = run_timed(theirs, args.work / "nnunetv2.log", env)
 
-    stages = _stages_from_log((args.work / "ours.log").read_text())
+    stages = _stages_from_records(ours_out)
     print(f"device {args.device}, mirroring {'on' if args.mirroring else 'off'}, model {args.model}, "
           f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}, {os.cpu_count()} CPUs")
     print("read and preprocess (*: ahead): in a thread, while the model loads (first case) or the network runs "
@@ -130,7 +130,7 @@ def main() -> int:
         same = np.array_equal(sitk.GetArrayViewFromImage(ours_mask), sitk.GetArrayViewFromImage(theirs_mask))
         identical &= same
         s = stages[subject]
-        print(f"{subject:20} {'x'.join(map(str, ours_mask.GetSize())):>16} {s['read']:6.1f} {s['preprocess']:7.1f}{'*' if s['preprocess_ahead'] else ' '} "
+        print(f"{subject:20} {'x'.join(map(str, ours_mask.GetSize())):>16} {s['read']:6.1f} {s['preprocess']:7.1f}{'*' if s['preprocessed_ahead'] else ' '} "
               f"{s['network']:8.1f} {s['resample']:9.1f} {s['lesions']:8.1f} {s['write']:6.1f}  "
               f"{'identical' if same else 'DIFFERENT'}")
     network = sum(s["network"] for s in stages.values())
@@ -145,12 +145,12 @@ def main() -> int:
         model = Model(args.model, "cpu", PredictionSettings(use_mirroring=False))
         per_tile = gflop_per_tile(model.predictor.network, tuple(model.predictor.configuration_manager.patch_size),
                                   len(model.folder.channels))
-        achieved = per_tile * sum(s["tiles"] * s["passes"] for s in stages.values()) / network
+        achieved = per_tile * sum(s["tiles"] * s["passes_per_tile"] for s in stages.values()) / network
         peak = fp32_peak_gflops()
         print(f"network: {achieved:.1f} GFLOP/s ({per_tile:.2f} GFLOP per tile), {achieved / peak:.0%} of the "
               f"fp32 peak of {peak:.0f} GFLOP/s (matmul, {torch.get_num_threads()} threads)")
     print(f"nnUNetv2_predict (whole process tree): {theirs_seconds:.1f} s, peak RSS {theirs_gb:.2f} GB")
-    located = _regions_from_log((args.work / "ours-regions.log").read_text())
+    located = [s["regions"] for s in _stages_from_records(regions_out).values() if "regions" in s]
     print(f"ours with microbleed regions (default; atlas registered on each case with microbleeds: "
           f"{', '.join(f'{s:.1f}' for s in located)} s): {regions_seconds:.1f} s, "
           f"{theirs_seconds / regions_seconds:.2f}x nnUNetv2_predict's time")
@@ -159,34 +159,12 @@ def main() -> int:
     return 0 if identical else 1
 
 
-def _regions_from_log(text: str) -> list[float]:
-    """The regions stage's seconds per case, from the log of a run with regions."""
-    import re
+def _stages_from_records(output_dir: Path) -> dict[str, dict[str, float]]:
+    """Per-case stage seconds (read, preprocess, network, resample, lesions, write, regions) and the
+    network's tiles, passes per tile and whether the case was preprocessed ahead, from the records."""
+    from mixmicrobleednet import records
 
-    return [float(m.group(1)) for m in re.finditer(r": regions ([\d.]+) s$", text, re.MULTILINE)]
-
-
-def _stages_from_log(text: str) -> dict[str, dict[str, float]]:
-    """Per-case stage seconds from our log lines (pipeline: read, lesions, write; model: preprocess,
-    network, resample; preprocess_ahead 1 where the reader thread preprocessed), in case order."""
-    import re
-
-    stages: dict[str, dict[str, float]] = {}
-    current = None
-    for line in text.splitlines():
-        if match := re.search(r"case \d+/\d+: ([^\s,]+)", line):
-            current = stages.setdefault(match.group(1), {})
-        elif current is not None and (match := re.search(r"read and aligned in ([\d.]+) s", line)):
-            current["read"] = float(match.group(1))
-        elif current is not None and (match := re.search(
-                r"preprocess ([\d.]+) s( \(ahead\))?, network ([\d.]+) s \((\d+) tiles x (\d+) passes\), "
-                r"resample to the input grid ([\d.]+) s", line)):
-            preprocess, ahead, *others = match.groups()
-            current.update(zip(("preprocess", "network", "tiles", "passes", "resample"), map(float, (preprocess, *others))))
-            current["preprocess_ahead"] = float(ahead is not None)
-        elif current is not None and (match := re.search(r": (lesions|write) ([\d.]+) s$", line)):
-            current[match.group(1)] = float(match.group(2))
-    return stages
+    return {r["case_id"]: {**r["stage_seconds"], **r["network"]} for r in records.read_records(output_dir)}
 
 
 if __name__ == "__main__":

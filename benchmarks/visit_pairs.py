@@ -33,7 +33,7 @@ from mixmicrobleednet import layout, records
 from mixmicrobleednet.longitudinal import LongitudinalSettings, aria_h_grade, compare_visits
 from mixmicrobleednet.model import PredictionSettings
 from mixmicrobleednet.phantoms import VISIT_MICROBLEEDS_CSV, VISIT_PAIRS_CSV, VISIT_SESSIONS, generate_visit_pairs
-from mixmicrobleednet.pipeline import OutputSettings
+from mixmicrobleednet.report import OutputSettings
 from mixmicrobleednet.runner import RunOptions, run
 
 REPO = Path(__file__).resolve().parents[1]

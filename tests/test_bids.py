@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from mixmicrobleednet import layout
 from mixmicrobleednet.bids import NO_RECORD, bids_cases
 from mixmicrobleednet.cli import main as cli_main
-from mixmicrobleednet.pipeline import OutputSettings
+from mixmicrobleednet.report import OutputSettings
 
 from conftest import BIDS_VISITS, predict, write_bids_dataset, write_case
 

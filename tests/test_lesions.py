@@ -36,7 +36,7 @@ def test_table_matches_known_phantom_microbleeds(tmp_path):
     # Partial-volume fraction as the probability: p > 0.5 is the phantoms' own label rule.
     fraction = _render_bleeds(SHAPE_ZYX, grid, bleeds, 1.0)
     lesions = extract_lesions(fraction, grid)
-    table = lesions.table
+    table = lesions.with_world()  # as written
     assert list(table.columns) == LESION_COLUMNS
     assert lesions.count == len(bleeds) == 4
     assert lesions.mask.dtype == np.uint8 and lesions.mask.sum() == table["voxel_count"].sum()

@@ -146,7 +146,7 @@ def _scan_of(grid: sitk.Image, places: dict[tuple, float], brain: np.ndarray | N
     shape = sitk.GetArrayViewFromImage(grid).shape
     t2s = as_image(100 * (1 - _probability(grid, dict.fromkeys(dark, 0.6))))
     return Scan(t2s, np.ones(shape, bool) if brain is None else brain, as_image(lesions.mask), as_image(probability),
-                lesions.table)
+                lesions.with_world())
 
 
 SMALL = _grid((2.0, 2.0, 2.0), (30, 30, 20))

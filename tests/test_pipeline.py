@@ -14,7 +14,8 @@ from mixmicrobleednet.cli import main
 from mixmicrobleednet.lesions import LesionSettings
 from mixmicrobleednet.device import resolve_device
 from mixmicrobleednet.modelfolder import ModelError
-from mixmicrobleednet.pipeline import CaseRun, FunctionPredictor, OutputSettings, run_cases
+from mixmicrobleednet.pipeline import CaseRun, FunctionPredictor, run_cases
+from mixmicrobleednet.report import OutputSettings
 
 from conftest import cases_for, predict, write_case
 
@@ -128,19 +129,19 @@ def test_cpu_threads_follow_the_containers_cpu_quota(tmp_path, monkeypatch):
 
     import torch
 
-    import mixmicrobleednet.device as model
+    from mixmicrobleednet import device
 
     cores = len(os.sched_getaffinity(0))
     cpu_max = tmp_path / "cpu.max"  # cgroup v2: "<quota> <period>" in microseconds, or "max <period>"
     cpu_max.write_text("50000 100000\n")
-    assert model.usable_cpus(cpu_max) == 1
+    assert device.usable_cpus(cpu_max) == 1
     cpu_max.write_text("250000 100000\n")
-    assert model.usable_cpus(cpu_max) == min(3, cores)
+    assert device.usable_cpus(cpu_max) == min(3, cores)
     cpu_max.write_text("max 100000\n")
-    assert model.usable_cpus(cpu_max) == cores
-    assert model.usable_cpus(tmp_path / "no-cgroup") == cores
+    assert device.usable_cpus(cpu_max) == cores
+    assert device.usable_cpus(tmp_path / "no-cgroup") == cores
     threads = torch.get_num_threads()
-    monkeypatch.setattr(model, "usable_cpus", lambda: 1)
+    monkeypatch.setattr(device, "usable_cpus", lambda: 1)
     try:
         assert resolve_device("cpu").type == "cpu"
         assert torch.get_num_threads() == 1
@@ -244,27 +245,29 @@ def test_the_first_case_is_read_while_the_model_loads(cohort, tmp_path, random_m
     assert [r.error_messages for r in results] == [[], [], []]
 
 
-def test_log_names_each_stage_with_its_time_as_the_benchmark_reads_it(cohort, tmp_path, random_model):
-    """benchmarks/predict_speed.py reads the stage times from the log of `mixmicrobleednet predict`."""
+def test_records_hold_each_stage_with_its_time_as_the_benchmark_reads_it(cohort, tmp_path, random_model):
+    """benchmarks/predict_speed.py reads the stage times and the sliding window from the records of
+    `mixmicrobleednet predict`."""
     import subprocess
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from predict_speed import _stages_from_log
+    from predict_speed import _stages_from_records
 
     run = subprocess.run([str(Path(sys.executable).parent / "mixmicrobleednet"), "predict", "-i", str(cohort),
                           "-o", str(tmp_path / "out"), "--model", str(random_model), "--device", "cpu", "--fast"],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
-    stages = _stages_from_log(run.stderr)
+    stages = _stages_from_records(tmp_path / "out")
     assert list(stages) == [stem(s) for s in ("hr1", "lr3", "ts2")]
     for seconds in stages.values():
-        assert set(seconds) == {"read", "preprocess", "preprocess_ahead", "network", "tiles", "passes", "resample",
-                                "lesions", "write"}
+        assert {"read", "preprocess", "prediction", "network", "resample", "lesions", "write", "regions",
+                "preprocessed_ahead", "tiles", "passes_per_tile"} <= set(seconds)
         assert all(value >= 0 for value in seconds.values())
-        assert seconds["preprocess_ahead"] == 1  # in the reader thread, beside the model's loading or the network
-        assert seconds["tiles"] >= 1 and seconds["passes"] == 1  # --fast: no mirrored passes
+        assert seconds["preprocessed_ahead"] is True  # in the reader thread, beside the model's loading or the network
+        assert seconds["tiles"] >= 1 and seconds["passes_per_tile"] == 1  # --fast: no mirrored passes
+        assert seconds["network"] + seconds["resample"] <= seconds["prediction"] + 0.02  # each rounded to 0.01 s
 
 
 def test_prediction_options_from_the_environment_and_the_command_line_wins(monkeypatch, capsys):

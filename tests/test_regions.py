@@ -12,7 +12,8 @@ from conftest import cases_for, predict, write_case
 from mixmicrobleednet import layout, regions
 from mixmicrobleednet.lesions import LESION_COLUMNS, centroids_lps
 from mixmicrobleednet.phantoms import generate
-from mixmicrobleednet.pipeline import CaseRun, FunctionPredictor, OutputSettings, run_cases
+from mixmicrobleednet.pipeline import CaseRun, FunctionPredictor, run_cases
+from mixmicrobleednet.report import OutputSettings
 from mixmicrobleednet.runner import EXIT_RUN_FAILED
 
 

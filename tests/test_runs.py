@@ -94,7 +94,7 @@ def test_resume_recomputes_a_case_whose_input_or_settings_changed(tmp_path, rand
     assert f"{cases[0]}: skipped" in caplog.text and f"{cases[1]}: skipped" not in caplog.text
     caplog.clear()
     from mixmicrobleednet.lesions import LesionSettings
-    from mixmicrobleednet.pipeline import OutputSettings
+    from mixmicrobleednet.report import OutputSettings
 
     with caplog.at_level("INFO"):
         predict(tmp_path / "in", tmp_path / "out", random_model, resume=True,

@@ -15,7 +15,7 @@ import importlib
 __version__ = "1.0.0"
 
 _EXPORTS = {"Model": "model", "PredictionSettings": "model", "read_model_folder": "modelfolder",
-            "shipped_models": "modelfolder", "OutputSettings": "pipeline", "RunOptions": "runner",
+            "shipped_models": "modelfolder", "OutputSettings": "report", "RunOptions": "runner",
             "prepare_run": "runner", "run": "runner"}
 __all__ = sorted(_EXPORTS)
 

@@ -156,5 +156,6 @@ def group(bids_dir: Path, output_dir: Path, channels: tuple[str, ...], participa
     if not participants and not sessions:
         rows += [records.summary_row(r) for r in by_case.values()]
     write_derivatives_description(output_dir, bids_dir)
-    write_cohort_tsv(sorted(rows, key=lambda r: r["case"]), Path(output_dir))
+    write_cohort_tsv([records.cohort_row(r) for r in sorted(rows, key=lambda r: r["case"])], records.COHORT_COLUMNS,
+                     Path(output_dir))
     return rows

@@ -15,13 +15,14 @@ from .options import DEFAULT_THRESHOLD, EXTRACTED_BRAIN_EDGE_MARGIN_MM
 CONNECTIVITY = np.ones((3, 3, 3), bool)
 
 
-#: One row per microbleed. Voxel indices are in NIfTI/ITK order (i, j, k = x, y, z of the array
-#: on disk); world coordinates are RAS millimetres, as nibabel, FSLeyes and MNI coordinates use.
-LESION_COLUMNS = [
-    "lesion_id", "centroid_i", "centroid_j", "centroid_k", "centroid_x_ras_mm", "centroid_y_ras_mm",
-    "centroid_z_ras_mm", "volume_mm3", "voxel_count", "equivalent_diameter_mm", "max_probability",
-    "mean_probability",
-]
+#: One row per microbleed, as written. Voxel indices are in NIfTI/ITK order (i, j, k = x, y, z of
+#: the array on disk); world coordinates are RAS millimetres, as nibabel, FSLeyes and MNI coordinates
+#: use. In memory a table has no world columns: with_world adds them where a table is written.
+WORLD_COLUMNS = ["centroid_x_ras_mm", "centroid_y_ras_mm", "centroid_z_ras_mm"]
+LESION_COLUMNS = ["lesion_id", "centroid_i", "centroid_j", "centroid_k", *WORLD_COLUMNS, "volume_mm3", "voxel_count",
+                  "equivalent_diameter_mm", "max_probability", "mean_probability"]
+_MEASURED_COLUMNS = [column for column in LESION_COLUMNS if column not in WORLD_COLUMNS]
+_INDEX_COLUMNS = ["centroid_i", "centroid_j", "centroid_k"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,12 +64,14 @@ class LesionSettings:
 
 @dataclass(frozen=True)
 class Lesions:
-    """The microbleeds of one case: uint8 mask on the T2* grid and one table row per microbleed."""
+    """The microbleeds of one case: uint8 mask on the T2* grid and one table row per microbleed,
+    placed by voxel indices on `grid`."""
 
     mask: np.ndarray  # uint8 0/1, (z, y, x)
-    table: pd.DataFrame  # LESION_COLUMNS
+    table: pd.DataFrame  # LESION_COLUMNS but the world columns (and the region's, once located)
+    grid: sitk.Image  # the T2* grid the indices are on
     #: Components the edge margin set aside (LesionSettings.edge_margin_mm), measured as the table's.
-    near_edge: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LESION_COLUMNS))
+    near_edge: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=_MEASURED_COLUMNS))
 
     @property
     def count(self) -> int:
@@ -78,10 +81,26 @@ class Lesions:
     def total_volume_mm3(self) -> float:
         return float(self.table["volume_mm3"].sum())
 
+    def centroids_lps(self, table: pd.DataFrame | None = None) -> np.ndarray:
+        """The centroids of the table (or of `table`, one of this case's) in ITK's world (LPS mm)."""
+        indices = (self.table if table is None else table)[_INDEX_COLUMNS].to_numpy(float)
+        return np.array([self.grid.TransformContinuousIndexToPhysicalPoint(ijk.tolist()) for ijk in indices]
+                        ).reshape(-1, 3)
+
+    def with_world(self, table: pd.DataFrame | None = None) -> pd.DataFrame:
+        """The table (or `table`) as written: RAS world coordinates after the voxel indices. The one
+        place where a lesion's place turns from ITK's LPS into RAS."""
+        table = (self.table if table is None else table).copy()
+        ras = self.centroids_lps(table) * [-1, -1, 1]
+        position = table.columns.get_loc("centroid_k") + 1
+        for offset, column in enumerate(WORLD_COLUMNS):
+            table.insert(position + offset, column, ras[:, offset])
+        return table
+
 
 def centroids_lps(table: pd.DataFrame) -> np.ndarray:
-    """The table's centroids in ITK's world (LPS mm), one row per microbleed."""
-    return np.c_[-table["centroid_x_ras_mm"], -table["centroid_y_ras_mm"], table["centroid_z_ras_mm"]]
+    """A written table's centroids (RAS columns) in ITK's world (LPS mm), one row per microbleed."""
+    return table[WORLD_COLUMNS].to_numpy(float).reshape(-1, 3) * [-1, -1, 1]
 
 
 def label_microbleeds(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -140,21 +159,20 @@ def extract_lesions(probabilities: np.ndarray, reference: sitk.Image,
             box = boxes[old_label - 1]
             in_lesion = labels[box] == old_label
             centre_zyx = np.add(ndimage.center_of_mass(in_lesion), [s.start + o for s, o in zip(box, offset)])
-            x, y, z = reference.TransformContinuousIndexToPhysicalPoint(centre_zyx[::-1].tolist())  # ITK world: LPS
             voxels = int(voxel_counts[old_label - 1])
             volume = voxels * voxel_volume
             inside = probabilities[region][box][in_lesion]
             # lesion_id holds the component's label until _numbered numbers each table from 1
-            row = [old_label, *centre_zyx[::-1].tolist(), -x, -y, z, volume, voxels, (6 * volume / np.pi) ** (1 / 3),
+            row = [old_label, *centre_zyx[::-1].tolist(), volume, voxels, (6 * volume / np.pi) ** (1 / 3),
                    float(inside.max()), float(inside.mean())]
             at_edge = settings.margin_mm and near_edge(brain, centre_zyx, spacing_zyx, settings.margin_mm)
             (near if at_edge else rows).append(row)
         mask[region] = labels > 0 if len(rows) == count else np.isin(labels, [row[0] for row in rows])
-    return Lesions(mask, _numbered(rows), _numbered(near))
+    return Lesions(mask, _numbered(rows), reference, _numbered(near))
 
 
 def _numbered(rows: list[list]) -> pd.DataFrame:
     """A lesion table of measured components, numbered from 1 in the order found."""
-    table = pd.DataFrame(rows, columns=LESION_COLUMNS).astype({"lesion_id": int, "voxel_count": int})
+    table = pd.DataFrame(rows, columns=_MEASURED_COLUMNS).astype({"lesion_id": int, "voxel_count": int})
     table["lesion_id"] = np.arange(1, len(table) + 1)
     return table

@@ -106,7 +106,7 @@ class Visit:
     """One session's case: its record, its T2* scan (None: not found in the input folder) and when
     it was acquired (the sidecar's AcquisitionDateTime)."""
 
-    record: dict
+    record: records.CaseRecord
     t2s_path: Path | None
     acquired: datetime | None
 
@@ -208,7 +208,7 @@ def find_series(output_dir: Path, input_dir: Path, participants: tuple[str, ...]
     return sorted(series, key=lambda s: s.visits[0].case_id)
 
 
-def visit_microbleeds(output_dir: Path, record: dict) -> pd.DataFrame:
+def visit_microbleeds(output_dir: Path, record: records.CaseRecord) -> pd.DataFrame:
     """A visit's microbleeds: its lesion table. The one place where a review's decisions (microbleeds
     kept, rejected or added by a reader) are to replace the model's, once reviews are recorded."""
     path = output_dir / record["outputs"]["lesions"]

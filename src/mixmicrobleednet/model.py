@@ -76,6 +76,9 @@ class Model:
                  preprocessing: Preprocessing | None = None):
         started = time.perf_counter()
         self.folder = model if isinstance(model, ModelFolder) else read_model_folder(Path(model))
+        #: The last case predicted: seconds of its parts, whether it was preprocessed ahead, its tiles and
+        #: passes per tile (into the record: benchmarks read records, not logs).
+        self.last_case: dict = {}
         try:
             self._load(device, settings)
         except ModelError:
@@ -144,6 +147,9 @@ class Model:
             _sigmoid_in_place(probability)
         del output
         seconds["resample"] = time.perf_counter() - started
+        self.last_case = {"preprocess_s": case.seconds, "preprocessed_ahead": case.ahead, "network_s": seconds["network"],
+                          "resample_s": seconds["resample"], "tiles": predictor.tiles_last_case,
+                          "passes_per_tile": predictor.passes_per_tile()}
         log.info("preprocess %.1f s%s, network %.1f s (%d tiles x %d passes), resample to the input grid %.1f s",
                  case.seconds, " (ahead)" if case.ahead else "", seconds["network"], predictor.tiles_last_case,
                  predictor.passes_per_tile(), seconds["resample"])

@@ -25,27 +25,16 @@ from . import records, regions
 from .bids import sidecars
 from .brain import BrainSettings
 from .cases import Case, CaseError
-from .files import remove_partials, write_image_atomic, write_json_value
-from .imaging import ChannelStack, image_like, load_case
-from .lesions import Lesions, LesionSettings, extract_lesions
+from .imaging import ChannelStack, load_case
+from .lesions import WORLD_COLUMNS, extract_lesions
 from .model import Model, PredictionSettings, PreprocessedCase, Preprocessing
 from .modelfolder import ModelError, ModelFolder
-from .report import write_lesion_table, write_preprocessing_qc, write_qc_picture
+from .report import OutputSettings, write_case_outputs
 
 log = logging.getLogger(__name__)
 
 #: What the record keeps of each component the edge rule set aside.
-NEAR_EDGE_COLUMNS = ["centroid_x_ras_mm", "centroid_y_ras_mm", "centroid_z_ras_mm", "volume_mm3", "max_probability"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class OutputSettings:
-    """What is written per case besides the mask and the lesion table."""
-
-    lesions: LesionSettings = LesionSettings()
-    save_probabilities: bool = False
-    qc_picture: bool = True
-    regions: bool = True  # each microbleed's MARS region (regions.py); off with --no-regions
+NEAR_EDGE_COLUMNS = [*WORLD_COLUMNS, "volume_mm3", "max_probability"]
 
 
 @dataclass
@@ -63,6 +52,7 @@ class CaseResult:
     brain_mask: dict = field(default_factory=dict)  # how the brain mask was found (BrainMask.as_record)
     regions: dict | None = None  # where the microbleeds are (regions.locate_lesions), with regions on
     edge_rule: dict = field(default_factory=dict)  # the case's edge margin and what it set aside
+    network: dict = field(default_factory=dict)  # preprocessed ahead, sliding-window tiles, passes per tile
 
 
 class ModelPredictor:
@@ -119,11 +109,13 @@ class ModelPredictor:
 class Predictor(Protocol):
     """The predict stage: a case's aligned channels and its model → microbleed probability (float32)
     on the T2* grid; models load from `start` on, a case may be preprocessed ahead in the reader
-    thread (`prepare`: its seconds, None where `predict` preprocesses), `device` is for the records."""
+    thread (`prepare`: its seconds, None where `predict` preprocesses), `device` and `last_case` (the
+    network's part of the last predict: Model.last_case, empty where not measured) are for the records."""
 
     def start(self, model: ModelFolder) -> None: ...
     def prepare(self, stack: ChannelStack, model: ModelFolder) -> float | None: ...
     def predict(self, stack: ChannelStack, model: ModelFolder) -> np.ndarray: ...
+    def last_case(self, model: ModelFolder) -> dict: ...
     def device(self, model: ModelFolder) -> str: ...
     def settle(self) -> None: ...
 
@@ -149,6 +141,9 @@ class ModelPredictors:
     def predict(self, stack: ChannelStack, model: ModelFolder) -> np.ndarray:
         return self._of(model)(stack)
 
+    def last_case(self, model: ModelFolder) -> dict:
+        return self._of(model).model.last_case
+
     def device(self, model: ModelFolder) -> str:
         return self._of(model).device
 
@@ -172,6 +167,9 @@ class FunctionPredictor:
 
     def predict(self, stack: ChannelStack, model: ModelFolder) -> np.ndarray:
         return self.function(stack, model)
+
+    def last_case(self, model: ModelFolder) -> dict:
+        return {}
 
     def device(self, model: ModelFolder) -> str:
         return "unknown"
@@ -197,6 +195,9 @@ class WithStage:
 
     def predict(self, stack: ChannelStack, model: ModelFolder) -> np.ndarray:
         return self.stage(stack, model)
+
+    def last_case(self, model: ModelFolder) -> dict:
+        return self.predictor.last_case(model)
 
     def device(self, model: ModelFolder) -> str:
         return self.predictor.device(model)
@@ -267,12 +268,17 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
                  stack.brain.seconds)
         with _stage(result, "prediction"):
             probabilities = run.predictor.predict(stack, case.model)
+        network = run.predictor.last_case(case.model)
+        if network:
+            result.stage_seconds |= {"preprocess": network["preprocess_s"], "network": network["network_s"],
+                                     "resample": network["resample_s"]}
+            result.network = {key: network[key] for key in ("preprocessed_ahead", "tiles", "passes_per_tile")}
         rule = run.settings.lesions.for_brain(stack.brain.extracted)
         with _stage(result, "lesions"):
             lesions = extract_lesions(probabilities, stack.reference, rule, stack.brain_region() if rule.margin_mm else None)
         # What the edge rule set aside stays on record, where a reader can look at it.
-        result.edge_rule = {"edge_margin_mm": rule.margin_mm, "near_edge": lesions.near_edge[NEAR_EDGE_COLUMNS].round(
-            2).to_dict("records")}
+        result.edge_rule = {"edge_margin_mm": rule.margin_mm, "near_edge": lesions.with_world(lesions.near_edge)[
+            NEAR_EDGE_COLUMNS].round(2).to_dict("records")}
         if len(lesions.near_edge):
             log.info("%s: %d component(s) set aside, centre within %g mm of the brain mask's edge (in the record)",
                      case.case_id, len(lesions.near_edge), rule.margin_mm)
@@ -302,56 +308,19 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
     return result
 
 
-def write_case_outputs(case: Case, stack: ChannelStack, probabilities: np.ndarray, lesions: Lesions,
-                       output_dir: Path, settings: OutputSettings, sidecars: dict[str, dict] | None = None
-                       ) -> dict[str, str]:
-    """Write what the case's layout asks for (its output_paths; `sidecars`: kind -> content of the
-    JSON sidecars where the layout has them); return kind -> path written."""
-    paths = {kind: output_dir / relative for kind, relative in case.output_paths.items() if kind != "record"}
-    for path in paths.values():
-        remove_partials(path)  # left by a run that was killed while writing this case
-    writers = {"mask": lambda path: write_image_atomic(image_like(lesions.mask, stack.reference), path),
-               "lesions": lambda path: write_lesion_table(lesions, path),
-               "count": lambda path: write_json_value(lesions.count, path),
-               "total_volume": lambda path: write_json_value(round(lesions.total_volume_mm3, 3), path),
-               "mask_sidecar": lambda path: write_json_value(sidecars["mask_sidecar"], path)}
-    if settings.save_probabilities:
-        writers["probability"] = lambda path: write_image_atomic(image_like(probabilities, stack.reference), path)
-        writers["probability_sidecar"] = lambda path: write_json_value(sidecars["probability_sidecar"], path)
-    if settings.qc_picture:
-        writers["qc"] = lambda path: write_qc_picture(path, case.case_id, stack.reference, lesions, settings.lesions)
-    if stack.brain.mask is not None:
-        writers["brain_mask"] = lambda path: write_image_atomic(image_like(stack.brain.mask.astype(np.uint8),
-                                                                           stack.reference), path)
-        writers["brain_mask_sidecar"] = lambda path: write_json_value(
-            {**sidecars["brain_mask_sidecar"], "Description": f"Brain mask: {stack.brain.source}"}, path)
-    if settings.qc_picture and (stack.registrations or stack.brain.mask is not None):
-        channels = list(stack.alignment)  # in the stack's channel order
-        writers["preprocessing_qc"] = lambda path: write_preprocessing_qc(
-            path, case.case_id, stack.reference, {c: stack.array[channels.index(c)] for c in stack.registrations},
-            {c: r.summary() for c, r in stack.registrations.items()}, stack.brain.mask,
-            f"{stack.brain.source}, {stack.brain.volume_ml:.0f} ml")
-    written = {}
-    for kind, write in writers.items():
-        if kind in paths:
-            write(paths[kind])
-            written[kind] = case.output_paths[kind]
-    return written
-
-
-def _record(case: Case, result: CaseResult, run: CaseRun, fingerprint: list[dict], device: str) -> dict:
-    return {"case_id": case.case_id, "subject": case.subject, "session": case.session,
-            "status": "error" if result.error_messages else "ok", "error_messages": result.error_messages,
-            "inputs": fingerprint,
-            "model": {"name": case.model.name, "path": str(case.model.path), "sha256": case.model.checksum,
-                      "channels": list(case.model.channels)},
-            "settings": run.settings_record, "registrations": result.registrations,
-            "brain_mask": result.brain_mask, "edge_rule": result.edge_rule, "regions": result.regions, "outputs": result.outputs,
-            "microbleed_count": result.microbleed_count,
-            "total_volume_mm3": None if result.total_volume_mm3 is None else round(result.total_volume_mm3, 3),
-            "device": device, "versions": records.versions(), "host": socket.gethostname(),
-            "stage_seconds": {k: round(v, 2) for k, v in result.stage_seconds.items()},
-            "runtime_s": round(result.seconds, 1), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+def _record(case: Case, result: CaseResult, run: CaseRun, fingerprint: list[dict], device: str) -> records.CaseRecord:
+    return records.CaseRecord(
+        case_id=case.case_id, subject=case.subject, session=case.session,
+        status="error" if result.error_messages else "ok", error_messages=result.error_messages, inputs=fingerprint,
+        model={"name": case.model.name, "path": str(case.model.path), "sha256": case.model.checksum,
+               "channels": list(case.model.channels)},
+        settings=run.settings_record, registrations=result.registrations, brain_mask=result.brain_mask,
+        edge_rule=result.edge_rule, regions=result.regions, outputs=result.outputs, network=result.network,
+        microbleed_count=result.microbleed_count,
+        total_volume_mm3=None if result.total_volume_mm3 is None else round(result.total_volume_mm3, 3),
+        device=device, versions=records.versions(), host=socket.gethostname(),
+        stage_seconds={k: round(v, 2) for k, v in result.stage_seconds.items()},
+        runtime_s=round(result.seconds, 1), finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 def _already_done(cases: list[Case], run: CaseRun) -> dict[str, CaseResult]:

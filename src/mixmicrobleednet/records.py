@@ -20,17 +20,56 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 from . import layout
 from .cases import Case
 from .files import atomic_output, remove_partials
-from .regions import summary_values
+from .regions import CATEGORY_COLUMNS, SUMMARY_COLUMNS as REGION_SUMMARY_COLUMNS, summary_values
 from .report import write_results_json, write_summary_csv
 
 log = logging.getLogger(__name__)
 
 RECORD_VERSION = 1
 _VERSIONED = ("mixmicrobleednet", "nnunetv2", "torch", "numpy", "SimpleITK")
+
+
+class CaseRecord(TypedDict):
+    """A case's record, OUTPUT/records/<case>_record.json: the one schema that pipeline.py writes
+    and --resume, merge (summary.csv, results.json), the BIDS group level (cohort.tsv), longitudinal
+    and review read. JSON values only."""
+
+    record_version: NotRequired[int]  # added by write_record
+    case_id: str
+    subject: str
+    session: str | None
+    status: str  # "ok" or "error"
+    error_messages: list[str]
+    inputs: list[dict]  # input_fingerprint: what --resume compares
+    model: dict  # name, path, sha256, channels
+    settings: dict  # the run's settings (pipeline.CaseRun.settings_record): what --resume compares
+    registrations: dict[str, dict]  # channel -> its registration onto the T2* (registration.Registration.as_record)
+    brain_mask: dict  # how the brain mask was found (brain.BrainMask.as_record)
+    edge_rule: dict  # edge_margin_mm, and near_edge: what the rule set aside (RAS centroid, volume, probability)
+    regions: dict | None  # the atlas placement and the counts (regions.locate_lesions); None with --no-regions
+    outputs: dict[str, str]  # kind -> path relative to the output folder
+    network: dict  # preprocessed_ahead, and the sliding window's tiles and passes_per_tile (empty: not measured)
+    microbleed_count: int | None
+    total_volume_mm3: float | None
+    device: str
+    versions: dict[str, str]
+    host: str
+    stage_seconds: dict[str, float]
+    runtime_s: float
+    finished: str  # UTC, ISO 8601
+
+
+#: summary.csv's columns (summary_row): the seed's first; later ones only ever added at the end.
+SUMMARY_COLUMNS = ["subject", "status", "message", "microbleed_count", "total_volume_mm3", "runtime_s", "session",
+                   "case", "model", "model_sha256", *REGION_SUMMARY_COLUMNS, "edge_margin_mm", "near_edge_count"]
+#: cohort.tsv's columns (the BIDS group level): summary_row's in BIDS's words, MARS categories only.
+COHORT_COLUMNS = ["participant_id", "session_id", "case", "status", "microbleed_count", "total_volume_mm3", "message",
+                  "runtime_s", "model", "model_sha256", *CATEGORY_COLUMNS, "edge_margin_mm", "near_edge_count"]
 
 
 @functools.cache
@@ -62,7 +101,7 @@ def record_path(output_dir: Path, case: Case) -> Path:
     return output_dir / case.output_paths["record"]
 
 
-def read_record(path: Path) -> dict | None:
+def read_record(path: Path) -> CaseRecord | None:
     """A record, or None when there is none or it cannot be read (then the case runs again)."""
     try:
         record = json.loads(path.read_text())
@@ -71,7 +110,7 @@ def read_record(path: Path) -> dict | None:
     return record if isinstance(record, dict) and record.get("record_version") == RECORD_VERSION else None
 
 
-def finished_before(record: dict | None, fingerprint: list[dict], model_sha256: str, settings: dict,
+def finished_before(record: CaseRecord | None, fingerprint: list[dict], model_sha256: str, settings: dict,
                     output_dir: Path) -> str | None:
     """Why a case need not run again (its record matches and its outputs exist), or None."""
     if record is None or record.get("status") != "ok":
@@ -83,13 +122,13 @@ def finished_before(record: dict | None, fingerprint: list[dict], model_sha256: 
     return f"finished at {record.get('finished', '?')} with the same inputs, model and settings"
 
 
-def write_record(output_dir: Path, case: Case, record: dict) -> None:
+def write_record(output_dir: Path, case: Case, record: CaseRecord) -> None:
     path = record_path(output_dir, case)
     with atomic_output(path) as temporary:
         temporary.write_text(json.dumps({"record_version": RECORD_VERSION, **record}, indent=2))
 
 
-def read_records(output_dir: Path) -> list[dict]:
+def read_records(output_dir: Path) -> list[CaseRecord]:
     records_dir = output_dir / layout.RECORDS_DIR
     paths = sorted(records_dir.glob(layout.record_name("*"))) if records_dir.is_dir() else []
     records = []
@@ -102,7 +141,7 @@ def read_records(output_dir: Path) -> list[dict]:
     return sorted(records, key=lambda r: r["case_id"])
 
 
-def results_entry(record: dict) -> dict:
+def results_entry(record: CaseRecord) -> dict:
     """The entry the seed's evalutils processor wrote to results.json."""
     images = [path for kind, path in record.get("outputs", {}).items() if kind in ("mask", "probability")]
     return {"outputs": [{"type": "metaio_image", "filename": images}],
@@ -110,13 +149,21 @@ def results_entry(record: dict) -> dict:
             "error_messages": record["error_messages"]}
 
 
-def summary_row(record: dict) -> dict:
+def summary_row(record: CaseRecord) -> dict:
+    """The case's summary.csv row (SUMMARY_COLUMNS)."""
     return {"subject": record["subject"], "status": record["status"], "message": "; ".join(record["error_messages"]),
             "microbleed_count": record.get("microbleed_count"), "total_volume_mm3": record.get("total_volume_mm3"),
             "runtime_s": record.get("runtime_s"), "session": record.get("session"), "case": record["case_id"],
             "model": record.get("model", {}).get("name", ""),
             "model_sha256": record.get("model", {}).get("sha256", "")[:12], **summary_values(record.get("regions")),
             **edge_values(record.get("edge_rule"))}
+
+
+def cohort_row(row: dict) -> dict:
+    """A summary row (summary_row, or bids.group's for a case not run) in cohort.tsv's words."""
+    session = row.get("session")
+    return {**row, "participant_id": f"sub-{row['subject']}",
+            "session_id": f"ses-{session}" if isinstance(session, str) and session else None}
 
 
 def edge_values(edge_rule: dict | None) -> dict:
@@ -140,7 +187,7 @@ def _merge_lock(output_dir: Path) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
-def merge(output_dir: Path) -> list[dict]:
+def merge(output_dir: Path) -> list[CaseRecord]:
     """Rebuild results.json and summary.csv from every record in `output_dir`; returns the records."""
     output_dir = Path(output_dir)
     with _merge_lock(output_dir):
@@ -148,5 +195,5 @@ def merge(output_dir: Path) -> list[dict]:
         for report in (layout.RESULTS_JSON, layout.SUMMARY_CSV):
             remove_partials(output_dir / report)  # left by a merge that was killed
         write_results_json([results_entry(r) for r in records], output_dir)
-        write_summary_csv([summary_row(r) for r in records], output_dir)
+        write_summary_csv([summary_row(r) for r in records], SUMMARY_COLUMNS, output_dir)
     return records

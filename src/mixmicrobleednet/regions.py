@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from . import layout
 from .imaging import ChannelStack
-from .lesions import Lesions, centroids_lps
+from .lesions import Lesions
 from .registration import mutual_information_method
 
 #: MARS region -> category, in the order of the tables and of the summary's columns.
@@ -254,6 +254,6 @@ def locate_lesions(stack: ChannelStack, lesions: Lesions, atlas: Atlas) -> tuple
             placement = place_atlas(stack.channel_image(channel), channel, atlas)
         except RegionError as exc:
             return replace(lesions, table=pd.concat([lesions.table, located], axis=1)), {"error": str(exc)}
-        located = locate(centroids_lps(lesions.table), placement, atlas)
+        located = locate(lesions.centroids_lps(), placement, atlas)
     table = pd.concat([lesions.table, located], axis=1)
     return replace(lesions, table=table), {"placement": placement.as_record() if placement else None, **counts(table)}

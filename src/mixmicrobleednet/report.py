@@ -1,5 +1,5 @@
-"""What a person reads: results.json (the seed's), summary.csv, the lesion table and the QC pictures
-(microbleeds; preprocessing: registration and brain mask).
+"""What a person reads: a case's outputs (mask, lesion table, probability map, brain mask, sidecars,
+QC pictures of the microbleeds and of preprocessing), results.json (the seed's) and summary.csv.
 
 Every file is written under a temporary name and renamed (files.atomic_output).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +17,25 @@ import pandas as pd
 import SimpleITK as sitk
 
 from . import layout, regions
-from .files import atomic_output
-from .imaging import image_like
+from .cases import Case
+from .files import atomic_output, remove_partials, write_image_atomic, write_json_value
+from .imaging import ChannelStack, image_like
 from .lesions import LesionSettings, Lesions
 
 #: The QC picture shows at most this many microbleeds (the largest); the caption says how many more.
 QC_MAX_PANELS = 12
 QC_FIELD_OF_VIEW_MM = 50.0
 QC_COLUMNS = 4
-# The seed's columns first; later ones only ever added at the end.
-SUMMARY_COLUMNS = ["subject", "status", "message", "microbleed_count", "total_volume_mm3", "runtime_s", "session",
-                   "case", "model", "model_sha256", *regions.SUMMARY_COLUMNS, "edge_margin_mm", "near_edge_count"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputSettings:
+    """What is written per case besides the mask and the lesion table."""
+
+    lesions: LesionSettings = LesionSettings()
+    save_probabilities: bool = False
+    qc_picture: bool = True
+    regions: bool = True  # each microbleed's MARS region (regions.py); off with --no-regions
 
 
 def write_results_json(entries: list[dict], output_dir: Path) -> None:
@@ -34,28 +43,61 @@ def write_results_json(entries: list[dict], output_dir: Path) -> None:
         temporary.write_text(json.dumps(entries, indent=2))
 
 
-def write_summary_csv(rows: list[dict], output_dir: Path) -> None:
-    """One row per case: subject, ok/error and its message, count, total volume, runtime."""
+def write_summary_csv(rows: list[dict], columns: list[str], output_dir: Path) -> None:
+    """One row per case (records.summary_row): subject, ok/error and its message, count, total volume, runtime..."""
     with atomic_output(output_dir / layout.SUMMARY_CSV) as temporary:
-        pd.DataFrame(rows, columns=SUMMARY_COLUMNS).to_csv(temporary, index=False, float_format="%.3f")
+        pd.DataFrame(rows, columns=columns).to_csv(temporary, index=False, float_format="%.3f")
 
 
-def write_cohort_tsv(rows: list[dict], output_dir: Path) -> None:
-    """The BIDS group level's table: one row per subject and session, BIDS's n/a for no value."""
-    columns = ["participant_id", "session_id", "case", "status", "microbleed_count", "total_volume_mm3", "message",
-               "runtime_s", "model", "model_sha256", *regions.CATEGORY_COLUMNS, "edge_margin_mm", "near_edge_count"]
-    table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    table.insert(0, "participant_id", "sub-" + table["subject"].astype(str))
-    table.insert(1, "session_id", table["session"].map(lambda s: f"ses-{s}" if isinstance(s, str) and s else None))
+def write_cohort_tsv(rows: list[dict], columns: list[str], output_dir: Path) -> None:
+    """The BIDS group level's table (records.cohort_row): one row per subject and session, BIDS's n/a
+    for no value."""
     with atomic_output(output_dir / layout.BIDS_COHORT_TSV) as temporary:
-        table[columns].to_csv(temporary, sep="\t", index=False, na_rep="n/a", float_format="%.3f")
+        pd.DataFrame(rows, columns=columns).to_csv(temporary, sep="\t", index=False, na_rep="n/a", float_format="%.3f")
+
+
+def write_case_outputs(case: Case, stack: ChannelStack, probabilities: np.ndarray, lesions: Lesions,
+                       output_dir: Path, settings: OutputSettings, sidecars: dict[str, dict] | None = None
+                       ) -> dict[str, str]:
+    """Write what the case's layout asks for (its output_paths; `sidecars`: kind -> content of the
+    JSON sidecars where the layout has them); return kind -> path written."""
+    paths = {kind: output_dir / relative for kind, relative in case.output_paths.items() if kind != "record"}
+    for path in paths.values():
+        remove_partials(path)  # left by a run that was killed while writing this case
+    writers = {"mask": lambda path: write_image_atomic(image_like(lesions.mask, stack.reference), path),
+               "lesions": lambda path: write_lesion_table(lesions, path),
+               "count": lambda path: write_json_value(lesions.count, path),
+               "total_volume": lambda path: write_json_value(round(lesions.total_volume_mm3, 3), path),
+               "mask_sidecar": lambda path: write_json_value(sidecars["mask_sidecar"], path)}
+    if settings.save_probabilities:
+        writers["probability"] = lambda path: write_image_atomic(image_like(probabilities, stack.reference), path)
+        writers["probability_sidecar"] = lambda path: write_json_value(sidecars["probability_sidecar"], path)
+    if settings.qc_picture:
+        writers["qc"] = lambda path: write_qc_picture(path, case.case_id, stack.reference, lesions, settings.lesions)
+    if stack.brain.mask is not None:
+        writers["brain_mask"] = lambda path: write_image_atomic(image_like(stack.brain.mask.astype(np.uint8),
+                                                                           stack.reference), path)
+        writers["brain_mask_sidecar"] = lambda path: write_json_value(
+            {**sidecars["brain_mask_sidecar"], "Description": f"Brain mask: {stack.brain.source}"}, path)
+    if settings.qc_picture and (stack.registrations or stack.brain.mask is not None):
+        channels = list(stack.alignment)  # in the stack's channel order
+        writers["preprocessing_qc"] = lambda path: write_preprocessing_qc(
+            path, case.case_id, stack.reference, {c: stack.array[channels.index(c)] for c in stack.registrations},
+            {c: r.summary() for c, r in stack.registrations.items()}, stack.brain.mask,
+            f"{stack.brain.source}, {stack.brain.volume_ml:.0f} ml")
+    written = {}
+    for kind, write in writers.items():
+        if kind in paths:
+            write(paths[kind])
+            written[kind] = case.output_paths[kind]
+    return written
 
 
 def write_lesion_table(lesions: Lesions, path: Path) -> None:
     """One row per microbleed; a table with only its header when there are none (tab-separated
     when the name ends in .tsv, as BIDS asks)."""
     with atomic_output(path) as temporary:
-        lesions.table.to_csv(temporary, sep="\t" if path.suffix == ".tsv" else ",", index=False, float_format="%.3f")
+        lesions.with_world().to_csv(temporary, sep="\t" if path.suffix == ".tsv" else ",", index=False, float_format="%.3f")
 
 
 def _display_lps(image: sitk.Image) -> sitk.Image:
@@ -98,13 +140,12 @@ def write_qc_picture(path: Path, case_id: str, t2s: sitk.Image, lesions: Lesions
         panels = []
         half_x = int(QC_FIELD_OF_VIEW_MM / 2 / spacing_x)
         half_y = int(QC_FIELD_OF_VIEW_MM / 2 / spacing_y)
-        for row in shown.itertuples():
-            lps = (-row.centroid_x_ras_mm, -row.centroid_y_ras_mm, row.centroid_z_ras_mm)
-            i, j, k = (int(round(c)) for c in display.TransformPhysicalPointToContinuousIndex(lps))
+        for row, lps in zip(shown.itertuples(), lesions.centroids_lps(shown)):
+            i, j, k = (int(round(c)) for c in display.TransformPhysicalPointToContinuousIndex(lps.tolist()))
             k = min(max(k, 0), image.shape[0] - 1)
             crop = (k, slice(max(j - half_y, 0), j + half_y + 1), slice(max(i - half_x, 0), i + half_x + 1))
             title = (f"#{row.lesion_id}  {row.volume_mm3:.1f} mm³  Ø{row.equivalent_diameter_mm:.1f} mm  "
-                     f"z={row.centroid_z_ras_mm:.0f} mm")
+                     f"z={lps[2]:.0f} mm")
             if isinstance(getattr(row, "region", None), str):  # the table's words (regions.locate_lesions)
                 title += f"\n{row.region} ({row.region_category}), {row.hemisphere}"
             panels.append((image[crop], mask[crop], title))

@@ -27,7 +27,8 @@ from .cases import Case, InputFolderError, platform_case, platform_channels, see
 from .longitudinal import has_series
 from .model import PredictionSettings
 from .modelfolder import DEFAULT_MODEL, ModelChoice, ModelError, resolve_models
-from .pipeline import CaseResult, CaseRun, ModelPredictors, OutputSettings, Predictor, run_cases
+from .pipeline import CaseResult, CaseRun, ModelPredictors, Predictor, run_cases
+from .report import OutputSettings
 
 log = logging.getLogger(__name__)
 
