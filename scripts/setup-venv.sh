@@ -11,5 +11,5 @@ python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
-.venv/bin/pip install -q --disable-pip-version-check "nilearn==0.14.1" "pytest==9.2.0" "bids-validator-deno==3.0.2"
+.venv/bin/pip install -q --disable-pip-version-check "nilearn==0.14.1" "pytest==9.2.0" "bids-validator-deno==3.0.2" "playwright==1.65.3"
 echo "$want" > "$stamp"

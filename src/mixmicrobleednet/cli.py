@@ -1,4 +1,4 @@
-"""`mixmicrobleednet predict|bids|models|merge|longitudinal|phantoms|train|import-v1|evaluate`: the command line over the package."""
+"""`mixmicrobleednet predict|bids|models|merge|longitudinal|review|phantoms|train|import-v1|evaluate`: the command line over the package."""
 
 from __future__ import annotations
 
@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Compare each follow-up session with the subject's baseline in an output folder "
                                     "of `predict` or `bids ... participant` (probability maps are saved there when "
                                     "a subject has two or more sessions). A research measure, not a diagnosis.")
+    commands.add_parser("review", help="review the detections in a browser: accept, reject or add microbleeds, "
+                                       "decisions kept per rater",
+                        description="A local web app over an output folder of `predict` or `bids ... participant`: "
+                                    "each rater's decisions go to OUTPUT/reviews/<case>/<rater>.json; the tool's "
+                                    "outputs are never changed.")
     commands.add_parser("phantoms", help="write synthetic microbleed phantoms with labels")
     commands.add_parser("train", help="train fold 'all' with nnU-Net v2 on labelled cases")
     commands.add_parser("import-v1", help="convert an nnU-Net v1 3d_fullres model (such as the 2021 "
@@ -122,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         from .longitudinal import main as compare_sessions
 
         return compare_sessions(args.output_dir, args.input, tuple(args.participant_label))
+    if args.command == "review":
+        from .review.app import main as review
+
+        return review(args.output_dir, args.input, args.rater, args.host, args.port, args.export)
     if args.command == "phantoms":
         from .phantoms import generate
 

@@ -163,6 +163,51 @@ def sidecar_name(image_name: str) -> str:
     return image_name + ".json"
 
 
+# A reader's review of a case's outputs (review/): everything of it in the case's folder under reviews/,
+# beside the tool's outputs, which a review never changes.
+REVIEWS_DIR = "reviews"
+#: A rater's name is part of file names: letters, digits, '.', '_' and '-', starting with a letter or digit.
+RATER_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+_REVIEW_SUFFIX = ".json"
+_REVIEWED_MASK_RE = re.compile(rf"^(?P<case>.+)_rater-(?P<rater>{RATER_PATTERN})_desc-reviewed_mask{re.escape(NIFTI)}$")
+SUPERSEDED_REVIEWS_DIR = "superseded"  # in a case's review folder: reviews of a mask that has changed since
+
+
+def review_dir(case_id: str) -> str:
+    """A case's review folder, relative to the output folder."""
+    return f"{REVIEWS_DIR}/{case_id}"
+
+
+def review_path(case_id: str, rater: str) -> str:
+    """One rater's decisions on one case (review/decisions.py), relative to the output folder."""
+    return f"{review_dir(case_id)}/{rater}{_REVIEW_SUFFIX}"
+
+
+def parse_review_name(name: str) -> str | None:
+    """The rater of a review file name, or None when it is not one."""
+    match = re.fullmatch(rf"(?P<rater>{RATER_PATTERN}){re.escape(_REVIEW_SUFFIX)}", name)
+    return match.group("rater") if match else None
+
+
+def superseded_review_path(case_id: str, rater: str, mask_sha256: str) -> str:
+    """Where a rater's review of an earlier mask goes when they start again on the current one."""
+    return f"{review_dir(case_id)}/{SUPERSEDED_REVIEWS_DIR}/{rater}_mask-{mask_sha256[:12]}{_REVIEW_SUFFIX}"
+
+
+def reviewed_mask_path(case_id: str, rater: str) -> str:
+    """A rater's reviewed mask (accepted microbleeds and those they added), on the T2* grid."""
+    return f"{review_dir(case_id)}/{case_id}_rater-{rater}_desc-reviewed_mask{NIFTI}"
+
+
+def is_reviewed_mask_name(name: str) -> bool:
+    return _REVIEWED_MASK_RE.match(name) is not None
+
+
+def review_report_path(case_id: str) -> str:
+    """`review --export`'s self-contained HTML page of a case's reviews."""
+    return f"{review_dir(case_id)}/{case_id}_review.html"
+
+
 # BIDS (bids.py): raw dataset in, derivatives dataset out.
 DATASET_DESCRIPTION = "dataset_description.json"
 BIDSIGNORE = ".bidsignore"
@@ -177,7 +222,7 @@ BIDS_FIGURES_DIR = "figures"
 BIDS_LOGS_DIR = "logs"  # slurm/submit.sh's job logs
 #: What the BIDS specification does not cover in our derivatives (.bidsignore).
 BIDS_IGNORED = (f"/{RECORDS_DIR}", f"/{BIDS_FIGURES_DIR}", f"/{BIDS_LOGS_DIR}", f"/{BIDS_COHORT_TSV}", "*_lesions.tsv",  # the validator misses "dir/"
-                f"/{LONGITUDINAL_TSV}", f"/{LONGITUDINAL_MICROBLEEDS_TSV}", f"/{LONGITUDINAL_DIR}")
+                f"/{LONGITUDINAL_TSV}", f"/{LONGITUDINAL_MICROBLEEDS_TSV}", f"/{LONGITUDINAL_DIR}", f"/{REVIEWS_DIR}")
 
 
 def bids_case_id(entities: dict[str, str | None]) -> str:

@@ -194,6 +194,20 @@ OPTIONS: tuple[Option, ...] = (
                 "names)"),
     Option(flag="--json", action="store_true", commands=("models",), help="as JSON, for scripts"),
 
+    Option(flag="output_dir", type=Path, commands=("review",),
+           help="the output folder to review (seed layout or BIDS derivatives)"),
+    Option(flag="--input", short="-i", type=Path, commands=("review",),
+           help="the run's input folder, for the T2* scans the viewer shows (default: the raw dataset a BIDS "
+                "derivatives dataset names)"),
+    Option(flag="--rater", commands=("review",), shown_default="your login name",
+           help="who reviews: names your review files (letters, digits, '.', '_', '-')"),
+    Option(flag="--host", default="127.0.0.1", commands=("review",),
+           help="the address to listen on (another than 127.0.0.1 shows the cases to the network)"),
+    Option(flag="--port", type=int, default=8765, commands=("review",),
+           help="the port to listen on (0: a free one; the address is printed)"),
+    Option(flag="--export", action="store_true", commands=("review",),
+           help="no app: write a self-contained HTML page per reviewed case and each finished review's mask, and exit"),
+
     Option(flag="--out", type=Path, required=True, commands=("phantoms",), help="folder to write the phantoms into"),
     Option(flag="--n", type=int, required=True, commands=("phantoms",), help="number of cases (cohorts take turns)"),
     Option(flag="--seed", type=int, required=True, commands=("phantoms",), help="the random seed: same seed, same phantoms"),
