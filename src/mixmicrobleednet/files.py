@@ -49,3 +49,17 @@ def write_json_value(value, path: Path) -> None:
     """A Grand-Challenge value socket (the bare JSON value in its own file), or a JSON sidecar."""
     with atomic_output(path) as temporary:
         temporary.write_text(json.dumps(value))
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """One holder at a time: an exclusive flock on the folder itself (created; no lock file to leave behind)."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock

@@ -10,21 +10,17 @@ folder; `mixmicrobleednet merge OUTPUT` rebuilds them at any time.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import logging
-import os
 import platform
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import NotRequired, TypedDict
 
 from . import layout
 from .cases import Case
-from .files import atomic_output, remove_partials
+from .files import atomic_output, folder_lock, remove_partials
 from .regions import CATEGORY_COLUMNS, SUMMARY_COLUMNS as REGION_SUMMARY_COLUMNS, summary_values
 from .report import write_results_json, write_summary_csv
 
@@ -174,23 +170,10 @@ def edge_values(edge_rule: dict | None) -> dict:
     return {"edge_margin_mm": edge_rule["edge_margin_mm"], "near_edge_count": len(edge_rule["near_edge"])}
 
 
-@contextmanager
-def _merge_lock(output_dir: Path) -> Iterator[None]:
-    """One merge at a time per output folder: a lock on the records folder itself (no lock file)."""
-    records_dir = output_dir / layout.RECORDS_DIR
-    records_dir.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(records_dir, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(descriptor)  # releases the lock
-
-
 def merge(output_dir: Path) -> list[CaseRecord]:
     """Rebuild results.json and summary.csv from every record in `output_dir`; returns the records."""
     output_dir = Path(output_dir)
-    with _merge_lock(output_dir):
+    with folder_lock(output_dir / layout.RECORDS_DIR):  # one merge at a time per output folder
         records = read_records(output_dir)
         for report in (layout.RESULTS_JSON, layout.SUMMARY_CSV):
             remove_partials(output_dir / report)  # left by a merge that was killed

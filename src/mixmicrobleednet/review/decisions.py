@@ -18,15 +18,13 @@ Nothing here imports the web app: records.py reads `reviewed_values` from here f
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,7 +35,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .. import __version__, layout, regions
-from ..files import PARTIAL, atomic_output, write_image_atomic
+from ..files import PARTIAL, atomic_output, folder_lock, write_image_atomic
 from ..lesions import WORLD_COLUMNS, centroids_lps, label_microbleeds
 
 log = logging.getLogger(__name__)
@@ -239,18 +237,6 @@ def unknown_review_folders(output_dir: Path, case_ids: set[str]) -> list[str]:
     return problems
 
 
-@contextmanager
-def _case_lock(folder: Path) -> Iterator[None]:
-    """One writer at a time per case: a lock on its review folder itself (no lock file)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(descriptor)  # releases the lock
-
-
 def _write(path: Path, review: dict) -> None:
     with atomic_output(path) as temporary:
         temporary.write_text(json.dumps(review, indent=2))
@@ -264,7 +250,7 @@ def change_review(output_dir: Path, record: dict, rater: str, change: Callable[[
     check_rater(rater)
     checksum = file_sha256(output_path(output_dir, record, "mask"))
     path = Path(output_dir) / layout.review_path(record["case_id"], rater)
-    with _case_lock(path.parent):
+    with folder_lock(path.parent):
         if path.exists():
             try:
                 review = checked(json.loads(path.read_text()), record["case_id"], rater)
@@ -342,7 +328,7 @@ def start_again(output_dir: Path, record: dict, rater: str) -> None:
     the current mask; a current review stays."""
     check_rater(rater)
     path = Path(output_dir) / layout.review_path(record["case_id"], rater)
-    with _case_lock(path.parent):
+    with folder_lock(path.parent):
         try:
             review = checked(json.loads(path.read_text()), record["case_id"], rater)
         except FileNotFoundError:
