@@ -15,11 +15,12 @@ TOOLS = {"train", "phantoms", "v1import", "evaluate", "regression"}
 FRONT = {"cli"}  # the command line reaches every tool, each inside its command
 
 
-def _imports(module: Path) -> set[str]:
-    """The package's modules that `module` imports anywhere in its code."""
+def _imports(module: Path, level: int = 1) -> set[str]:
+    """The package's modules that `module` imports anywhere in its code (`level`: the relative import's
+    dots that reach the package, 2 in a subpackage)."""
     found = set()
     for node in ast.walk(ast.parse(module.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
+        if isinstance(node, ast.ImportFrom) and node.level == level:
             if node.module:
                 found.add(node.module.split(".")[0])
             else:
@@ -30,13 +31,18 @@ def _imports(module: Path) -> set[str]:
 
 
 def _graph() -> dict[str, set[str]]:
-    return {path.stem: _imports(path) - {path.stem} for path in PACKAGE.glob("*.py")}
+    """Module -> the package's modules it imports; a subpackage (review/) is one node."""
+    graph = {path.stem: _imports(path) - {path.stem} for path in PACKAGE.glob("*.py")}
+    for subpackage in (path.parent for path in PACKAGE.glob("*/__init__.py")):
+        graph[subpackage.name] = set().union(*(_imports(path, 2) for path in subpackage.glob("*.py"))) - {subpackage.name}
+    return graph
 
 
 def test_the_graph_is_read():
     graph = _graph()
     assert "model" in graph["pipeline"] and "modelfolder" in graph["model"] and "train" in graph["cli"]
     assert "nnunet_glue" in graph["model"]  # imported inside functions
+    assert "lesions" in graph["review"] and "review" in graph["cli"]  # a subpackage, as one node
 
 
 def test_no_import_cycles():
@@ -78,7 +84,9 @@ def _packages_imported(module: Path) -> set[str]:
 
 def test_of_inference_only_the_glue_imports_nnunet():
     inference = set(_graph()) - TOOLS - FRONT
-    importers = {module for module in inference if "nnunetv2" in _packages_imported(PACKAGE / f"{module}.py")}
+    sources = {module: [PACKAGE / f"{module}.py"] if (PACKAGE / f"{module}.py").is_file()
+               else list((PACKAGE / module).glob("*.py")) for module in inference}
+    importers = {module for module, paths in sources.items() if any("nnunetv2" in _packages_imported(p) for p in paths)}
     assert importers == {"nnunet_glue"}, f"nnunetv2 imported outside nnunet_glue.py: {sorted(importers - {'nnunet_glue'})}"
 
 
@@ -109,7 +117,7 @@ def _argument_calls(path: Path) -> list[int]:
 
 def test_only_the_option_table_defines_options():
     # the package and the container's entry point; benchmark scripts keep their own few options
-    sources = [*PACKAGE.glob("*.py"), REPO / "process.py"]
+    sources = [*PACKAGE.glob("*.py"), *PACKAGE.glob("*/*.py"), REPO / "process.py"]
     outside = {path.name: lines for path in sources if path.name != "options.py"
                for lines in [_argument_calls(path)] if lines}
     assert not outside, f"add_argument outside options.py: {outside}"
