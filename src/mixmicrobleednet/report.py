@@ -17,6 +17,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from . import layout, regions
+from .brain import stripped_brain
 from .cases import Case
 from .files import atomic_output, remove_partials, write_image_atomic, write_json_value
 from .imaging import ChannelStack, image_like
@@ -194,8 +195,8 @@ def write_preprocessing_qc(path: Path, case_id: str, t2s: sitk.Image, registered
     occupied = np.flatnonzero(image.reshape(image.shape[0], -1).max(1) > 0)
     first, last = (occupied[0], occupied[-1]) if occupied.size else (0, image.shape[0] - 1)
     slices = np.unique(np.linspace(first, last, 6)[1:-1].round().astype(int))
-    outline = (sitk.GetArrayFromImage(_display_lps(image_like(brain.astype(np.uint8), t2s))) > 0 if brain is not None
-               else ndimage.binary_fill_holes(image > 0))
+    brain = brain if brain is not None else stripped_brain(t2s)
+    outline = sitk.GetArrayFromImage(_display_lps(image_like(brain.astype(np.uint8), t2s))) > 0
     rows = list(registered) or [None]
     figure, axes = plt.subplots(len(rows), len(slices), figsize=(3 * len(slices), 3 * len(rows) + 0.8),
                                 squeeze=False, facecolor="black")
