@@ -15,7 +15,7 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from mixmicrobleednet import layout, longitudinal, records
-from mixmicrobleednet.cases import Case
+from mixmicrobleednet.cases import Case, has_series
 from mixmicrobleednet.files import write_image_atomic
 from mixmicrobleednet.lesions import extract_lesions
 from mixmicrobleednet.longitudinal import LongitudinalSettings, Scan, aria_h_grade, classify, compare_visits, find_series
@@ -237,9 +237,9 @@ def test_the_baseline_is_the_first_acquired_else_the_first_in_session_order(tmp_
 def test_a_run_knows_when_its_cases_make_a_series():
     case = lambda subject, session, acquisition="": Case(layout.bids_case_id(
         {"subject": subject, "session": session, "acquisition": acquisition}), subject, session, {}, {})
-    assert longitudinal.has_series([case("01", "1"), case("01", "2"), case("02", None)])
-    assert not longitudinal.has_series([case("01", "1"), case("02", "2"), case("03", None)])
-    assert not longitudinal.has_series([case("01", "1", "swi"), case("01", "2", "gre")])  # two series, a session each
+    assert has_series([case("01", "1"), case("01", "2"), case("02", None)])
+    assert not has_series([case("01", "1"), case("02", "2"), case("03", None)])
+    assert not has_series([case("01", "1", "swi"), case("01", "2", "gre")])  # two series, a session each
 
 
 def test_a_bids_derivatives_dataset_names_its_raw_dataset(tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,3 +138,9 @@ def select_cases(cases: list[Case], participants: tuple[str, ...] = (), sessions
         index, count = shard
         chosen = chosen[index - 1::count]
     return chosen
+
+
+def has_series(cases: list[Case]) -> bool:
+    """Whether two or more of these cases are sessions of one series: then a run is to save the
+    probability maps that the comparison reads."""
+    return any(n >= 2 for n in Counter(layout.without_session(c.case_id, c.session) for c in cases if c.session).values())

@@ -34,7 +34,7 @@ import logging
 import math
 import re
 import textwrap
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -177,12 +177,6 @@ def acquired(t2s_path: Path | None) -> datetime | None:
 def _session_order(session: str) -> list:
     """Sessions in natural order: ses-2 before ses-10, numbers before words."""
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", session) if part]
-
-
-def has_series(cases: list[Case]) -> bool:
-    """Whether two or more of these cases are sessions of one series: then a run is to save the
-    probability maps that the comparison reads."""
-    return any(n >= 2 for n in Counter(layout.without_session(c.case_id, c.session) for c in cases if c.session).values())
 
 
 def find_series(output_dir: Path, input_dir: Path, participants: tuple[str, ...] = ()) -> list[Series]:

@@ -187,18 +187,14 @@ OPTIONS: tuple[Option, ...] = (
            fills=_fills("sessions", tuple), help="only these sessions (with or without ses-)"),
 
     Option(flag="output", type=Path, commands=("merge",), help="the output folder whose records to merge"),
-    Option(flag="output_dir", type=Path, commands=("longitudinal",),
-           help="the output folder of a run over two or more sessions per subject (seed layout or BIDS derivatives)"),
-    Option(flag="--input", short="-i", type=Path, commands=("longitudinal",),
-           help="the run's input folder, for the T2* scans (default: the raw dataset a BIDS derivatives dataset "
-                "names)"),
     Option(flag="--json", action="store_true", commands=("models",), help="as JSON, for scripts"),
 
-    Option(flag="output_dir", type=Path, commands=("review",),
-           help="the output folder to review (seed layout or BIDS derivatives)"),
-    Option(flag="--input", short="-i", type=Path, commands=("review",),
-           help="the run's input folder, for the T2* scans the viewer shows (default: the raw dataset a BIDS "
-                "derivatives dataset names)"),
+    # The commands that read a finished run's output folder (and its T2* scans).
+    Option(flag="output_dir", type=Path, commands=("longitudinal", "review"),
+           help="the output folder of `predict` or `bids ... participant` (seed layout or BIDS derivatives)"),
+    Option(flag="--input", short="-i", type=Path, commands=("longitudinal", "review"),
+           help="the run's input folder, for the T2* scans (default: the raw dataset a BIDS derivatives dataset "
+                "names)"),
     Option(flag="--rater", commands=("review",), shown_default="your login name",
            help="who reviews: names your review files (letters, digits, '.', '_', '-')"),
     Option(flag="--host", default="127.0.0.1", commands=("review",),

@@ -23,8 +23,8 @@ from pathlib import Path
 from . import layout, options, records, regions
 from .brain import BrainSettings
 from .bids import bids_cases, is_bids_dataset, write_derivatives_description
-from .cases import Case, InputFolderError, platform_case, platform_channels, seed_cases, select_cases, uses_platform_interface
-from .longitudinal import has_series
+from .cases import (Case, InputFolderError, has_series, platform_case, platform_channels, seed_cases, select_cases,
+                    uses_platform_interface)
 from .model import PredictionSettings
 from .modelfolder import DEFAULT_MODEL, ModelChoice, ModelError, resolve_models
 from .pipeline import CaseResult, CaseRun, ModelPredictors, Predictor, run_cases
