@@ -101,7 +101,9 @@ def bids_cases(bids_dir: Path, channels: tuple[str, ...], participants: tuple[st
             problem = None if t2s_path else \
                 f"no {layout.BIDS_SUFFIXES[reference]} image ({paths[reference].relative_to(bids_dir)})"
             sources = {c: f"bids:raw:{paths[c].relative_to(bids_dir)}" for c in channels if paths[c].is_file()}
-            cases.append(Case(case_id, subject, session, paths, layout.bids_output_paths(entities), problem, sources))
+            headers = bids_dir / layout.dicom_headers_path(t2s_path.name) if t2s_path else None
+            cases.append(Case(case_id, subject, session, paths, layout.bids_output_paths(entities), problem, sources,
+                              dicom_headers=headers if headers and headers.is_file() else None))
     return sorted(cases, key=lambda c: c.case_id)
 
 

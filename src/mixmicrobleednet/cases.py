@@ -38,6 +38,7 @@ class Case:
     input_problem: str | None = None  # found while discovering; reported as the case's error
     sources: dict[str, str] = field(default_factory=dict)  # channel -> BIDS URI (bids:raw:sub-01/anat/...), for sidecars
     model: ModelFolder | None = None  # the model that predicts it (runner: ModelChoice.choose)
+    dicom_headers: Path | None = None  # its T2* series' DICOM headers, when converted from DICOM (outputs for PACS)
 
     def inputs(self) -> list[Path]:
         """Its model's input files, in the model's channel order."""

@@ -1,4 +1,4 @@
-"""`mixmicrobleednet predict|bids|models|merge|longitudinal|review|phantoms|train|import-v1|evaluate`: the command line over the package."""
+"""`mixmicrobleednet predict|bids|dicom2bids|models|merge|longitudinal|review|phantoms|train|import-v1|evaluate`: the command line over the package."""
 
 from __future__ import annotations
 
@@ -44,6 +44,25 @@ def run_bids_app(args: argparse.Namespace) -> int:
     return EXIT_OK if all_ok and compared == EXIT_OK else max(EXIT_CASE_FAILED, compared)
 
 
+def convert_dicom(dicom_dir: Path, bids_dir: Path, site_rules: Path | None) -> int:
+    """`dicom2bids`: 0 when every DICOM file was read and every identified series converted; 1 when
+    some were not (the others are converted); 2 when nothing could be."""
+    from .dicom import DicomError, dicom_to_bids
+
+    if not dicom_dir.is_dir():
+        log.error("%s: no such folder", dicom_dir)
+        return 2
+    try:
+        table = dicom_to_bids(dicom_dir, bids_dir, site_rules)
+    except (DicomError, OSError) as exc:
+        log.error("%s", exc)
+        return 2
+    if table.empty:
+        log.error("%s: no DICOM series found", dicom_dir)
+        return 2
+    return 1 if (table["status"] == "error").any() else 0
+
+
 def list_models(as_json: bool) -> int:
     """`mixmicrobleednet models`: what --model NAME and auto choose from."""
     import json
@@ -75,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                         description="BIDS App: `participant` segments the chosen participants' T2starw images (with "
                                     "T1w and T2w when the model needs them), `group` writes cohort.tsv from the "
                                     "records of the participant runs.")
+    commands.add_parser("dicom2bids", help="a folder of DICOM files (a PACS export) into a BIDS dataset for `bids`",
+                        description="Every series is identified from its tags by a rule table (T2*-GRE and SWI "
+                                    "magnitude, T1, T2; phase, projections, localisers and derived images ignored) "
+                                    "and converted with dcm2niix; BIDS_DIR/sourcedata/dicom_series.tsv says what "
+                                    "became of each series and why.")
     commands.add_parser("models", help="the shipped models: name, channels, folder and model card")
     commands.add_parser("merge", help="rebuild results.json and summary.csv from the records in an output folder "
                                       "(after several processes wrote to it)")
@@ -108,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(args.input, args.output, options_from(args, "predict"))[0]
     if args.command == "bids":
         return run_bids_app(args)
+    if args.command == "dicom2bids":
+        return convert_dicom(args.dicom_dir, args.bids_out, args.dicom_rules)
     if args.command == "models":
         return list_models(args.json)
     if args.command == "merge":

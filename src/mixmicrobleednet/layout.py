@@ -208,6 +208,26 @@ def review_report_path(case_id: str) -> str:
     return f"{review_dir(case_id)}/{case_id}_review.html"
 
 
+# DICOM: series identified by a rule table and converted into a BIDS dataset (dicom.py); for a case
+# whose T2* scan came from DICOM, outputs for PACS beside the NIfTI ones (pacs.py).
+DICOM_RULES = "dicom_rules.toml"  # the built-in rule table, package data beside this module
+#: In a BIDS dataset made from DICOM: every series found, how it was identified and where it went.
+DICOM_SERIES_TSV = "sourcedata/dicom_series.tsv"
+#: In a BIDS dataset made from DICOM: the source series' headers (no pixels) of each converted image,
+#: so that a SEG can reference the series it was made on without the DICOM folder.
+DICOM_HEADERS_DIR = "sourcedata/dicom_headers"
+#: `predict -i DICOM_FOLDER`: the BIDS dataset the series are converted into, inside the output folder.
+DICOM_CONVERTED_DIR = "sourcedata/bids"
+DICOM_OUTPUTS_DIR = "dicom"
+_DICOM_OUTPUT_SUFFIXES = {"dicom_seg": "_desc-CMB_seg.dcm", "dicom_sr": "_desc-CMB_sr.dcm", "dicom_qc": "_desc-CMB_qc.dcm"}
+
+
+def dicom_headers_path(image_name: str) -> str:
+    """Where a converted image's source headers are kept, relative to the BIDS dataset."""
+    stem = image_name.removesuffix(NIFTI).removesuffix(".nii")
+    return f"{DICOM_HEADERS_DIR}/{stem}_dicom.json.gz"
+
+
 # BIDS (bids.py): raw dataset in, derivatives dataset out.
 DATASET_DESCRIPTION = "dataset_description.json"
 BIDSIGNORE = ".bidsignore"
@@ -218,10 +238,11 @@ BIDS_IMAGE_EXTENSIONS = (".nii.gz", ".nii")
 BIDS_CASE_ENTITIES = ("subject", "session", "acquisition", "run")
 _BIDS_PREFIXES = {"subject": "sub", "session": "ses", "acquisition": "acq", "run": "run"}
 BIDS_COHORT_TSV = "cohort.tsv"
+BIDS_PARTICIPANTS_TSV = "participants.tsv"
 BIDS_FIGURES_DIR = "figures"
 BIDS_LOGS_DIR = "logs"  # slurm/submit.sh's job logs
 #: What the BIDS specification does not cover in our derivatives (.bidsignore).
-BIDS_IGNORED = (f"/{RECORDS_DIR}", f"/{BIDS_FIGURES_DIR}", f"/{BIDS_LOGS_DIR}", f"/{BIDS_COHORT_TSV}", "*_lesions.tsv",  # the validator misses "dir/"
+BIDS_IGNORED = (f"/{RECORDS_DIR}", f"/{DICOM_OUTPUTS_DIR}", f"/{BIDS_FIGURES_DIR}", f"/{BIDS_LOGS_DIR}", f"/{BIDS_COHORT_TSV}", "*_lesions.tsv",  # the validator misses "dir/"
                 f"/{LONGITUDINAL_TSV}", f"/{LONGITUDINAL_MICROBLEEDS_TSV}", f"/{LONGITUDINAL_DIR}", f"/{REVIEWS_DIR}")
 
 
@@ -250,7 +271,8 @@ def bids_output_paths(entities: dict[str, str | None]) -> dict[str, str]:
             "preprocessing_qc": f"{BIDS_FIGURES_DIR}/{case_id}_desc-preprocessing_qc.png",
             "brain_mask": f"{stem.removesuffix('_label-CMB')}_desc-brain_mask{NIFTI}",
             "brain_mask_sidecar": f"{stem.removesuffix('_label-CMB')}_desc-brain_mask.json",
-            "record": f"{RECORDS_DIR}/{record_name(case_id)}"}
+            "record": f"{RECORDS_DIR}/{record_name(case_id)}",
+            **{kind: f"{DICOM_OUTPUTS_DIR}/{case_id}{suffix}" for kind, suffix in _DICOM_OUTPUT_SUFFIXES.items()}}
 
 
 def platform_image_dir(slug: str) -> str:

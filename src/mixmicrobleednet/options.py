@@ -122,7 +122,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(flag="--verbose", short="-v", action="store_true", commands=("mixmicrobleednet",), help="debug logging"),
     Option(flag="--version", action="version", commands=("mixmicrobleednet",), help="the version, and exit"),
     Option(flag="--input", short="-i", type=Path, required=True, commands=("predict",),
-           help="folder with sub-<id>[_ses-<id>]_space-<space>_desc-masked_<channel>.nii[.gz]"),
+           help="folder with sub-<id>[_ses-<id>]_space-<space>_desc-masked_<channel>.nii[.gz], a BIDS dataset, or "
+                "DICOM files (any structure: series identified and converted into OUTPUT/sourcedata/bids)"),
     Option(flag="--output", short="-o", type=Path, required=True, commands=("predict",),
            help="output folder (created)"),
     Option(flag="bids_dir", type=Path, commands=("bids",), help="the BIDS dataset (with dataset_description.json)"),
@@ -176,6 +177,12 @@ OPTIONS: tuple[Option, ...] = (
            fills=_masking("given", given=True),
            help="use these brain masks: a file (one case) or a folder with <case>_brainmask.nii.gz per case, on the "
                 "T2* grid or placed by its header"),
+    Option(flag="--dicom-rules", type=Path, metavar="FILE", commands=("predict", "dicom2bids"), fills=_fills("dicom_rules"),
+           help="a site's rule table (dicom_rules.toml's format) that identifies DICOM series before the built-in one"),
+    Option(flag="--deidentify", action="store_true", commands=_RUN, environment=True,
+           fills=_fills("output.deidentify"),
+           help="DICOM outputs (input was DICOM) name the patient by the BIDS subject label, not the source's name, "
+                "ID and birth date"),
     Option(flag="--resume", action="store_true", commands=_RUN, fills=_fills("resume"),
            help="skip cases whose record shows them finished with the same inputs, model and settings"),
     Option(flag="--shard", type=_shard, metavar="K/N", commands=_RUN, fills=_fills("shard"),
@@ -187,6 +194,9 @@ OPTIONS: tuple[Option, ...] = (
            fills=_fills("sessions", tuple), help="only these sessions (with or without ses-)"),
 
     Option(flag="output", type=Path, commands=("merge",), help="the output folder whose records to merge"),
+    Option(flag="dicom_dir", type=Path, commands=("dicom2bids",), help="a folder of DICOM files (any structure)"),
+    Option(flag="bids_out", type=Path, metavar="bids_dir", commands=("dicom2bids",),
+           help="the BIDS dataset to write (created, or added to: series converted before are kept)"),
     Option(flag="--json", action="store_true", commands=("models",), help="as JSON, for scripts"),
 
     # The commands that read a finished run's output folder (and its T2* scans).

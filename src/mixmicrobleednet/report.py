@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from . import layout, regions
 from .brain import stripped_brain
-from .cases import Case
+from .cases import Case, CaseError
 from .files import atomic_output, remove_partials, write_image_atomic, write_json_value
 from .imaging import ChannelStack, image_like
 from .lesions import LesionSettings, Lesions
@@ -37,6 +37,7 @@ class OutputSettings:
     save_probabilities: bool = False
     qc_picture: bool = True
     regions: bool = True  # each microbleed's MARS region (regions.py); off with --no-regions
+    deidentify: bool = False  # DICOM outputs name the patient by the subject label (pacs.py)
 
 
 def write_results_json(entries: list[dict], output_dir: Path) -> None:
@@ -91,7 +92,26 @@ def write_case_outputs(case: Case, stack: ChannelStack, probabilities: np.ndarra
         if kind in paths:
             write(paths[kind])
             written[kind] = case.output_paths[kind]
+    if case.dicom_headers:
+        written |= _write_dicom_outputs(case, paths, image_like(lesions.mask, stack.reference), lesions,
+                                        paths["qc"] if "qc" in written else None, settings)
     return written
+
+
+def _write_dicom_outputs(case: Case, paths: dict[str, Path], mask: sitk.Image, lesions: Lesions, qc: Path | None,
+                         settings: OutputSettings) -> dict[str, str]:
+    """SEG, SR and the QC picture for PACS, on the source series the T2* scan was converted from; a
+    failure is the case's error (its NIfTI outputs stand)."""
+    from .dicom import read_headers
+    from .pacs import PacsError, write_dicom_outputs
+
+    wanted = {kind: path for kind, path in paths.items() if kind.startswith("dicom_")}
+    try:
+        made = write_dicom_outputs(wanted, mask, lesions.with_world(), qc, read_headers(case.dicom_headers),
+                                   deidentify_as=f"sub-{case.subject}" if settings.deidentify else None)
+    except (PacsError, OSError, ValueError) as exc:
+        raise CaseError(f"DICOM outputs from {case.dicom_headers.name}: {exc}") from None
+    return {kind: case.output_paths[kind] for kind in made}
 
 
 def write_lesion_table(lesions: Lesions, path: Path) -> None:

@@ -3,7 +3,8 @@
 The CLI (`mixmicrobleednet predict|bids`), the container's process.py and the Python API all start
 runs here: the model folders are read (--model: one, or every shipped one for `auto`), the output
 folder is checked, the input layout is detected once (inputs.json: a Grand-Challenge job;
-dataset_description.json: a BIDS dataset, written as a BIDS derivatives dataset; else the seed's
+dataset_description.json: a BIDS dataset, written as a BIDS derivatives dataset; DICOM files: their
+series converted into a BIDS dataset inside the output folder, then run as one; else the seed's
 folder), the cases are found, chosen (participants, sessions, shard), each given its model (the one
 with the most channels that the case has) and run; each model loads once, when a case needs it.
 Whatever stops the whole run (model folder, input folder, output folder) is a RunError: one
@@ -23,6 +24,7 @@ from pathlib import Path
 from . import layout, options, records, regions
 from .brain import BrainSettings
 from .bids import bids_cases, is_bids_dataset, write_derivatives_description
+from .dicom import looks_like_dicom_folder
 from .cases import (Case, InputFolderError, has_series, platform_case, platform_channels, seed_cases, select_cases,
                     uses_platform_interface)
 from .model import PredictionSettings
@@ -37,7 +39,7 @@ EXIT_OK, EXIT_CASE_FAILED, EXIT_RUN_FAILED = 0, 1, 2
 
 
 #: The input layouts, told apart by prepare_run.
-SEED, PLATFORM, BIDS = "seed", "Grand-Challenge", "BIDS"
+SEED, PLATFORM, BIDS, DICOM = "seed", "Grand-Challenge", "BIDS", "DICOM"
 
 
 class RunError(Exception):
@@ -56,6 +58,7 @@ class RunOptions:
     sessions: tuple[str, ...] = ()
     register: bool = True  # T1/T2 not on the T2* grid: rigid registration (False: their headers alone)
     brain: BrainSettings = BrainSettings()  # brain masks: found, given or extracted
+    dicom_rules: Path | None = None  # a site's DICOM rule table, read before the built-in one
 
 
 def options_from(args: argparse.Namespace, command: str, **fixed) -> RunOptions:
@@ -81,7 +84,7 @@ class Run:
     output_dir: Path
     options: RunOptions
     models: ModelChoice
-    input_layout: str  # SEED, PLATFORM or BIDS
+    input_layout: str  # SEED, PLATFORM, BIDS or DICOM
     cases: list[Case] = field(default_factory=list)  # each with its model
     selected: int = 0  # cases of the chosen participants and sessions, before sharding
     predictor: ModelPredictors = field(init=False, repr=False)  # the run's models, each loaded once
@@ -106,7 +109,7 @@ class Run:
             log.info("shard %d/%d: none of the %d case(s) falls to it", *self.options.shard, self.selected)
         elif not self.cases:
             wanted = " ".join([*self.options.participants, *self.options.sessions])
-            expected = layout.bids_image_name("<label>", None, layout.REFERENCE_CHANNEL) if self.input_layout == BIDS \
+            expected = layout.bids_image_name("<label>", None, layout.REFERENCE_CHANNEL) if self.input_layout in (BIDS, DICOM) \
                 else layout.input_name(layout.case_stem("<id>"), layout.REFERENCE_CHANNEL)
             log.error("no cases in %s%s: expected files named %s", self.input_dir, f" for {wanted}" if wanted else "",
                       expected)
@@ -143,7 +146,8 @@ def prepare_run(input_dir: Path, output_dir: Path, options: RunOptions = RunOpti
             resolve_device("cuda")
         except ModelError as exc:
             raise RunError(str(exc)) from None
-    input_layout = PLATFORM if uses_platform_interface(input_dir) else BIDS if is_bids_dataset(input_dir) else SEED
+    input_layout = PLATFORM if uses_platform_interface(input_dir) else BIDS if is_bids_dataset(input_dir) \
+        else DICOM if looks_like_dicom_folder(input_dir) else SEED
     if options.output.regions and input_layout != PLATFORM:
         try:
             regions.check_atlas(regions.atlas_folder())
@@ -153,9 +157,10 @@ def prepare_run(input_dir: Path, output_dir: Path, options: RunOptions = RunOpti
         if input_layout == PLATFORM:  # its sockets say which model fits; then only that model's are needed
             model = models.choose(platform_channels(input_dir))
             cases = [replace(platform_case(input_dir, model.channels), model=model)]
-        elif input_layout == BIDS:
-            cases = bids_cases(input_dir, models.channels, options.participants)
-            write_derivatives_description(output_dir, input_dir)
+        elif input_layout in (BIDS, DICOM):
+            bids_dir = input_dir if input_layout == BIDS else _converted(input_dir, output_dir, options.dicom_rules)
+            cases = bids_cases(bids_dir, models.channels, options.participants)
+            write_derivatives_description(output_dir, bids_dir)
         else:
             cases = seed_cases(input_dir)
     except InputFolderError as exc:
@@ -173,6 +178,18 @@ def prepare_run(input_dir: Path, output_dir: Path, options: RunOptions = RunOpti
         for name, count in Counter(case.model.name for case in chosen).items():
             log.info("model %s for %d case(s)", name, count)
     return Run(input_dir, output_dir, options, models, input_layout, chosen, len(selected))
+
+
+def _converted(dicom_dir: Path, output_dir: Path, site_rules: Path | None) -> Path:
+    """The DICOM folder's series as a BIDS dataset in the output folder (series converted before are kept)."""
+    from .dicom import DicomError, dicom_to_bids
+
+    bids_dir = output_dir / layout.DICOM_CONVERTED_DIR
+    try:
+        dicom_to_bids(dicom_dir, bids_dir, site_rules)
+    except DicomError as exc:  # the site's rule table
+        raise RunError(str(exc)) from None
+    return bids_dir
 
 
 def run(input_dir: Path, output_dir: Path, options: RunOptions = RunOptions()) -> tuple[int, list[CaseResult]]:

@@ -1,0 +1,212 @@
+"""Outputs for PACS when a case's T2* scan came from DICOM: the microbleeds as DICOM objects that a
+viewer shows with the source series, in the patient's study.
+
+- a DICOM SEG (binary, one segment "Cerebral microbleed") on the source series' own grid, frame for
+  source slice, so that it overlays the series it was found on;
+- a Comprehensive 3D SR, a TID 1500 Measurement Report: one measurement group per microbleed (its
+  place as a 3D point, volume, equivalent diameter, probabilities, MARS region and hemisphere) and a
+  count of microbleeds (0 too, so an empty report says "none" rather than nothing);
+- a Secondary Capture of the QC picture, for reading stations that show neither.
+
+The mask is on the NIfTI grid dcm2niix made from the series (same voxels, axes possibly flipped or
+permuted): it is looked up at the centre of every source pixel, and a source pixel off that grid
+is an error, never a resampling. Concepts no standard code names are in a private coding scheme,
+99MMBN, identified in each object; no SNOMED code is invented.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pandas as pd
+import pydicom
+import SimpleITK as sitk
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from . import __version__
+from .files import atomic_output
+
+
+class PacsError(Exception):
+    """The DICOM outputs cannot be made for this case (the message names the problem); its NIfTI outputs stand."""
+
+
+NAME = "MixMicrobleedNet"
+SCHEME = "99MMBN"
+CODING_SCHEME = hd.coding_schemes.CodingSchemeIdentificationItem(SCHEME, name=f"{NAME} private codes", responsible_organization=NAME)
+MICROBLEED = hd.sr.CodedConcept("CMB", SCHEME, "Cerebral microbleed")
+#: The source grid must hold the NIfTI voxels' centres to this fraction of a voxel.
+GRID_TOLERANCE = 0.01
+#: High series numbers, away from the scanner's.
+SERIES_NUMBERS = {"dicom_seg": 9901, "dicom_sr": 9902, "dicom_qc": 9903}
+_ALGORITHM = hd.sr.AlgorithmIdentification(NAME, __version__)
+_MEASURED = [  # table column, concept, unit
+    ("volume_mm3", codes.SCT.Volume, codes.UCUM.CubicMillimeter),
+    ("equivalent_diameter_mm", hd.sr.CodedConcept("EQDIAM", SCHEME, "Sphere-equivalent diameter"), codes.UCUM.Millimeter),
+    ("max_probability", hd.sr.CodedConcept("MAXPROB", SCHEME, "Maximum microbleed probability"), codes.UCUM.NoUnits),
+    ("mean_probability", hd.sr.CodedConcept("MEANPROB", SCHEME, "Mean microbleed probability"), codes.UCUM.NoUnits),
+]
+COUNT = hd.sr.CodedConcept("CMBCOUNT", SCHEME, "Number of cerebral microbleeds")
+MARS_CATEGORY = hd.sr.CodedConcept("MARSCAT", SCHEME, "MARS category")
+_SIDES = {"left": {"laterality": codes.SCT.Left}, "right": {"laterality": codes.SCT.Right},
+          "midline": {"topographical_modifier": codes.SCT.Midline}}
+#: Identifying attributes a de-identified output leaves empty (type 2) or drops (type 3).
+_EMPTIED = ("PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName")
+_DROPPED = ("PatientAge", "PatientSize", "PatientWeight", "PatientAddress", "PatientTelephoneNumbers",
+            "PatientMotherBirthName", "PatientBirthName", "PatientComments", "EthnicGroup", "MilitaryRank",
+            "IssuerOfPatientID", "OtherPatientIDs", "OtherPatientNames", "OtherPatientIDsSequence",
+            "MedicalRecordLocator", "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
+            "StationName", "OperatorsName", "PerformingPhysicianName", "PhysiciansOfRecord",
+            "NameOfPhysiciansReadingStudy", "RequestingPhysician")
+_GEOMETRY = ("SOPInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "ImagePositionPatient",
+             "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
+
+
+def _private(text: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(text.upper().replace(" ", ""), SCHEME, text)  # SH values: 16 characters at most
+
+
+def write_dicom_outputs(paths: dict[str, Path], mask: sitk.Image, table: pd.DataFrame, qc_png: Path | None,
+                        source: list[pydicom.Dataset], *, deidentify_as: str | None = None) -> dict[str, Path]:
+    """The outputs of `paths` (kinds dicom_seg, dicom_sr, dicom_qc; dicom_qc only with `qc_png`) for the
+    source series of `source` (its headers, no pixels); kind -> path written."""
+    _check_source(source)
+    makers = {"dicom_seg": lambda: _segmentation(mask, source),
+              "dicom_sr": lambda: _report(table, source),
+              "dicom_qc": lambda: _secondary_capture(qc_png, source)}
+    written = {}
+    for kind, path in paths.items():
+        if kind not in makers or (kind == "dicom_qc" and qc_png is None):
+            continue
+        try:
+            dataset = makers[kind]()
+        except ValueError as exc:  # highdicom's word for inputs it cannot encode
+            raise PacsError(f"{kind}: {exc}") from exc
+        if deidentify_as is not None:
+            _deidentify(dataset, deidentify_as)
+        with atomic_output(path) as temporary:
+            dataset.save_as(temporary, enforce_file_format=True)
+        written[kind] = path
+    return written
+
+
+def _check_source(source: list[pydicom.Dataset]) -> None:
+    if not source:
+        raise PacsError("no source DICOM headers")
+    for dataset in source:
+        missing = [keyword for keyword in _GEOMETRY if dataset.get(keyword) in (None, "")]
+        if missing:
+            raise PacsError(f"source header {dataset.get('SOPInstanceUID', '?')} lacks {', '.join(missing)}")
+    if len({dataset.SeriesInstanceUID for dataset in source}) != 1:
+        raise PacsError("the source headers are of more than one series")
+
+
+def _mask_on_source(mask: sitk.Image, source: list[pydicom.Dataset]) -> np.ndarray:
+    """The mask at the centre of every source pixel: (slices, rows, columns), uint8."""
+    voxels = sitk.GetArrayViewFromImage(mask)
+    to_index = np.linalg.inv(np.reshape(mask.GetDirection(), (3, 3)) * mask.GetSpacing())
+    origin, size = np.array(mask.GetOrigin()), np.array(mask.GetSize())
+    frames = []
+    for dataset in source:
+        orientation = np.array(dataset.ImageOrientationPatient, float)
+        row_spacing, column_spacing = (float(v) for v in dataset.PixelSpacing)
+        rows, columns = np.mgrid[0:int(dataset.Rows), 0:int(dataset.Columns)]
+        # IOP[0:3] runs along a row (increasing column), IOP[3:6] down a column (increasing row).
+        lps = (np.array(dataset.ImagePositionPatient, float) + columns[..., None] * column_spacing * orientation[:3]
+               + rows[..., None] * row_spacing * orientation[3:])
+        index = (lps - origin) @ to_index.T
+        nearest = np.rint(index)
+        where = f"source slice {dataset.SOPInstanceUID}"
+        if (nearest < 0).any() or (nearest >= size).any():
+            raise PacsError(f"{where} reaches outside the NIfTI grid: the headers are not of the converted series")
+        if (off := float(np.abs(index - nearest).max())) > GRID_TOLERANCE:
+            raise PacsError(f"{where} is {off:.3f} voxel off the NIfTI grid: the headers are not of the converted series")
+        i, j, k = nearest.astype(int).transpose(2, 0, 1)
+        frames.append(voxels[k, j, i])
+    return (np.stack(frames) > 0).astype(np.uint8)
+
+
+def _segmentation(mask: sitk.Image, source: list[pydicom.Dataset]) -> hd.seg.Segmentation:
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Cerebral microbleed",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure, segmented_property_type=MICROBLEED,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(NAME, codes.cid7162.ArtificialIntelligence,
+                                                                      __version__))
+    return hd.seg.Segmentation(
+        source_images=source, pixel_array=_mask_on_source(mask, source),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
+        series_instance_uid=generate_uid(), series_number=SERIES_NUMBERS["dicom_seg"], sop_instance_uid=generate_uid(),
+        instance_number=1, manufacturer=NAME, manufacturer_model_name=NAME, software_versions=__version__,
+        device_serial_number=__version__,  # software has no serial number; the attribute is type 1 here
+        series_description=f"{NAME} microbleeds", coding_schemes=[CODING_SCHEME],
+        omit_empty_frames=not _empty(mask))  # a SEG needs a frame: an empty mask keeps them all
+
+
+def _empty(mask: sitk.Image) -> bool:
+    return not sitk.GetArrayViewFromImage(mask).any()
+
+
+def _report(table: pd.DataFrame, source: list[pydicom.Dataset]) -> hd.sr.Comprehensive3DSR:
+    observer = hd.sr.ObserverContext(codes.DCM.Device, hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=generate_uid(entropy_srcs=[NAME, __version__]), name=NAME, manufacturer_name=NAME, model_name=__version__))
+    count = hd.sr.MeasurementsAndQualitativeEvaluations(
+        hd.sr.TrackingIdentifier(generate_uid(), "microbleed count"), finding_type=MICROBLEED, algorithm_id=_ALGORITHM,
+        measurements=[hd.sr.Measurement(COUNT, len(table), codes.UCUM.NoUnits)])
+    report = hd.sr.MeasurementReport(
+        hd.sr.ObservationContext(observer_device_context=observer), codes.LN.BrainMRI,
+        [count, *(_microbleed(row, source[0]) for row in table.to_dict("records"))])
+    return hd.sr.Comprehensive3DSR(
+        evidence=source, content=report, series_instance_uid=generate_uid(), series_number=SERIES_NUMBERS["dicom_sr"],
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=NAME, is_complete=True,
+        series_description=f"{NAME} microbleed report", software_versions=__version__, coding_schemes=[CODING_SCHEME])
+
+
+def _microbleed(row: dict, reference: pydicom.Dataset):
+    # TID 1411 (volumetric ROI): a microbleed is a volume; its Volume Surface may be a POINT, here its
+    # centroid in the source frame of reference (TID 1410 is for planar regions, and one segment holds them all).
+    centroid_lps = np.array([[-row["centroid_x_ras_mm"], -row["centroid_y_ras_mm"], row["centroid_z_ras_mm"]]])
+    where = hd.sr.VolumeSurface(hd.sr.GraphicTypeValues3D.POINT, centroid_lps, reference.FrameOfReferenceUID,
+                                source_series=hd.sr.SourceSeriesForSegmentation(reference.SeriesInstanceUID))
+    located = isinstance(row.get("region"), str)
+    sites = [hd.sr.FindingSite(_private(row["region"]), **_SIDES.get(row.get("hemisphere"), {}))] if located else None
+    category = row.get("region_category")
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        hd.sr.TrackingIdentifier(generate_uid(), f"microbleed {row['lesion_id']}"), referenced_volume_surface=where,
+        finding_type=MICROBLEED, finding_category=codes.SCT.MorphologicallyAbnormalStructure, algorithm_id=_ALGORITHM,
+        finding_sites=sites, measurements=[hd.sr.Measurement(concept, float(row[column]), unit)
+                                           for column, concept, unit in _MEASURED],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(MARS_CATEGORY, _private(category))]
+        if isinstance(category, str) else None)
+
+
+def _secondary_capture(png: Path, source: list[pydicom.Dataset]) -> hd.sc.SCImage:
+    from PIL import Image
+
+    with Image.open(png) as picture:
+        pixels = np.asarray(picture.convert("RGB"))  # drops the alpha channel
+    return hd.sc.SCImage.from_ref_dataset(
+        source[0], pixels, hd.PhotometricInterpretationValues.RGB, 8, hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=generate_uid(), series_number=SERIES_NUMBERS["dicom_qc"], sop_instance_uid=generate_uid(),
+        instance_number=1, manufacturer=NAME,
+        patient_orientation=("L", "P"),  # axial panels in radiological view (report.write_qc_picture)
+        series_description=f"{NAME} QC picture", software_versions=__version__)
+
+
+def _deidentify(dataset: pydicom.Dataset, label: str) -> None:
+    # Study and series UIDs (and dates) stay: the SEG must still overlay the source series in the study.
+    dataset.PatientName = dataset.PatientID = label
+    for keyword in _EMPTIED:
+        if keyword in dataset:
+            dataset[keyword].value = None
+    for keyword in _DROPPED:
+        if keyword in dataset:
+            del dataset[keyword]
+    dataset.PatientIdentityRemoved = "YES"
+    dataset.DeidentificationMethod = [f"{NAME} {__version__}: name and ID set to the subject label",
+                                      "birth date, sex, patient details emptied or removed",
+                                      "accession, physicians and institution emptied or removed",
+                                      "study and series UIDs and dates kept"]
