@@ -42,7 +42,7 @@ def test_the_graph_is_read():
     graph = _graph()
     assert "model" in graph["pipeline"] and "modelfolder" in graph["model"] and "train" in graph["cli"]
     assert "nnunet_glue" in graph["model"]  # imported inside functions
-    assert "lesions" in graph["review"] and "review" in graph["cli"]  # a subpackage, as one node
+    assert "decisions" in graph["review"] and "review" in graph["cli"]  # a subpackage, as one node
 
 
 def test_no_import_cycles():

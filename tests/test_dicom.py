@@ -20,6 +20,7 @@ from mixmicrobleednet.dicom import read_headers
 from mixmicrobleednet.pipeline import FunctionPredictor
 from mixmicrobleednet.report import OutputSettings
 from mixmicrobleednet.runner import DICOM, prepare_run
+from mixmicrobleednet.train import write_random_model
 
 from conftest import brain_volume, make_image, run_options
 from dicom_series import Patient, Study, oblique, stored_values, write_series
@@ -138,12 +139,14 @@ def _dark_dots(stack, model):
     return np.where((t2s > 0) & (t2s < 300), 0.9, 0.0).astype(np.float32)
 
 
-def test_predict_on_a_dicom_folder_writes_bids_derivatives_and_outputs_for_pacs(export, tmp_path, random_model):
+@pytest.mark.model
+def test_predict_on_a_dicom_folder_writes_bids_derivatives_and_outputs_for_pacs(export, tmp_path):
     import highdicom as hd
 
     root, _ = export
     out = tmp_path / "out"
-    run = prepare_run(root, out, run_options(random_model, output=OutputSettings(regions=False)))
+    t2s_model = write_random_model(tmp_path / "model", channels=(layout.REFERENCE_CHANNEL,))
+    run = prepare_run(root, out, run_options(t2s_model, output=OutputSettings(regions=False)))
     assert run.input_layout == DICOM and len(run.cases) == 2
     results = run.execute(FunctionPredictor(_dark_dots))
     assert [r.error_messages for r in results] == [[], []] and [r.microbleed_count for r in results] == [1, 1]
@@ -165,7 +168,7 @@ def test_predict_on_a_dicom_folder_writes_bids_derivatives_and_outputs_for_pacs(
 
     # De-identified outputs: the subject label in place of the patient's name, ID and birth date.
     shutil.rmtree(out / layout.DICOM_OUTPUTS_DIR)
-    run = prepare_run(root, out, run_options(random_model, output=OutputSettings(regions=False, deidentify=True)))
+    run = prepare_run(root, out, run_options(t2s_model, output=OutputSettings(regions=False, deidentify=True)))
     result = run.execute(FunctionPredictor(_dark_dots))[1]
     for kind in ("dicom_seg", "dicom_sr", "dicom_qc"):
         written = (out / result.outputs[kind]).read_bytes()

@@ -13,14 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
 from mixmicrobleednet import layout
 from mixmicrobleednet.lesions import extract_lesions
-from mixmicrobleednet.review import agreement, decisions
-from mixmicrobleednet.review.decisions import ReviewError, StaleReview
+from mixmicrobleednet import agreement, decisions
+from mixmicrobleednet.decisions import ReviewError, StaleReview
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -315,6 +316,7 @@ def test_agreement_between_two_raters_per_case_and_over_the_cases(tmp_path):
                 decisions.record_decision(tmp_path, record, rater, lesion_id, decision)
             decisions.set_done(tmp_path, record, rater, True)
     found = agreement.agreement(tmp_path, records)
+    records_ids = [r["case_id"] for r in records]
     # counts (accepted): alice 2, 1, 3; bob 1, 1, 2
     assert [case["counts"] for case in found["cases"]] == [{"alice": 2, "bob": 1}, {"alice": 1, "bob": 1},
                                                           {"alice": 3, "bob": 2}]
@@ -327,6 +329,19 @@ def test_agreement_between_two_raters_per_case_and_over_the_cases(tmp_path):
     # 7 of 9 agree; chance: accept 6/9 x 4/9, reject 3/9 x 4/9, unsure 0 x 1/9
     assert pair["kappa"] == pytest.approx((7 / 9 - (24 + 12) / 81) / (1 - 36 / 81))
     assert pair["count_icc"] == pytest.approx(agreement.icc_agreement([[2, 1], [1, 1], [3, 2]]))
+
+    # merge: the reviewed values in summary.csv, a row per case and rater, the agreement beside them
+    from mixmicrobleednet import records as reports
+
+    reports.merge(tmp_path)
+    summary = pd.read_csv(tmp_path / layout.SUMMARY_CSV)
+    assert list(summary.columns[-len(decisions.REVIEW_COLUMNS):]) == decisions.REVIEW_COLUMNS
+    assert list(summary["review_status"]) == ["done"] * 3 and list(summary["reviewed_by"]) == ["alice bob"] * 3
+    raters = pd.read_csv(tmp_path / layout.REVIEW_RATERS_TSV, sep="\t")
+    assert list(zip(raters["case"], raters["rater"], raters["status"], raters["reviewed_count"])) == [
+        (records_ids[0], "alice", "done", 2), (records_ids[0], "bob", "done", 1), (records_ids[1], "alice", "done", 1),
+        (records_ids[1], "bob", "done", 1), (records_ids[2], "alice", "done", 3), (records_ids[2], "bob", "done", 2)]
+    assert json.loads((tmp_path / layout.REVIEW_AGREEMENT_JSON).read_text()) == json.loads(json.dumps(found))
 
 
 def test_the_command_line_exports_a_self_contained_page_per_reviewed_case(tmp_path, capsys):
@@ -387,7 +402,7 @@ def app_address(shipped_run):
 def test_a_rater_reviews_the_shipped_case_in_chromium(shipped_run, app_address):
     from playwright.sync_api import expect, sync_playwright
 
-    from mixmicrobleednet import records
+    from mixmicrobleednet import records as reports
 
     (record,) = records.read_records(shipped_run)
     case_id = record["case_id"]
@@ -452,6 +467,13 @@ def test_a_rater_reviews_the_shipped_case_in_chromium(shipped_run, app_address):
     # the added microbleed placed by the run's atlas placement: the categories count it
     assert added["region_category"] in ("lobar", "deep", "infratentorial")
     assert sum(values[f"reviewed_count_{c}"] for c in ("lobar", "deep", "infratentorial")) == 2
+    # the merged summary shows the reviewed counts beside the tool's
+    from mixmicrobleednet.cli import main
+
+    assert main(["merge", str(shipped_run)]) == 0
+    (row,) = pd.read_csv(shipped_run / layout.SUMMARY_CSV).to_dict("records")
+    assert (row["microbleed_count"], row["review_status"], row["reviewed_by"], row["reviewed_count"]) == \
+        (len(table), "done", "alice", 2)
 
     # the reviewed mask: lesion 1's component and the ball around the added microbleed, nothing else
     mask_image = sitk.ReadImage(str(shipped_run / record["outputs"]["mask"]))
@@ -466,7 +488,38 @@ def test_a_rater_reviews_the_shipped_case_in_chromium(shipped_run, app_address):
     assert 1 <= len(zyx) <= 12 and (np.linalg.norm((zyx - point[::-1]) * spacing, axis=1) <= 1.5 + 1.7).all()
 
     # the export of the reviewed case
-    from mixmicrobleednet.cli import main
-
     assert main(["review", str(shipped_run), "-i", str(REPO / "test" / "input"), "--export"]) == 0
     assert "data:image/png;base64," in (shipped_run / layout.review_report_path(case_id)).read_text()
+
+
+@pytest.mark.model
+def test_finished_reviews_become_training_cases_and_train_on_them(tmp_path, caplog):
+    """`train --from-reviews`: a case whose finished review decided every detection gives its inputs
+    and its reviewed mask as the label; unsure, undecided or unfinished cases are left out."""
+    from mixmicrobleednet.cli import main
+    from mixmicrobleednet.train import reviewed_training_data
+
+    used, unsure, unfinished = (write_output(tmp_path, case_id=layout.case_stem(s)) for s in ("t1", "t2", "t3"))
+    for lesion_id, decision in ((1, "accept"), (2, "reject"), (3, "accept")):
+        decisions.record_decision(tmp_path, used, "alice", lesion_id, decision)
+        decisions.record_decision(tmp_path, unsure, "alice", lesion_id, "unsure" if lesion_id == 2 else decision)
+    decisions.add_microbleed(tmp_path, used, "alice", (0.0, 0.0, 0.0))
+    decisions.set_done(tmp_path, used, "alice", True)
+    decisions.set_done(tmp_path, unsure, "alice", True)
+    decisions.record_decision(tmp_path, unfinished, "bob", 1, "accept")
+    data = tmp_path / "data"
+    with caplog.at_level("INFO"):
+        assert reviewed_training_data(tmp_path, tmp_path / "input", data) == [used["case_id"]]
+    assert "review leaves 1 detection(s) unsure or undecided" in caplog.text and "(review in progress)" in caplog.text
+    t2s = data / layout.input_name(used["case_id"], layout.REFERENCE_CHANNEL)
+    assert t2s.resolve() == (tmp_path / "input" / used["inputs"][0]["file"]).resolve()
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(data / layout.label_name(used["case_id"]))))
+    assert label[COMPONENTS[0]].all() and label[COMPONENTS[2]].all() and not label[COMPONENTS[1]].any()
+    assert label.sum() > sum(np.ones((10, 20, 20))[box].sum() for box in (COMPONENTS[0], COMPONENTS[2]))  # + the ball
+
+    # fine-tuning the random model on it, one short epoch
+    assert main(["train", "--from-reviews", str(tmp_path), "-i", str(tmp_path / "input"), "--out",
+                 str(tmp_path / "tuned"), "--channels", "T2S", "--epochs", "1", "--iterations-per-epoch", "1",
+                 "--device", "cpu"]) == 0
+    assert (tmp_path / "tuned" / layout.CHECKPOINT).is_file()
+    assert main(["train", "--from-reviews", str(tmp_path / "input"), "--out", str(tmp_path / "none")]) == 2

@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import __version__, layout, records
+from .agreement import write_review_tables
 from .cases import Case, InputFolderError, select_cases
 from .files import atomic_output
 from .report import write_cohort_tsv
@@ -148,16 +149,18 @@ def group(bids_dir: Path, output_dir: Path, channels: tuple[str, ...], participa
     """The group level: one row per case of the dataset (and per record of a case no longer in it)
     from the records, written to cohort.tsv; a case without a record is `not run`."""
     cases = select_cases(bids_cases(bids_dir, channels, participants), participants, sessions)
-    by_case = {r["case_id"]: r for r in records.read_records(Path(output_dir))}
+    found = records.read_records(Path(output_dir))
+    by_case = {r["case_id"]: r for r in found}
     rows = []
     for case in cases:
         record = by_case.pop(case.case_id, None)
-        rows.append(records.summary_row(record) if record else
+        rows.append(records.summary_row(record, output_dir) if record else
                     {"subject": case.subject, "session": case.session, "case": case.case_id, "status": "not run",
                      "message": case.input_problem or NO_RECORD})
     if not participants and not sessions:
-        rows += [records.summary_row(r) for r in by_case.values()]
+        rows += [records.summary_row(r, output_dir) for r in by_case.values()]
     write_derivatives_description(output_dir, bids_dir)
     write_cohort_tsv([records.cohort_row(r) for r in sorted(rows, key=lambda r: r["case"])], records.COHORT_COLUMNS,
                      Path(output_dir))
+    write_review_tables(Path(output_dir), found)
     return rows

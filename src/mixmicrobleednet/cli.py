@@ -167,10 +167,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     if args.command == "train":
-        from .train import train
+        from .train import reviewed_training_data, train
 
+        if not args.data and not args.from_reviews:
+            log.error("train: give --data DIR or --from-reviews OUTPUT")
+            return 2
+        data = args.data
+        if args.from_reviews:
+            data = (args.work or args.out.parent / f"{args.out.name}.nnunet-work") / "reviewed-cases"
+            if not reviewed_training_data(args.from_reviews, args.input, data):
+                log.error("%s: no reviewed case to train on (a finished review that decided every detection)",
+                          args.from_reviews)
+                return 2
         try:
-            train(args.data, args.out, args.config, device=args.device, work_dir=args.work, epochs=args.epochs,
+            train(data, args.out, args.config, device=args.device, work_dir=args.work, epochs=args.epochs,
                   iterations_per_epoch=args.iterations_per_epoch, initial_lr=args.initial_lr, channels=tuple(args.channels),
                   init_from=args.init, resume=args.resume)
         except ValueError as exc:  # no labelled cases, channels, --init

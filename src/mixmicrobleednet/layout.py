@@ -203,6 +203,12 @@ def is_reviewed_mask_name(name: str) -> bool:
     return _REVIEWED_MASK_RE.match(name) is not None
 
 
+#: merge and the BIDS group level, when a case has reviews: one row per case and rater (their current
+#: reviews), and the raters' agreement (kappa per detection, ICC of the counts) when two finished a case.
+REVIEW_RATERS_TSV = f"{REVIEWS_DIR}/raters.tsv"
+REVIEW_AGREEMENT_JSON = f"{REVIEWS_DIR}/agreement.json"
+
+
 def review_report_path(case_id: str) -> str:
     """`review --export`'s self-contained HTML page of a case's reviews."""
     return f"{review_dir(case_id)}/{case_id}_review.html"

@@ -202,7 +202,7 @@ OPTIONS: tuple[Option, ...] = (
     # The commands that read a finished run's output folder (and its T2* scans).
     Option(flag="output_dir", type=Path, commands=("longitudinal", "review"),
            help="the output folder of `predict` or `bids ... participant` (seed layout or BIDS derivatives)"),
-    Option(flag="--input", short="-i", type=Path, commands=("longitudinal", "review"),
+    Option(flag="--input", short="-i", type=Path, commands=("longitudinal", "review", "train"),
            help="the run's input folder, for the T2* scans (default: the raw dataset a BIDS derivatives dataset "
                 "names)"),
     Option(flag="--rater", commands=("review",), shown_default="your login name",
@@ -230,8 +230,12 @@ OPTIONS: tuple[Option, ...] = (
            help="the raw twins of the phantoms this seed gives: not skull-stripped (the Colin27 head of mricron-data), "
                 "T1/T2 on grids of their own, moved between scans"),
 
-    Option(flag="--data", type=Path, required=True, commands=("train",),
+    Option(flag="--data", type=Path, commands=("train",), exclusive="training data",
            help=f"seed-layout folder with {layout.label_name(layout.case_stem('<id>'))} labels"),
+    Option(flag="--from-reviews", type=Path, metavar="OUTPUT", commands=("train",), exclusive="training data",
+           help="train on the reviewed cases of this output folder (each finished review that decided every "
+                "detection: accepted and added microbleeds are the label, rejected ones background); with "
+                "--init MODEL to fine-tune on a cohort's own reads"),
     Option(flag="--out", type=Path, required=True, commands=("train",), help="model folder to write"),
     Option(flag="--config", choices=("compact", "mixmicrobleednet-v1"), default="compact", commands=("train",),
            help="the network and schedule: compact (CPU-sized) or the 2021 paper's 3d_fullres"),

@@ -1,7 +1,7 @@
 """Outputs for PACS when a case's T2* scan came from DICOM: the microbleeds as DICOM objects that a
 viewer shows with the source series, in the patient's study.
 
-- a DICOM SEG (binary, one segment "Cerebral microbleed") on the source series' own grid, frame for
+- a DICOM SEG (binary, one segment "Cerebral microbleed") on the source series' own grid, a frame per
   source slice, so that it overlays the series it was found on;
 - a Comprehensive 3D SR, a TID 1500 Measurement Report: one measurement group per microbleed (its
   place as a 3D point, volume, equivalent diameter, probabilities, MARS region and hemisphere) and a
@@ -16,6 +16,7 @@ is an error, never a resampling. Concepts no standard code names are in a privat
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import highdicom as hd
@@ -36,7 +37,8 @@ class PacsError(Exception):
 
 NAME = "MixMicrobleedNet"
 SCHEME = "99MMBN"
-CODING_SCHEME = hd.coding_schemes.CodingSchemeIdentificationItem(SCHEME, name=f"{NAME} private codes", responsible_organization=NAME)
+CODING_SCHEME = hd.coding_schemes.CodingSchemeIdentificationItem(SCHEME, name=f"{NAME} private codes",
+                                                                 responsible_organization=NAME)
 MICROBLEED = hd.sr.CodedConcept("CMB", SCHEME, "Cerebral microbleed")
 #: The source grid must hold the NIfTI voxels' centres to this fraction of a voxel.
 GRID_TOLERANCE = 0.01
@@ -45,7 +47,8 @@ SERIES_NUMBERS = {"dicom_seg": 9901, "dicom_sr": 9902, "dicom_qc": 9903}
 _ALGORITHM = hd.sr.AlgorithmIdentification(NAME, __version__)
 _MEASURED = [  # table column, concept, unit
     ("volume_mm3", codes.SCT.Volume, codes.UCUM.CubicMillimeter),
-    ("equivalent_diameter_mm", hd.sr.CodedConcept("EQDIAM", SCHEME, "Sphere-equivalent diameter"), codes.UCUM.Millimeter),
+    ("equivalent_diameter_mm", hd.sr.CodedConcept("EQDIAM", SCHEME, "Sphere-equivalent diameter"),
+     codes.UCUM.Millimeter),
     ("max_probability", hd.sr.CodedConcept("MAXPROB", SCHEME, "Maximum microbleed probability"), codes.UCUM.NoUnits),
     ("mean_probability", hd.sr.CodedConcept("MEANPROB", SCHEME, "Mean microbleed probability"), codes.UCUM.NoUnits),
 ]
@@ -60,7 +63,10 @@ _DROPPED = ("PatientAge", "PatientSize", "PatientWeight", "PatientAddress", "Pat
             "IssuerOfPatientID", "OtherPatientIDs", "OtherPatientNames", "OtherPatientIDsSequence",
             "MedicalRecordLocator", "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
             "StationName", "OperatorsName", "PerformingPhysicianName", "PhysiciansOfRecord",
-            "NameOfPhysiciansReadingStudy", "RequestingPhysician")
+            "NameOfPhysiciansReadingStudy", "RequestingPhysician", "DeviceSerialNumber")
+DEIDENTIFICATION = [f"{NAME} {__version__}", "patient name and ID set to the subject label",  # LO: 64 characters each
+                    "birth date, sex, other patient details emptied or removed",
+                    "accession, physicians, institution, station removed", "study and series UIDs and dates kept"]
 _GEOMETRY = ("SOPInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "ImagePositionPatient",
              "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
 
@@ -74,6 +80,8 @@ def write_dicom_outputs(paths: dict[str, Path], mask: sitk.Image, table: pd.Data
     """The outputs of `paths` (kinds dicom_seg, dicom_sr, dicom_qc; dicom_qc only with `qc_png`) for the
     source series of `source` (its headers, no pixels); kind -> path written."""
     _check_source(source)
+    if deidentify_as is not None:
+        source = [_deidentified(dataset, deidentify_as) for dataset in source]
     makers = {"dicom_seg": lambda: _segmentation(mask, source),
               "dicom_sr": lambda: _report(table, source),
               "dicom_qc": lambda: _secondary_capture(qc_png, source)}
@@ -86,7 +94,7 @@ def write_dicom_outputs(paths: dict[str, Path], mask: sitk.Image, table: pd.Data
         except ValueError as exc:  # highdicom's word for inputs it cannot encode
             raise PacsError(f"{kind}: {exc}") from exc
         if deidentify_as is not None:
-            _deidentify(dataset, deidentify_as)
+            dataset.PatientIdentityRemoved, dataset.DeidentificationMethod = "YES", DEIDENTIFICATION
         with atomic_output(path) as temporary:
             dataset.save_as(temporary, enforce_file_format=True)
         written[kind] = path
@@ -120,10 +128,11 @@ def _mask_on_source(mask: sitk.Image, source: list[pydicom.Dataset]) -> np.ndarr
         index = (lps - origin) @ to_index.T
         nearest = np.rint(index)
         where = f"source slice {dataset.SOPInstanceUID}"
+        if (off := float(np.abs(index - nearest).max())) > GRID_TOLERANCE:
+            raise PacsError(f"{where} is {off:.3f} voxel off the NIfTI grid: "
+                            "the headers are not of the converted series")
         if (nearest < 0).any() or (nearest >= size).any():
             raise PacsError(f"{where} reaches outside the NIfTI grid: the headers are not of the converted series")
-        if (off := float(np.abs(index - nearest).max())) > GRID_TOLERANCE:
-            raise PacsError(f"{where} is {off:.3f} voxel off the NIfTI grid: the headers are not of the converted series")
         i, j, k = nearest.astype(int).transpose(2, 0, 1)
         frames.append(voxels[k, j, i])
     return (np.stack(frames) > 0).astype(np.uint8)
@@ -136,18 +145,15 @@ def _segmentation(mask: sitk.Image, source: list[pydicom.Dataset]) -> hd.seg.Seg
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(NAME, codes.cid7162.ArtificialIntelligence,
                                                                       __version__))
+    frames = _mask_on_source(mask, source)
     return hd.seg.Segmentation(
-        source_images=source, pixel_array=_mask_on_source(mask, source),
+        source_images=source, pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
         series_instance_uid=generate_uid(), series_number=SERIES_NUMBERS["dicom_seg"], sop_instance_uid=generate_uid(),
         instance_number=1, manufacturer=NAME, manufacturer_model_name=NAME, software_versions=__version__,
         device_serial_number=__version__,  # software has no serial number; the attribute is type 1 here
         series_description=f"{NAME} microbleeds", coding_schemes=[CODING_SCHEME],
-        omit_empty_frames=not _empty(mask))  # a SEG needs a frame: an empty mask keeps them all
-
-
-def _empty(mask: sitk.Image) -> bool:
-    return not sitk.GetArrayViewFromImage(mask).any()
+        omit_empty_frames=bool(frames.any()))  # a SEG needs frames: an empty mask keeps them all
 
 
 def _report(table: pd.DataFrame, source: list[pydicom.Dataset]) -> hd.sr.Comprehensive3DSR:
@@ -166,8 +172,7 @@ def _report(table: pd.DataFrame, source: list[pydicom.Dataset]) -> hd.sr.Compreh
 
 
 def _microbleed(row: dict, reference: pydicom.Dataset):
-    # TID 1411 (volumetric ROI): a microbleed is a volume; its Volume Surface may be a POINT, here its
-    # centroid in the source frame of reference (TID 1410 is for planar regions, and one segment holds them all).
+    # TID 1411, not 1410: a microbleed is a volume, and 1411's Volume Surface may be a POINT (its centroid).
     centroid_lps = np.array([[-row["centroid_x_ras_mm"], -row["centroid_y_ras_mm"], row["centroid_z_ras_mm"]]])
     where = hd.sr.VolumeSurface(hd.sr.GraphicTypeValues3D.POINT, centroid_lps, reference.FrameOfReferenceUID,
                                 source_series=hd.sr.SourceSeriesForSegmentation(reference.SeriesInstanceUID))
@@ -188,25 +193,26 @@ def _secondary_capture(png: Path, source: list[pydicom.Dataset]) -> hd.sc.SCImag
 
     with Image.open(png) as picture:
         pixels = np.asarray(picture.convert("RGB"))  # drops the alpha channel
-    return hd.sc.SCImage.from_ref_dataset(
+    capture = hd.sc.SCImage.from_ref_dataset(
         source[0], pixels, hd.PhotometricInterpretationValues.RGB, 8, hd.CoordinateSystemNames.PATIENT,
         series_instance_uid=generate_uid(), series_number=SERIES_NUMBERS["dicom_qc"], sop_instance_uid=generate_uid(),
         instance_number=1, manufacturer=NAME,
         patient_orientation=("L", "P"),  # axial panels in radiological view (report.write_qc_picture)
         series_description=f"{NAME} QC picture", software_versions=__version__)
+    capture.BodyPartExamined = source[0].get("BodyPartExamined") or "HEAD"  # unpaired: the series needs no Laterality
+    return capture
 
 
-def _deidentify(dataset: pydicom.Dataset, label: str) -> None:
-    # Study and series UIDs (and dates) stay: the SEG must still overlay the source series in the study.
-    dataset.PatientName = dataset.PatientID = label
+def _deidentified(dataset: pydicom.Dataset, label: str) -> pydicom.Dataset:
+    """A copy of a source header without the patient's identity, so that nothing highdicom copies from it
+    (the patient and study modules, the scanner as contributing equipment) carries it. Study and series
+    UIDs (and dates) stay: the SEG must still overlay the source series in the study."""
+    dataset = copy.deepcopy(dataset)
+    dataset.PatientName, dataset.PatientID = f"{label}^", label  # ^: a one-component name, as PN wants
     for keyword in _EMPTIED:
         if keyword in dataset:
-            dataset[keyword].value = None
+            setattr(dataset, keyword, None)
     for keyword in _DROPPED:
         if keyword in dataset:
             del dataset[keyword]
-    dataset.PatientIdentityRemoved = "YES"
-    dataset.DeidentificationMethod = [f"{NAME} {__version__}: name and ID set to the subject label",
-                                      "birth date, sex, patient details emptied or removed",
-                                      "accession, physicians and institution emptied or removed",
-                                      "study and series UIDs and dates kept"]
+    return dataset

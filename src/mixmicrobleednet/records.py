@@ -20,8 +20,10 @@ from typing import NotRequired, TypedDict
 
 from . import layout
 from .cases import Case
+from .decisions import REVIEW_COLUMNS, reviewed_values
 from .files import atomic_output, folder_lock, remove_partials
 from .regions import CATEGORY_COLUMNS, SUMMARY_COLUMNS as REGION_SUMMARY_COLUMNS, summary_values
+from .agreement import write_review_tables
 from .report import write_results_json, write_summary_csv
 
 log = logging.getLogger(__name__)
@@ -62,10 +64,12 @@ class CaseRecord(TypedDict):
 
 #: summary.csv's columns (summary_row): the seed's first; later ones only ever added at the end.
 SUMMARY_COLUMNS = ["subject", "status", "message", "microbleed_count", "total_volume_mm3", "runtime_s", "session",
-                   "case", "model", "model_sha256", *REGION_SUMMARY_COLUMNS, "edge_margin_mm", "near_edge_count"]
+                   "case", "model", "model_sha256", *REGION_SUMMARY_COLUMNS, "edge_margin_mm", "near_edge_count",
+                   *REVIEW_COLUMNS]
 #: cohort.tsv's columns (the BIDS group level): summary_row's in BIDS's words, MARS categories only.
 COHORT_COLUMNS = ["participant_id", "session_id", "case", "status", "microbleed_count", "total_volume_mm3", "message",
-                  "runtime_s", "model", "model_sha256", *CATEGORY_COLUMNS, "edge_margin_mm", "near_edge_count"]
+                  "runtime_s", "model", "model_sha256", *CATEGORY_COLUMNS, "edge_margin_mm", "near_edge_count",
+                  *REVIEW_COLUMNS]
 
 
 @functools.cache
@@ -145,14 +149,14 @@ def results_entry(record: CaseRecord) -> dict:
             "error_messages": record["error_messages"]}
 
 
-def summary_row(record: CaseRecord) -> dict:
-    """The case's summary.csv row (SUMMARY_COLUMNS)."""
+def summary_row(record: CaseRecord, output_dir: Path) -> dict:
+    """The case's summary.csv row (SUMMARY_COLUMNS), its raters' reviews in `output_dir` included."""
     return {"subject": record["subject"], "status": record["status"], "message": "; ".join(record["error_messages"]),
             "microbleed_count": record.get("microbleed_count"), "total_volume_mm3": record.get("total_volume_mm3"),
             "runtime_s": record.get("runtime_s"), "session": record.get("session"), "case": record["case_id"],
             "model": record.get("model", {}).get("name", ""),
             "model_sha256": record.get("model", {}).get("sha256", "")[:12], **summary_values(record.get("regions")),
-            **edge_values(record.get("edge_rule"))}
+            **edge_values(record.get("edge_rule")), **reviewed_values(output_dir, record)}
 
 
 def cohort_row(row: dict) -> dict:
@@ -178,5 +182,6 @@ def merge(output_dir: Path) -> list[CaseRecord]:
         for report in (layout.RESULTS_JSON, layout.SUMMARY_CSV):
             remove_partials(output_dir / report)  # left by a merge that was killed
         write_results_json([results_entry(r) for r in records], output_dir)
-        write_summary_csv([summary_row(r) for r in records], SUMMARY_COLUMNS, output_dir)
+        write_summary_csv([summary_row(r, output_dir) for r in records], SUMMARY_COLUMNS, output_dir)
+        write_review_tables(output_dir, records)
     return records

@@ -193,6 +193,47 @@ def training_cases(data_dir: Path) -> list[tuple[Case, Path]]:
     return pairs
 
 
+def reviewed_training_data(output_dir: Path, input_dir: Path | None, data_dir: Path) -> list[str]:
+    """Training cases from a cohort's reviews (`train --from-reviews`): per case whose latest finished
+    review decided every detection (accept or reject), its run's input files (linked, seed-layout
+    names) and that review's reviewed mask as the label (accepted components and a ball per added
+    microbleed; rejected ones are background). Cases not finished, or with unsure or undecided
+    detections, are left out with why. Returns the case stems written."""
+    from . import decisions, records
+    from .longitudinal import raw_dataset
+
+    input_dir = input_dir or raw_dataset(output_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for record in records.read_records(output_dir):
+        values = decisions.reviewed_values(output_dir, record)
+        case_id = record["case_id"]
+        if values["review_status"] != "done":
+            log.info("%s: not used (review %s)", case_id, values["review_status"])
+            continue
+        if values["reviewed_unsure"] or values["reviewed_undecided"]:
+            log.warning("%s: not used: %s's review leaves %d detection(s) unsure or undecided", case_id,
+                        values["review_rater"], values["reviewed_unsure"] + values["reviewed_undecided"])
+            continue
+        inputs = {entry["channel"]: decisions.input_path(record, input_dir, entry["channel"])
+                  for entry in record["inputs"]}
+        if None in inputs.values():
+            log.warning("%s: not used: its input files are not in %s", case_id, input_dir)
+            continue
+        review = decisions.read_reviews(output_dir, record).current[values["review_rater"]]
+        stem = case_id if layout.parse_input_name(layout.input_name(case_id, layout.REFERENCE_CHANNEL)) \
+            else f"{case_id}_space-{layout.REFERENCE_CHANNEL}"
+        for channel, path in inputs.items():
+            link = data_dir / layout.input_name(stem, channel, layout.NIFTI if path.name.endswith(layout.NIFTI)
+                                                else path.suffix)
+            link.unlink(missing_ok=True)
+            link.symlink_to(path.resolve())
+        shutil.copyfile(decisions.write_reviewed_mask(output_dir, record, review), data_dir / layout.label_name(stem))
+        written.append(stem)
+    log.info("%d reviewed case(s) as training cases in %s", len(written), data_dir)
+    return written
+
+
 def write_raw_dataset(pairs: list[tuple[Case, Path]], raw_dir: Path,
                       channels: tuple[str, ...] = layout.CHANNELS) -> dict:
     """nnU-Net raw layout of `channels` (in network order), T1/T2 on the T2* grid exactly as

@@ -26,8 +26,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import __version__, records
-from . import decisions
-from .decisions import ReviewError, StaleReview
+from .. import decisions
+from ..decisions import ReviewError, StaleReview
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Workspace:
         page["mask"] = f"/api/cases/{case_id}/outputs/mask"
         if "qc" in record.get("outputs", {}):
             page["qc"] = f"/api/cases/{case_id}/outputs/qc"
-        t2s = decisions.t2s_path(record, self.input_dir)
+        t2s = decisions.input_path(record, self.input_dir)
         if t2s is not None:
             page["t2s"] = {"url": f"/api/cases/{case_id}/t2s", "name": t2s.name}
         else:
@@ -164,7 +164,7 @@ def create_app(workspace: Workspace, host: str = "127.0.0.1") -> Starlette:
         return FileResponse(path)
 
     def t2s(request: Request) -> Response:
-        path = decisions.t2s_path(workspace.record(request.path_params["case_id"]), workspace.input_dir)
+        path = decisions.input_path(workspace.record(request.path_params["case_id"]), workspace.input_dir)
         if path is None:
             raise HTTPException(404, "no T2* scan in the input folder")
         return FileResponse(path)

@@ -18,9 +18,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__, layout, records
-from . import decisions
+from .. import decisions
 from ..files import atomic_output
-from .agreement import cohen_kappa, paired
+from ..agreement import cohen_kappa, paired
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def case_page(output_dir: Path, record: dict, input_dir: Path | None) -> str:
     table = decisions.detections(output_dir, record)
     reviews = decisions.read_reviews(output_dir, record, set(table["lesion_id"].astype(int)))
     raters = sorted(reviews.current)
-    t2s = decisions.t2s_path(record, input_dir)
+    t2s = decisions.input_path(record, input_dir)
     volumes = _Volumes(decisions.output_path(output_dir, record, "mask"), t2s)
     detected = [(int(row.lesion_id), [row.centroid_x_ras_mm, row.centroid_y_ras_mm, row.centroid_z_ras_mm])
                 for row in table.itertuples()]

@@ -34,9 +34,9 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .. import __version__, layout, regions
-from ..files import PARTIAL, atomic_output, folder_lock, write_image_atomic
-from ..lesions import WORLD_COLUMNS, centroids_lps, label_microbleeds
+from . import __version__, layout, regions
+from .files import PARTIAL, atomic_output, folder_lock, write_image_atomic
+from .lesions import WORLD_COLUMNS, centroids_lps, label_microbleeds
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +123,12 @@ def detections(output_dir: Path, record: dict) -> pd.DataFrame:
         raise ReviewError(f"{record.get('case_id')}: its lesion table {path.name}: {exc}") from None
 
 
-def t2s_path(record: dict, input_dir: Path | None) -> Path | None:
-    """The case's T2* scan in the run's input folder (the record names the file, not its folder):
-    beside the other inputs (seed layout) or in the subject's anat/ folder (BIDS); None when absent."""
+def input_path(record: dict, input_dir: Path | None, channel: str = layout.REFERENCE_CHANNEL) -> Path | None:
+    """The case's T2* scan (or another channel's) in the run's input folder (the record names the
+    file, not its folder): beside the other inputs (seed layout) or in the subject's anat/ folder
+    (BIDS); None when absent."""
     name = next((entry.get("file") for entry in record.get("inputs", [])
-                 if entry.get("channel") == layout.REFERENCE_CHANNEL), None)
+                 if entry.get("channel") == channel), None)
     if input_dir is None or not isinstance(name, str) or Path(name).name != name:
         return None
     for folder in (Path(input_dir), Path(input_dir) / layout.bids_anat_dir(record["subject"], record.get("session"))):

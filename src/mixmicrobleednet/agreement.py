@@ -11,12 +11,16 @@ Every pair of raters is reported on its own, so a rater who did part of the coho
 
 from __future__ import annotations
 
+import json
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from .decisions import DECISIONS, ReviewError, detections, rater_values, read_reviews
+from . import layout
+from .decisions import DECISIONS, RATER_COLUMNS, ReviewError, detections, rater_values, read_reviews
+from .files import atomic_output
 
 
 def cohen_kappa(first: list[str], second: list[str], categories: tuple[str, ...] = DECISIONS) -> float | None:
@@ -86,3 +90,33 @@ def agreement(output_dir: Path, records: list[dict]) -> dict:
             "pairs": [{"raters": list(raters), "cases": len(pair["counts"]), "detections": len(pair["first"]),
                        "kappa": cohen_kappa(pair["first"], pair["second"]), "count_icc": icc_agreement(pair["counts"])}
                       for raters, pair in sorted(pooled.items())]}
+
+
+RATER_TABLE_COLUMNS = ["case", "rater", "status", "done", *RATER_COLUMNS]
+
+
+def rater_rows(output_dir: Path, records: list[dict]) -> list[dict]:
+    """One row per case and rater with a review of the case's current mask (done or in progress)."""
+    rows = []
+    for record in records:
+        if not (Path(output_dir) / layout.review_dir(record["case_id"])).is_dir():
+            continue
+        try:
+            reviews = read_reviews(output_dir, record)
+            table = detections(output_dir, record) if reviews.current else None
+        except (OSError, ReviewError):
+            continue  # reported in the summary's review_problems
+        rows += [{"case": record["case_id"], "rater": rater, "status": reviews.status(rater), "done": review["done"],
+                  **rater_values(table, review)} for rater, review in sorted(reviews.current.items())]
+    return rows
+
+
+def write_review_tables(output_dir: Path, records: list[dict]) -> None:
+    """reviews/raters.tsv and reviews/agreement.json, when any case has been reviewed."""
+    if not (Path(output_dir) / layout.REVIEWS_DIR).is_dir():
+        return
+    with atomic_output(Path(output_dir) / layout.REVIEW_RATERS_TSV) as temporary:
+        pd.DataFrame(rater_rows(output_dir, records), columns=RATER_TABLE_COLUMNS).to_csv(
+            temporary, sep="\t", index=False, na_rep="n/a")
+    with atomic_output(Path(output_dir) / layout.REVIEW_AGREEMENT_JSON) as temporary:
+        temporary.write_text(json.dumps(agreement(output_dir, records), indent=2) + "\n")
