@@ -176,3 +176,40 @@ def test_predict_on_a_dicom_folder_writes_bids_derivatives_and_outputs_for_pacs(
         assert pydicom.dcmread(out / result.outputs[kind]).PatientID == f"sub-{SUBJECT}"
     with gzip.open(converted / layout.dicom_headers_path(f"sub-{SUBJECT}_ses-20270110_T2starw.nii.gz"), "rt") as handle:
         assert PATIENT.patient_id in handle.read()  # the converted dataset's own copy is the user's source data
+
+
+def test_an_enhanced_mr_series_is_identified_converted_and_its_header_kept(tmp_path):
+    """Enhanced MR (Siemens XA, Philips): a series is one multi-frame file, its echo time and sequence in the
+    functional groups and EchoPulseSequence rather than at the top; identified as the same series exported
+    single-frame is, converted whole, its header (with the frames' planes) kept for the outputs for PACS."""
+    from dicom_series import write_enhanced_series
+
+    root, study = tmp_path / "export", Study.new("20260105")
+    t2s = oblique(make_image(brain_volume((20, 40, 36)) * 10))
+    sources = {kind: write_enhanced_series(t2s, root / f"IM{number:04d}", kind, patient=PATIENT, study=study,
+                                           series_number=number)
+               for number, kind in enumerate(("t2star", "swi", "phase"), start=1)}
+    bids_dir = tmp_path / "bids"
+    assert cli.main(["dicom2bids", str(root), str(bids_dir)]) == 0
+    table = _series_table(bids_dir).set_index("series_description")
+    name = f"sub-{SUBJECT}/ses-20260105/anat/sub-{SUBJECT}_ses-20260105"
+    assert table[["rule", "use", "status", "files", "bids_image"]].to_dict("index") == {
+        "t2star_gre_axial": {"rule": "t2star-name", "use": "T2S", "status": "converted", "files": "1",
+                             "bids_image": f"{name}_T2starw.nii.gz"},
+        "SWI_Images": {"rule": "swi", "use": "T2S", "status": "converted", "files": "1",
+                       "bids_image": f"{name}_acq-swi_T2starw.nii.gz"},
+        "SWI_Pha_Images": {"rule": "phase", "use": "ignore", "status": "ignored", "files": "1", "bids_image": ""}}
+
+    converted = sitk.ReadImage(str(bids_dir / f"{name}_T2starw.nii.gz"))
+    np.testing.assert_allclose(converted.GetSpacing(), t2s.GetSpacing(), atol=1e-5)
+    on_truth = sitk.Resample(converted, t2s, sitk.Transform(), sitk.sitkNearestNeighbor)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(on_truth), stored_values(t2s))
+    sidecar = json.loads((bids_dir / f"{name}_T2starw.json").read_text())
+    assert (sidecar["EchoTime"], sidecar["RepetitionTime"]) == (pytest.approx(0.02), pytest.approx(0.03))
+    assert sidecar["AcquisitionDateTime"].startswith("2026-01-05")
+    assert not {"PatientName", "PatientID", "PatientBirthDate"} & set(sidecar)
+    [header] = read_headers(bids_dir / layout.dicom_headers_path(f"sub-{SUBJECT}_ses-20260105_T2starw.nii.gz"))
+    assert header.SOPInstanceUID == pydicom.dcmread(sources["t2star"]).SOPInstanceUID
+    assert header.NumberOfFrames == len(header.PerFrameFunctionalGroupsSequence) == t2s.GetSize()[2]
+    assert "PixelData" not in header and header.PatientID == PATIENT.patient_id
+    assert validator_errors(bids_dir) == []

@@ -1,5 +1,6 @@
-"""pacs.py: the SEG, SR and QC capture made for PACS from a case converted from DICOM, read back with
-highdicom against the NIfTI mask and the lesion table, and checked by dciodvfy (dicom3tools)."""
+"""pacs.py: the SEG, SR and QC capture made for PACS from a case converted from DICOM (a single-frame
+series or one Enhanced MR image), read back with highdicom against the NIfTI mask and the lesion table,
+and checked by dciodvfy (dicom3tools)."""
 
 import copy
 import shutil
@@ -21,6 +22,7 @@ from mixmicrobleednet.lesions import extract_lesions
 from mixmicrobleednet.pacs import MARS_CATEGORY, PacsError, write_dicom_outputs
 
 PATIENT = dicom_series.Patient(name="Quill^Imogen", patient_id="MRN-4471-88", birth_date="19471203", sex="F")
+GRID = dicom_series.oblique(make_image(brain_volume((20, 40, 36)), spacing_xyz=(0.7, 0.9, 1.2)))  # rows ≠ columns
 #: Three microbleeds on the NIfTI grid (i, j, k), with their MARS region, category and hemisphere.
 BLEEDS = [((12, 14, 8), "frontal", "lobar", "left"), ((24, 26, 11), "basal ganglia", "deep", "right"),
           ((18, 20, 4), "deep white matter", "deep", "midline")]
@@ -30,17 +32,29 @@ BLEEDS = [((12, 14, 8), "frontal", "lobar", "left"), ((24, 26, 11), "basal gangl
 def case(tmp_path_factory):
     """An oblique MR series, its headers as the pipeline keeps them (DICOM JSON, no pixels), the image
     dcm2niix converts it to, and the series' own grid."""
+    work = tmp_path_factory.mktemp("pacs")
+    files = dicom_series.write_series(GRID, work / "series", "t2star", patient=PATIENT, study=dicom_series.Study.new())
+    # reversed: the headers come in no particular order
+    return converted(files, work)[::-1], sitk.ReadImage(str(work / "t2s.nii.gz")), GRID
+
+
+@pytest.fixture(scope="module")
+def enhanced_case(tmp_path_factory):
+    """The same as one Enhanced MR image (a frame per slice, its planes in the functional groups), as
+    Siemens XA and Philips scanners export: its header, the image dcm2niix converts it to, the grid."""
+    work = tmp_path_factory.mktemp("pacs_enhanced")
+    path = dicom_series.write_enhanced_series(GRID, work / "series" / "IM0001.dcm", "t2star", patient=PATIENT,
+                                              study=dicom_series.Study.new())
+    return converted([path], work), sitk.ReadImage(str(work / "t2s.nii.gz")), GRID
+
+
+def converted(files: list[Path], work: Path) -> list[pydicom.Dataset]:
+    """The files converted by dcm2niix into work/t2s.nii.gz; their headers as the pipeline keeps them."""
     from dcm2niix import bin as dcm2niix
 
-    work = tmp_path_factory.mktemp("pacs")
-    grid = dicom_series.oblique(make_image(brain_volume((20, 40, 36)), spacing_xyz=(0.7, 0.9, 1.2)))  # rows ≠ columns
-    files = dicom_series.write_series(grid, work / "series", "t2star", patient=PATIENT, study=dicom_series.Study.new())
-    subprocess.run([dcm2niix, "-b", "n", "-z", "y", "-f", "t2s", "-o", str(work), str(work / "series")],
+    subprocess.run([dcm2niix, "-b", "n", "-z", "y", "-f", "t2s", "-o", str(work), str(files[0].parent)],
                    check=True, capture_output=True)
-    nifti = sitk.ReadImage(str(work / "t2s.nii.gz"))
-    # reversed: the headers come in no particular order
-    headers = [pydicom.Dataset.from_json(ds.to_json_dict()) for ds in dicom_series.headers(files)][::-1]
-    return headers, nifti, grid
+    return [pydicom.Dataset.from_json(ds.to_json_dict()) for ds in dicom_series.headers(files)]
 
 
 def microbleeds(nifti: sitk.Image, bleeds=BLEEDS) -> tuple[sitk.Image, pd.DataFrame]:
@@ -81,9 +95,25 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 
 def expected_frames(mask: sitk.Image, grid: sitk.Image, headers: list[pydicom.Dataset]) -> np.ndarray:
-    """The mask on the series' own grid (ITK's nearest-neighbour resampling), one frame per header."""
+    """The mask on the series' own grid (ITK's nearest-neighbour resampling), a frame per source frame: per
+    single-frame header its slice (InstanceNumber), per frame of a multi-frame one its InStackPositionNumber."""
     on_series = sitk.GetArrayFromImage(sitk.Resample(mask, grid, sitk.Transform(), sitk.sitkNearestNeighbor))
-    return np.stack([on_series[ds.InstanceNumber - 1] for ds in headers])
+    frames = headers[0].get("PerFrameFunctionalGroupsSequence")
+    slices = [groups.FrameContentSequence[0].InStackPositionNumber for groups in frames] if frames else \
+        [ds.InstanceNumber for ds in headers]
+    return np.stack([on_series[n - 1] for n in slices])
+
+
+def per_frame_planes(header: pydicom.Dataset) -> pydicom.Dataset:
+    """A copy of a multi-frame header with orientation and pixel spacing in each frame's functional groups
+    rather than the shared ones, as Philips writes them."""
+    header = copy.deepcopy(header)
+    shared = header.SharedFunctionalGroupsSequence[0]
+    for sequence in ("PlaneOrientationSequence", "PixelMeasuresSequence"):
+        for frame in header.PerFrameFunctionalGroupsSequence:
+            setattr(frame, sequence, copy.deepcopy(shared[sequence].value))
+        del shared[sequence]
+    return header
 
 
 def seg_frames(path: Path, headers: list[pydicom.Dataset]) -> np.ndarray:
@@ -92,29 +122,10 @@ def seg_frames(path: Path, headers: list[pydicom.Dataset]) -> np.ndarray:
                                              assert_missing_frames_are_empty=True)[..., 0]
 
 
-def test_outputs_overlay_the_source_series_and_hold_the_table(case, tmp_path):
-    headers, nifti, grid = case
-    # dcm2niix's axes are not the series' rows, columns and slices: the mapping must undo that.
-    assert not np.allclose(nifti.GetDirection(), grid.GetDirection(), atol=1e-3)
-    mask, table = microbleeds(nifti)
-    assert len(table) == 3
-    paths = outputs(tmp_path)
-    assert write_dicom_outputs(paths, mask, table, None, headers) == {k: p for k, p in paths.items() if k != "dicom_qc"}
-
-    frames = seg_frames(paths["dicom_seg"], headers)
-    assert frames.sum() == sitk.GetArrayViewFromImage(mask).sum() == table.voxel_count.sum()
-    np.testing.assert_array_equal(frames, expected_frames(mask, grid, headers))
-    seg = pydicom.dcmread(paths["dicom_seg"])
-    assert seg.NumberOfFrames < len(headers)  # the empty ones are omitted, and read back as empty
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == headers[0].SeriesInstanceUID
-    assert {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} \
-        == {ds.SOPInstanceUID for ds in headers}
-    segment = seg.SegmentSequence[0]
-    assert (segment.SegmentLabel, segment.SegmentAlgorithmType) == ("Cerebral microbleed", "AUTOMATIC")
-    assert segment.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "99MMBN"
-    assert segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == __version__
-
-    sr = hd.sr.srread(paths["dicom_sr"])
+def check_report(path: Path, table: pd.DataFrame, nifti: sitk.Image, headers: list[pydicom.Dataset]) -> None:
+    """The SR holds the table's microbleeds, at their centroids in the source's frame of reference, and cites
+    the source."""
+    sr = hd.sr.srread(path)
     groups = {group.tracking_identifier: group for group in sr.content.get_volumetric_roi_measurement_groups()}
     assert set(groups) == {f"microbleed {n}" for n in table.lesion_id}
     for row in table.itertuples():
@@ -142,6 +153,31 @@ def test_outputs_overlay_the_source_series_and_hold_the_table(case, tmp_path):
     assert evidence.SeriesInstanceUID == headers[0].SeriesInstanceUID
     assert len(evidence.ReferencedSOPSequence) == len(headers)
 
+
+def test_outputs_overlay_the_source_series_and_hold_the_table(case, tmp_path):
+    headers, nifti, grid = case
+    # dcm2niix's axes are not the series' rows, columns and slices: the mapping must undo that.
+    assert not np.allclose(nifti.GetDirection(), grid.GetDirection(), atol=1e-3)
+    mask, table = microbleeds(nifti)
+    assert len(table) == 3
+    paths = outputs(tmp_path)
+    assert write_dicom_outputs(paths, mask, table, None, headers) == {k: p for k, p in paths.items() if k != "dicom_qc"}
+
+    frames = seg_frames(paths["dicom_seg"], headers)
+    assert frames.sum() == sitk.GetArrayViewFromImage(mask).sum() == table.voxel_count.sum()
+    np.testing.assert_array_equal(frames, expected_frames(mask, grid, headers))
+    seg = pydicom.dcmread(paths["dicom_seg"])
+    assert seg.NumberOfFrames < len(headers)  # the empty ones are omitted, and read back as empty
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == headers[0].SeriesInstanceUID
+    assert {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} \
+        == {ds.SOPInstanceUID for ds in headers}
+    segment = seg.SegmentSequence[0]
+    assert (segment.SegmentLabel, segment.SegmentAlgorithmType) == ("Cerebral microbleed", "AUTOMATIC")
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "99MMBN"
+    assert segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == __version__
+
+    check_report(paths["dicom_sr"], table, nifti, headers)
+
     for path in (paths["dicom_seg"], paths["dicom_sr"]):
         written = pydicom.dcmread(path)
         assert (written.PatientName, written.PatientID, written.PatientBirthDate) == \
@@ -150,6 +186,78 @@ def test_outputs_overlay_the_source_series_and_hold_the_table(case, tmp_path):
         assert written.SeriesInstanceUID != headers[0].SeriesInstanceUID
         assert (written.Manufacturer, written.SoftwareVersions) == ("MixMicrobleedNet", __version__)
         assert dciodvfy_errors(path) == []
+
+
+@pytest.mark.parametrize("planes", ["shared", "per frame", "frames reversed"])
+def test_an_enhanced_source_gets_a_seg_of_its_frames_a_report_and_a_capture(enhanced_case, tmp_path, planes):
+    """One Enhanced MR image (Siemens XA, Philips): the SEG's frames are its frames, whether orientation and
+    pixel spacing are shared (Siemens) or per frame (Philips), whatever their order; the SR cites it, the
+    capture is in its study."""
+    [header], nifti, grid = enhanced_case
+    assert header.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4.1" and header.NumberOfFrames == grid.GetSize()[2]
+    assert not np.allclose(nifti.GetDirection(), grid.GetDirection(), atol=1e-3)
+    if planes == "frames reversed":  # the frames of the image in the other order: the SEG follows their positions
+        header = copy.deepcopy(header)
+        header.PerFrameFunctionalGroupsSequence = list(header.PerFrameFunctionalGroupsSequence)[::-1]
+    source = per_frame_planes(header) if planes == "per frame" else header
+    mask, table = microbleeds(nifti)
+    assert len(table) == 3
+    qc_png(tmp_path / "qc.png")
+    paths = outputs(tmp_path)
+    assert write_dicom_outputs(paths, mask, table, tmp_path / "qc.png", [source]) == paths
+
+    seg = hd.seg.segread(paths["dicom_seg"])
+    frames = seg.get_pixels_by_source_frame(header.SOPInstanceUID, list(range(1, header.NumberOfFrames + 1)),
+                                            segment_numbers=[1], assert_missing_frames_are_empty=True)[..., 0]
+    assert frames.sum() == sitk.GetArrayViewFromImage(mask).sum() == table.voxel_count.sum()
+    np.testing.assert_array_equal(frames, expected_frames(mask, grid, [header]))
+    assert seg.NumberOfFrames < header.NumberOfFrames  # the empty ones are omitted, and read back as empty
+    [referenced] = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert (seg.ReferencedSeriesSequence[0].SeriesInstanceUID, referenced.ReferencedSOPInstanceUID) == \
+        (header.SeriesInstanceUID, header.SOPInstanceUID)
+    assert seg.FrameOfReferenceUID == header.FrameOfReferenceUID
+    assert planes != "per frame" or "PlaneOrientationSequence" in source.PerFrameFunctionalGroupsSequence[0]  # as given
+
+    check_report(paths["dicom_sr"], table, nifti, [header])
+    capture = pydicom.dcmread(paths["dicom_qc"])
+    assert (capture.PatientID, capture.StudyInstanceUID) == (PATIENT.patient_id, header.StudyInstanceUID)
+    for path in paths.values():
+        assert dciodvfy_errors(path) == []
+
+
+def _two_images(header):
+    return [header, copy.deepcopy(header)]
+
+
+def _frame_3_unplaced(header):
+    del header.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence
+    return [header]
+
+
+def _frames_miscounted(header):
+    header.NumberOfFrames += 1
+    return [header]
+
+
+def _frame_2_turned(header):  # by a millionth: still on the NIfTI grid, but not one orientation
+    header = per_frame_planes(header)
+    orientation = header.PerFrameFunctionalGroupsSequence[1].PlaneOrientationSequence[0]
+    orientation.ImageOrientationPatient = [round(v + 1e-6, 8) for v in orientation.ImageOrientationPatient]
+    return [header]
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (_two_images, "2 source images, multi-frame ones among them"),
+    (_frame_3_unplaced, "frame 3 lacks ImagePositionPatient"),
+    (_frames_miscounted, "20 per-frame functional groups for NumberOfFrames 21"),
+    (_frame_2_turned, "its frames differ in PlaneOrientationSequence")])
+def test_enhanced_sources_without_one_grid_are_refused(enhanced_case, tmp_path, damage, problem):
+    """A multi-frame source whose frames are not one grid that highdicom can write a SEG of: named, nothing written."""
+    [header], nifti, _ = enhanced_case
+    mask, table = microbleeds(nifti)
+    with pytest.raises(PacsError, match=problem):
+        write_dicom_outputs(outputs(tmp_path, with_qc=False), mask, table, None, damage(copy.deepcopy(header)))
+    assert not any(tmp_path.iterdir())
 
 
 def test_qc_picture_is_a_secondary_capture_in_the_patients_study(case, tmp_path):

@@ -18,9 +18,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from mixmicrobleednet import layout
+from mixmicrobleednet import agreement, decisions, layout, records
 from mixmicrobleednet.lesions import extract_lesions
-from mixmicrobleednet import agreement, decisions
 from mixmicrobleednet.decisions import ReviewError, StaleReview
 
 REPO = Path(__file__).resolve().parents[1]
@@ -307,16 +306,16 @@ def test_kappa_and_icc_on_numbers_worked_by_hand():
 
 
 def test_agreement_between_two_raters_per_case_and_over_the_cases(tmp_path):
-    records = [write_output(tmp_path, case_id=layout.case_stem(s)) for s in ("a1", "a2", "a3")]
+    outputs = [write_output(tmp_path, case_id=layout.case_stem(s)) for s in ("a1", "a2", "a3")]
     plan = {"alice": [("accept", "accept", "reject"), ("accept", "reject", "reject"), ("accept", "accept", "accept")],
             "bob": [("accept", "reject", "reject"), ("accept", "reject", "reject"), ("accept", "accept", "unsure")]}
     for rater, cases in plan.items():
-        for record, choices in zip(records, cases):
+        for record, choices in zip(outputs, cases):
             for lesion_id, decision in enumerate(choices, 1):
                 decisions.record_decision(tmp_path, record, rater, lesion_id, decision)
             decisions.set_done(tmp_path, record, rater, True)
-    found = agreement.agreement(tmp_path, records)
-    records_ids = [r["case_id"] for r in records]
+    found = agreement.agreement(tmp_path, outputs)
+    case_ids = [r["case_id"] for r in outputs]
     # counts (accepted): alice 2, 1, 3; bob 1, 1, 2
     assert [case["counts"] for case in found["cases"]] == [{"alice": 2, "bob": 1}, {"alice": 1, "bob": 1},
                                                           {"alice": 3, "bob": 2}]
@@ -331,16 +330,14 @@ def test_agreement_between_two_raters_per_case_and_over_the_cases(tmp_path):
     assert pair["count_icc"] == pytest.approx(agreement.icc_agreement([[2, 1], [1, 1], [3, 2]]))
 
     # merge: the reviewed values in summary.csv, a row per case and rater, the agreement beside them
-    from mixmicrobleednet import records as reports
-
-    reports.merge(tmp_path)
+    records.merge(tmp_path)
     summary = pd.read_csv(tmp_path / layout.SUMMARY_CSV)
     assert list(summary.columns[-len(decisions.REVIEW_COLUMNS):]) == decisions.REVIEW_COLUMNS
     assert list(summary["review_status"]) == ["done"] * 3 and list(summary["reviewed_by"]) == ["alice bob"] * 3
     raters = pd.read_csv(tmp_path / layout.REVIEW_RATERS_TSV, sep="\t")
     assert list(zip(raters["case"], raters["rater"], raters["status"], raters["reviewed_count"])) == [
-        (records_ids[0], "alice", "done", 2), (records_ids[0], "bob", "done", 1), (records_ids[1], "alice", "done", 1),
-        (records_ids[1], "bob", "done", 1), (records_ids[2], "alice", "done", 3), (records_ids[2], "bob", "done", 2)]
+        (case_ids[0], "alice", "done", 2), (case_ids[0], "bob", "done", 1), (case_ids[1], "alice", "done", 1),
+        (case_ids[1], "bob", "done", 1), (case_ids[2], "alice", "done", 3), (case_ids[2], "bob", "done", 2)]
     assert json.loads((tmp_path / layout.REVIEW_AGREEMENT_JSON).read_text()) == json.loads(json.dumps(found))
 
 
@@ -401,8 +398,6 @@ def app_address(shipped_run):
 @pytest.mark.browser
 def test_a_rater_reviews_the_shipped_case_in_chromium(shipped_run, app_address):
     from playwright.sync_api import expect, sync_playwright
-
-    from mixmicrobleednet import records as reports
 
     (record,) = records.read_records(shipped_run)
     case_id = record["case_id"]

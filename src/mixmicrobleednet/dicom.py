@@ -128,11 +128,32 @@ def _values(value) -> tuple[str, ...]:
                                                    type(value).__name__ == "MultiValue" else [value]))
 
 
+#: Enhanced MR's EchoPulseSequence as the ScanningSequence values the rules read.
+_ECHO_PULSE = {"GRADIENT": ("GR",), "SPIN": ("SE",), "BOTH": ("SE", "GR")}
+
+
+def _frame_value(dataset, sequence: str, keyword: str):
+    """A multi-frame (enhanced) image's `keyword` in the functional group `sequence`: shared, or the first frame's."""
+    for groups in (*(dataset.get("SharedFunctionalGroupsSequence") or [])[:1],
+                   *(dataset.get("PerFrameFunctionalGroupsSequence") or [])[:1]):
+        for item in (groups.get(sequence) or [])[:1]:
+            return item.get(keyword)
+    return None
+
+
 def _tags(dataset) -> dict:
+    """The identifying tags; of an enhanced MR image (no EchoTime, ScanningSequence), the echo time of its
+    MREchoSequence and the sequence from EchoPulseSequence, InversionRecovery, EchoPlanarPulseSequence."""
     echo = dataset.get("EchoTime")
+    if echo in (None, ""):
+        echo = _frame_value(dataset, "MREchoSequence", "EffectiveEchoTime")
+    sequence = _values(dataset.get("ScanningSequence")) or (
+        _ECHO_PULSE.get(str(dataset.get("EchoPulseSequence", "")).upper(), ())
+        + tuple(code for code, keyword in (("IR", "InversionRecovery"), ("EP", "EchoPlanarPulseSequence"))
+                if str(dataset.get(keyword, "")).upper() == "YES"))
     return {"modality": str(dataset.get("Modality", "")), "description": str(dataset.get("SeriesDescription", "")),
             "protocol": str(dataset.get("ProtocolName", "")), "image_type": _values(dataset.get("ImageType")),
-            "sequence": _values(dataset.get("ScanningSequence")),
+            "sequence": sequence,
             "echo_time_ms": float(echo) if echo not in (None, "") else None,
             "series_number": dataset.get("SeriesNumber", ""), "patient_id": str(dataset.get("PatientID", "")),
             "study_uid": str(dataset.get("StudyInstanceUID", "")), "study_date": str(dataset.get("StudyDate", "")),

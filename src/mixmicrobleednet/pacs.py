@@ -2,7 +2,9 @@
 viewer shows with the source series, in the patient's study.
 
 - a DICOM SEG (binary, one segment "Cerebral microbleed") on the source series' own grid, a frame per
-  source slice, so that it overlays the series it was found on;
+  source slice, so that it overlays the series it was found on: single-frame images (MR Image Storage)
+  or one multi-frame image (Enhanced MR, as Siemens XA and Philips export) with its planes in the
+  functional groups;
 - a Comprehensive 3D SR, a TID 1500 Measurement Report: one measurement group per microbleed (its
   place as a 3D point, volume, equivalent diameter, probabilities, MARS region and hemisphere) and a
   count of microbleeds (0 too, so an empty report says "none" rather than nothing);
@@ -69,6 +71,8 @@ DEIDENTIFICATION = [f"{NAME} {__version__}", "patient name and ID set to the sub
                     "accession, physicians, institution, station removed", "study and series UIDs and dates kept"]
 _GEOMETRY = ("SOPInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "ImagePositionPatient",
              "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
+#: Where a multi-frame (enhanced) image holds a frame's ImagePositionPatient, ImageOrientationPatient, PixelSpacing.
+_FUNCTIONAL_GROUPS = ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence")
 
 
 def _private(text: str) -> hd.sr.CodedConcept:
@@ -104,21 +108,52 @@ def write_dicom_outputs(paths: dict[str, Path], mask: sitk.Image, table: pd.Data
 def _check_source(source: list[pydicom.Dataset]) -> None:
     if not source:
         raise PacsError("no source DICOM headers")
-    for dataset in source:
-        missing = [keyword for keyword in _GEOMETRY if dataset.get(keyword) in (None, "")]
+    for where, plane in _planes(source):
+        missing = [keyword for keyword in _GEOMETRY if plane.get(keyword) in (None, "")]
         if missing:
-            raise PacsError(f"source header {dataset.get('SOPInstanceUID', '?')} lacks {', '.join(missing)}")
+            raise PacsError(f"{where.replace('slice', 'header', 1)} lacks {', '.join(missing)}")
     if len({dataset.SeriesInstanceUID for dataset in source}) != 1:
         raise PacsError("the source headers are of more than one series")
 
 
+def _multiframe(source: list[pydicom.Dataset]) -> bool:
+    return any("PerFrameFunctionalGroupsSequence" in dataset for dataset in source)
+
+
+def _planes(source: list[pydicom.Dataset]) -> list[tuple[str, pydicom.Dataset]]:
+    """The source frames in the SEG's frame order, each named and with its plane as a single-frame image
+    holds it (_GEOMETRY): the single-frame images, or the frames of one multi-frame (enhanced) image, whose
+    functional groups hold a frame's plane (its position per frame; orientation, spacing shared or per frame)."""
+    if not _multiframe(source):
+        return [(f"source slice {dataset.get('SOPInstanceUID', '?')}", dataset) for dataset in source]
+    if len(source) > 1:
+        raise PacsError(f"{len(source)} source images, multi-frame ones among them: a SEG has one multi-frame source")
+    [image] = source
+    shared = (image.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
+    frames = image.PerFrameFunctionalGroupsSequence
+    if len(frames) != int(image.get("NumberOfFrames") or 0):
+        raise PacsError(f"source image {image.get('SOPInstanceUID', '?')} has {len(frames)} per-frame functional "
+                        f"groups for NumberOfFrames {image.get('NumberOfFrames')}")
+    planes = []
+    for number, groups in enumerate(frames, start=1):
+        plane = pydicom.Dataset()
+        for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Rows", "Columns"):
+            if keyword in image:
+                plane[keyword] = image[keyword]
+        for sequence in _FUNCTIONAL_GROUPS:
+            for item in (groups.get(sequence) or shared.get(sequence) or [])[:1]:
+                plane.update(item)
+        planes.append((f"source slice {image.get('SOPInstanceUID', '?')} frame {number}", plane))
+    return planes
+
+
 def _mask_on_source(mask: sitk.Image, source: list[pydicom.Dataset]) -> np.ndarray:
-    """The mask at the centre of every source pixel: (slices, rows, columns), uint8."""
+    """The mask at the centre of every source pixel: (frames, rows, columns), uint8, a frame per _planes."""
     voxels = sitk.GetArrayViewFromImage(mask)
     to_index = np.linalg.inv(np.reshape(mask.GetDirection(), (3, 3)) * mask.GetSpacing())
     origin, size = np.array(mask.GetOrigin()), np.array(mask.GetSize())
     frames = []
-    for dataset in source:
+    for where, dataset in _planes(source):
         orientation = np.array(dataset.ImageOrientationPatient, float)
         row_spacing, column_spacing = (float(v) for v in dataset.PixelSpacing)
         rows, columns = np.mgrid[0:int(dataset.Rows), 0:int(dataset.Columns)]
@@ -127,7 +162,6 @@ def _mask_on_source(mask: sitk.Image, source: list[pydicom.Dataset]) -> np.ndarr
                + rows[..., None] * row_spacing * orientation[3:])
         index = (lps - origin) @ to_index.T
         nearest = np.rint(index)
-        where = f"source slice {dataset.SOPInstanceUID}"
         if (off := float(np.abs(index - nearest).max())) > GRID_TOLERANCE:
             raise PacsError(f"{where} is {off:.3f} voxel off the NIfTI grid: "
                             "the headers are not of the converted series")
@@ -136,6 +170,30 @@ def _mask_on_source(mask: sitk.Image, source: list[pydicom.Dataset]) -> np.ndarr
         i, j, k = nearest.astype(int).transpose(2, 0, 1)
         frames.append(voxels[k, j, i])
     return (np.stack(frames) > 0).astype(np.uint8)
+
+
+def _shared_planes(source: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """The source as highdicom (0.28.2) takes it: it reads a multi-frame image's orientation and pixel
+    spacing from the shared functional groups only, so per-frame ones (as Philips writes them) move there,
+    in a copy, when the same in every frame."""
+    if not _multiframe(source):
+        return source
+    [image] = source
+    shared = (image.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
+    moved = [sequence for sequence in _FUNCTIONAL_GROUPS[1:] if not shared.get(sequence)]
+    if not moved:
+        return source
+    image, shared = copy.deepcopy(image), copy.deepcopy(shared)
+    frames = image.PerFrameFunctionalGroupsSequence
+    for sequence in moved:
+        if any(frame[sequence][0] != frames[0][sequence][0] for frame in frames):
+            raise PacsError(f"source image {image.SOPInstanceUID}: its frames differ in {sequence}, and highdicom "
+                            "makes a SEG of a multi-frame image only with one orientation and pixel spacing")
+        shared[sequence] = frames[0][sequence]
+        for frame in frames:
+            del frame[sequence]
+    image.SharedFunctionalGroupsSequence = [shared]
+    return [image]
 
 
 def _segmentation(mask: sitk.Image, source: list[pydicom.Dataset]) -> hd.seg.Segmentation:
@@ -147,7 +205,7 @@ def _segmentation(mask: sitk.Image, source: list[pydicom.Dataset]) -> hd.seg.Seg
                                                                       __version__))
     frames = _mask_on_source(mask, source)
     return hd.seg.Segmentation(
-        source_images=source, pixel_array=frames,
+        source_images=_shared_planes(source), pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
         series_instance_uid=generate_uid(), series_number=SERIES_NUMBERS["dicom_seg"], sop_instance_uid=generate_uid(),
         instance_number=1, manufacturer=NAME, manufacturer_model_name=NAME, software_versions=__version__,
