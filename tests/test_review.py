@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from mixmicrobleednet import agreement, decisions, layout, records
+from mixmicrobleednet import lesions as lesion_module
 from mixmicrobleednet.lesions import extract_lesions
 from mixmicrobleednet.decisions import ReviewError, StaleReview
 
@@ -183,6 +184,49 @@ def test_bad_and_foreign_review_files_are_reported_never_fatal(tmp_path):
     with pytest.raises(ReviewError, match="move it away"):
         decisions.record_decision(tmp_path, record, "bob", 1, "accept")
     assert (folder / "bob.json").read_text() == "{not json"
+
+
+def test_the_viewer_gets_a_cube_around_a_detection_where_it_lies_in_the_scan(tmp_path):
+    """The case page's viewer loads a cube of the T2* and the mask around the selected detection, at
+    full resolution and placed in the scan's world, not the whole scan (views.py)."""
+    from starlette.testclient import TestClient
+
+    from mixmicrobleednet.review.app import Workspace, create_app
+    from mixmicrobleednet.review.views import VIEW_MM
+
+    record = write_output(tmp_path)
+    client = TestClient(create_app(Workspace(tmp_path, "alice", tmp_path / "input")), base_url="http://127.0.0.1")
+    page = client.get(f"/api/cases/{CASE}").json()
+    assert page["view"]["size_mm"] == VIEW_MM
+    table = decisions.detections(tmp_path, record)
+    x, y, z = table.loc[1, lesion_module.WORLD_COLUMNS]
+    for kind in ("mask", "t2s"):
+        response = client.get(f"{page['view']['url']}/{kind}", params={"x": x, "y": y, "z": z, "ahead": "nosuchcase"})
+        assert response.status_code == 200
+        (tmp_path / f"{kind}.nii").write_bytes(response.content)
+    cube, mask = (sitk.ReadImage(str(tmp_path / f"{kind}.nii")) for kind in ("t2s", "mask"))
+    whole = sitk.ReadImage(str(tmp_path / record["outputs"]["mask"]))
+    assert cube.GetSpacing() == whole.GetSpacing() and mask.GetSize() == cube.GetSize()
+    # every voxel of the cube is the scan's voxel at the same place
+    index = np.array(whole.TransformPhysicalPointToIndex(mask.GetOrigin()))
+    size = np.array(mask.GetSize())
+    box = tuple(slice(i, i + n) for i, n in zip(index[::-1], size[::-1]))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(whole)[box])
+    assert sitk.GetArrayFromImage(mask)[tuple(np.array(mask.TransformPhysicalPointToIndex((-x, -y, z)))[::-1])] == 1
+    t2s = sitk.ReadImage(str(tmp_path / "input" / record["inputs"][0]["file"]))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(cube), sitk.GetArrayFromImage(t2s)[box])
+    # a cube smaller than the scan: cut out of it where it lies, clipped at the scan's edge
+    from mixmicrobleednet.review.views import CaseImages
+
+    (tmp_path / "small.nii").write_bytes(CaseImages().cube({"mask": tmp_path / record["outputs"]["mask"]}, "mask",
+                                                           (x, y, z), size_mm=6.0))
+    small = sitk.ReadImage(str(tmp_path / "small.nii"))
+    start = np.array(whole.TransformPhysicalPointToIndex(small.GetOrigin()))
+    assert tuple(small.GetSize()) == (7, 7, 5) and (start >= 0).all()
+    box = tuple(slice(i, i + n) for i, n in zip(start[::-1], small.GetSize()[::-1]))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(small), sitk.GetArrayFromImage(whole)[box])
+    assert client.get(f"{page['view']['url']}/mask", params={"x": "a"}).status_code == 400
+    assert client.get(f"{page['view']['url']}/probability", params={"x": x, "y": y, "z": z}).status_code == 404
 
 
 def test_the_app_serves_nothing_outside_the_output_folder(tmp_path):
@@ -423,6 +467,7 @@ def test_a_rater_reviews_the_shipped_case_in_chromium(shipped_run, app_address):
         page.keyboard.press("r")
         expect(detections.nth(1).locator("td").last).to_have_text("reject")
         expect(detections.nth(2)).to_have_class("selected")
+        page.wait_for_selector("body[data-viewer=ready]")  # a detection beyond the cube: a cube around it
         # the viewer is centred on the selected detection: NiiVue's crosshair at its RAS centroid
         crosshair = page.evaluate("Array.from(review.nv.frac2mm(review.nv.scene.crosshairPos, 0, true)).slice(0, 3)")
         assert np.allclose(crosshair, table.loc[2, ["centroid_x_ras_mm", "centroid_y_ras_mm", "centroid_z_ras_mm"]],

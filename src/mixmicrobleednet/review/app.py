@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from .. import __version__, records
 from .. import decisions
 from ..decisions import ReviewError, StaleReview
+from .views import VIEW_MM, CaseImages
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Workspace:
         self.output_dir = Path(output_dir)
         self.rater = decisions.check_rater(rater)
         self.input_dir = input_dir
+        self.images = CaseImages()
 
     def records(self) -> dict[str, dict]:
         return {record["case_id"]: record for record in records.read_records(self.output_dir)}
@@ -77,8 +79,15 @@ class Workspace:
                 "reviews": {rater: reviews.status(rater) for rater in raters}, "problems": reviews.problems}
 
     def cohort(self) -> dict:
+        """The cohort page's cases; the first one in the rater's order is read for the viewer meanwhile."""
         found = self.records()
         rows = [self.case_row(record) for record in found.values()]
+        first = next((found[case_id] for case_id in self.review_order(rows) if found[case_id].get("status") == "ok"), None)
+        if first:
+            try:
+                self.images.read_ahead(self.image_paths(first))
+            except ReviewError:
+                pass  # its page says why
         return {"output_dir": str(self.output_dir), "rater": self.rater, "version": __version__,
                 "raters": sorted({rater for row in rows for rater in row["reviews"]} | {self.rater}), "cases": rows,
                 "problems": decisions.unknown_review_folders(self.output_dir, set(found))}
@@ -87,6 +96,12 @@ class Workspace:
         """The cohort page's default order: the rater's unfinished cases first, most microbleeds first."""
         return [row["case_id"] for row in sorted(rows, key=lambda r: (r["my_review"] == "done",
                                                                         -(r["microbleed_count"] or 0), r["case_id"]))]
+
+    def image_paths(self, record: dict) -> dict[str, Path]:
+        """The images the viewer shows: the mask, and the T2* scan when the input folder has it."""
+        paths = {"mask": decisions.output_path(self.output_dir, record, "mask")}
+        t2s = decisions.input_path(record, self.input_dir)
+        return paths | ({"t2s": t2s} if t2s else {})
 
     def case(self, case_id: str) -> dict:
         """Everything the case page shows."""
@@ -111,6 +126,8 @@ class Workspace:
         page["review"] = reviews.current.get(self.rater)
         page["stale_review"] = reviews.stale.get(self.rater)
         page["mask"] = f"/api/cases/{case_id}/outputs/mask"
+        page["view"] = {"url": f"/api/cases/{case_id}/view", "size_mm": VIEW_MM}
+        self.images.read_ahead(self.image_paths(record))
         if "qc" in record.get("outputs", {}):
             page["qc"] = f"/api/cases/{case_id}/outputs/qc"
         t2s = decisions.input_path(record, self.input_dir)
@@ -169,6 +186,29 @@ def create_app(workspace: Workspace, host: str = "127.0.0.1") -> Starlette:
             raise HTTPException(404, "no T2* scan in the input folder")
         return FileResponse(path)
 
+    def view(request: Request) -> Response:
+        """GET /api/cases/{case}/view/{t2s|mask}?x=&y=&z=[&ahead=CASE]: the cube the viewer shows around a
+        point (RAS mm); `ahead`: the case to read next."""
+        case_id, kind = request.path_params["case_id"], request.path_params["kind"]
+        record = workspace.record(case_id)
+        try:
+            paths = workspace.image_paths(record)
+            centre = tuple(float(request.query_params[axis]) for axis in "xyz")
+        except ReviewError as exc:
+            raise HTTPException(404, str(exc)) from None
+        except (KeyError, ValueError):
+            raise HTTPException(400, "give the centre as x, y and z (RAS mm)") from None
+        if kind not in paths:
+            raise HTTPException(404, f"{kind}: no such image of {case_id}")
+        cube = workspace.images.cube(paths, kind, centre)
+        ahead = workspace.records().get(request.query_params.get("ahead", ""))
+        if ahead and ahead.get("status") == "ok":  # the next case, read while the rater works on this one
+            try:
+                workspace.images.read_ahead(workspace.image_paths(ahead))
+            except ReviewError:
+                pass  # its page says why
+        return Response(cube, media_type="application/octet-stream")
+
     async def change(request: Request) -> Response:
         """POST /api/cases/{case}/{what}: decision {lesion_id, decision}, added {x_ras_mm, y_ras_mm,
         z_ras_mm}, remove_added {added_id}, note {note}, done {done}, start_again {}."""
@@ -202,6 +242,7 @@ def create_app(workspace: Workspace, host: str = "127.0.0.1") -> Starlette:
         Route("/", index), Route("/cases/{case_id}", page),
         Route("/api/cohort", cohort), Route("/api/cases/{case_id}", case),
         Route("/api/cases/{case_id}/outputs/{kind}", output), Route("/api/cases/{case_id}/t2s", t2s),
+        Route("/api/cases/{case_id}/view/{kind}", view),
         Route("/api/cases/{case_id}/{what}", change, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ], middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=_LOOPBACK if host in _LOOPBACK else ["*"])])

@@ -5,7 +5,8 @@ import { Niivue, SLICE_TYPE } from "/static/niivue.js";
 
 const caseId = decodeURIComponent(location.pathname.split("/").pop());
 const api = `/api/cases/${encodeURIComponent(caseId)}`;
-const state = { page: null, review: null, selected: 0, adding: false, ready: false };
+// view: the cube around a point the viewer shows ({centre, half} in RAS mm), or null for the whole scan
+const state = { page: null, review: null, selected: 0, adding: false, ready: false, view: null };
 const nv = new Niivue({
   backColor: [0, 0, 0, 1], crosshairColor: [0.1, 0.8, 1, 1], show3Dcrosshair: false, dragAndDropEnabled: false,
   multiplanarShowRender: 0,  // SHOW_RENDER.NEVER: three planes, no 3D tile
@@ -81,8 +82,11 @@ function render() {
   document.getElementById("done-time").textContent = review?.done ? `done ${review.done}` : "";
 }
 
-function centre(mm) {
+async function centre(mm) {
   if (!state.ready) return;
+  const view = state.view;
+  const margin = 8;  // mm: a microbleed near the cube's face is shown in a cube around it
+  if (view && mm.some((v, i) => Math.abs(v - view.centre[i]) > view.half - margin)) await showImages(mm);
   nv.scene.crosshairPos = nv.mm2frac(mm, 0, true);
   nv.drawScene();
   showCrosshair();
@@ -94,13 +98,16 @@ function showCrosshair() {
     `crosshair ${[0, 1, 2].map((i) => mm[i].toFixed(1)).join(", ")} (RAS mm)`;
 }
 
-function select(index) {
+function where(d) {
+  return [d.centroid_x_ras_mm, d.centroid_y_ras_mm, d.centroid_z_ras_mm];
+}
+
+async function select(index) {
   const detections = state.page.detections;
   if (!detections.length) return;
   state.selected = Math.max(0, Math.min(detections.length - 1, index));
-  const d = detections[state.selected];
-  centre([d.centroid_x_ras_mm, d.centroid_y_ras_mm, d.centroid_z_ras_mm]);
   render();
+  await centre(where(detections[state.selected]));
   document.querySelector("#detections tr.selected")?.scrollIntoView({ block: "nearest" });
 }
 
@@ -146,21 +153,48 @@ async function load() {
   render();
 }
 
-async function showImages() {
+// The viewer shows a cube around `mm` (RAS), or the whole scan when `mm` is null: a cube is at full
+// resolution and quick to show without a GPU, the whole scan is for looking for missed microbleeds.
+async function showImages(mm) {
   const page = state.page;
   if (!page.mask) return;
-  const volumes = page.t2s
-    ? [{ url: page.t2s.url, name: page.t2s.name },
-       { url: page.mask, name: "mask.nii.gz", colormap: "red", opacity: 0.55, cal_min: 0.5, cal_max: 1 }]
-    : [{ url: page.mask, name: "mask.nii.gz", colormap: "gray" }];
-  await nv.attachToCanvas(document.getElementById("viewer"));
+  document.body.dataset.viewer = "loading";
+  let t2s = page.t2s?.url, mask = page.mask;
+  if (mm) {
+    const at = `x=${mm[0]}&y=${mm[1]}&z=${mm[2]}`;
+    t2s = page.t2s && `${page.view.url}/t2s?${at}`;
+    mask = `${page.view.url}/mask?${at}` + (page.next_case ? `&ahead=${encodeURIComponent(page.next_case)}` : "");
+  }
+  const volumes = t2s
+    ? [{ url: t2s, name: "t2s.nii" },
+       { url: mask, name: "mask.nii", colormap: "red", opacity: 0.55, cal_min: 0.5, cal_max: 1 }]
+    : [{ url: mask, name: "mask.nii", colormap: "gray" }];
   await nv.loadVolumes(volumes);
+  state.view = mm ? { centre: mm, half: page.view.size_mm / 2 } : null;
+  document.getElementById("view").textContent = mm
+    ? `view: ${page.view.size_mm} mm around ${mm.map((v) => v.toFixed(0)).join(", ")}` : "view: whole scan";
+  if (state.ready) document.body.dataset.viewer = "ready";
+}
+
+async function startViewer(attached) {
+  const detections = state.page.detections;
+  if (!state.page.mask) return;
+  await attached;
+  await showImages(detections.length ? where(detections[0]) : null);
   nv.setSliceType(SLICE_TYPE.MULTIPLANAR);
   nv.onLocationChange = showCrosshair;
   state.ready = true;
-  select(0);
+  await select(0);
   showCrosshair();
   document.body.dataset.viewer = "ready";
+}
+
+async function toggleWholeScan() {
+  if (!state.ready) return;
+  const mm = Array.from(nv.frac2mm(nv.scene.crosshairPos, 0, true)).slice(0, 3);
+  await showImages(state.view ? null : mm);
+  nv.scene.crosshairPos = nv.mm2frac(mm, 0, true);
+  nv.drawScene();
 }
 
 document.getElementById("viewer").addEventListener("mouseup", () => {
@@ -179,7 +213,7 @@ document.addEventListener("keydown", (event) => {
     k: () => select(state.selected - 1), p: () => select(state.selected - 1),
     N: () => { if (state.page.next_case) location.href = `/cases/${encodeURIComponent(state.page.next_case)}`; },
     d: () => send("done", { done: !state.review?.done }),
-    m: () => setAdding(!state.adding), Escape: () => setAdding(false),
+    m: () => setAdding(!state.adding), Escape: () => setAdding(false), w: toggleWholeScan,
   };
   const action = actions[event.key];
   if (action) {
@@ -196,5 +230,9 @@ document.getElementById("start-again").onclick = async () => {
   if (await send("start_again", {})) await load();
 };
 
+document.getElementById("whole").onclick = toggleWholeScan;
+
+// WebGL and NiiVue's shaders are set up while the case's page is read
+const attached = nv.attachToCanvas(document.getElementById("viewer"));
 await load();
-await showImages();
+await startViewer(attached);
