@@ -4,8 +4,8 @@ is given as a 3D texture, and without a GPU (SwiftShader) that costs seconds per
 a 192x512x512 scan with its mask took 30 s to show, a 60 mm cube a fraction of a second. The whole
 scan stays one key away (the page's "whole scan" view loads the files themselves).
 
-A case's images are read once and kept for the last few cases; the next case in the rater's order is
-read ahead while they work on this one.
+A case's images are read once (side by side) and kept for the last few cases; the first case of the
+cohort page and the next case in the rater's order are read ahead.
 """
 
 from __future__ import annotations
@@ -27,49 +27,47 @@ KEPT_CASES = 3
 
 
 class CaseImages:
-    """The case images (kind -> path: "t2s", "mask") of the last KEPT_CASES cases, read once each."""
+    """The viewer's images of the last few cases (each path read once; a case's scan and mask are read
+    side by side, as the page asks for both at once)."""
 
     def __init__(self):
-        self._images: OrderedDict[tuple, dict[str, sitk.Image]] = OrderedDict()
+        self._images: OrderedDict[tuple, sitk.Image] = OrderedDict()
         self._lock = threading.Lock()
         self._reading: dict[tuple, threading.Lock] = {}
         self._folder = tempfile.TemporaryDirectory(prefix="mixmicrobleednet-review-")
 
-    @staticmethod
-    def _key(paths: dict[str, Path]) -> tuple:
-        return tuple(sorted((kind, str(path), path.stat().st_mtime_ns) for kind, path in paths.items()))
-
-    def images(self, paths: dict[str, Path]) -> dict[str, sitk.Image]:
-        key = self._key(paths)
+    def image(self, path: Path) -> sitk.Image:
+        key = (str(path), path.stat().st_mtime_ns)
         with self._lock:
             reading = self._reading.setdefault(key, threading.Lock())
-        with reading:  # one reader per case; the others wait for its images
+        with reading:  # one reader per file; the others wait for its image
             with self._lock:
                 if key in self._images:
                     self._images.move_to_end(key)
                     return self._images[key]
-            images = {kind: sitk.ReadImage(str(path)) for kind, path in paths.items()}
+            image = sitk.ReadImage(str(path))
             with self._lock:
-                self._images[key] = images
-                while len(self._images) > KEPT_CASES:
+                self._images[key] = image
+                while len(self._images) > 2 * KEPT_CASES:
                     self._images.popitem(last=False)
                 self._reading.pop(key, None)
-            return images
+            return image
 
     def read_ahead(self, paths: dict[str, Path]) -> None:
-        def read():
+        def read(path: Path):
             try:
-                self.images(paths)
+                self.image(path)
             except (OSError, RuntimeError) as exc:  # shown when the case is opened
-                log.debug("reading ahead %s: %s", paths, exc)
+                log.debug("reading ahead %s: %s", path, exc)
 
-        threading.Thread(target=read, daemon=True).start()
+        for path in paths.values():
+            threading.Thread(target=read, args=(path,), daemon=True).start()
 
     def cube(self, paths: dict[str, Path], kind: str, centre_ras: tuple[float, float, float],
              size_mm: float = VIEW_MM) -> bytes:
         """An uncompressed NIfTI of the image `kind` within size_mm/2 of the point (RAS mm) on each
         axis of its grid, clipped to the image; its header places it where it lies in the scan."""
-        image = self.images(paths)[kind]
+        image = self.image(paths[kind])
         centre = image.TransformPhysicalPointToContinuousIndex((-centre_ras[0], -centre_ras[1], centre_ras[2]))
         half = np.ceil(size_mm / 2 / np.array(image.GetSpacing())).astype(int)
         size = np.array(image.GetSize())
