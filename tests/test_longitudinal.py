@@ -14,10 +14,10 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from mixmicrobleednet import layout, longitudinal, records
+from mixmicrobleednet import decisions, layout, longitudinal, records
 from mixmicrobleednet.cases import Case, has_series
 from mixmicrobleednet.files import write_image_atomic
-from mixmicrobleednet.lesions import extract_lesions
+from mixmicrobleednet.lesions import centroids_lps, extract_lesions
 from mixmicrobleednet.longitudinal import LongitudinalSettings, Scan, aria_h_grade, classify, compare_visits, find_series
 from mixmicrobleednet.report import write_lesion_table
 
@@ -135,6 +135,22 @@ def test_a_microbleed_appears_one_disappears_and_one_stays_while_the_head_moves(
     record = json.loads((output_dir / paths["record"]).read_text())
     assert record["registration"]["rotation_degrees"] == pytest.approx(10.0, abs=0.5)
     assert record["outputs"] == {"qc": paths["qc"]} and (output_dir / paths["qc"]).stat().st_size > 10_000
+    assert (rows[0]["baseline_microbleeds"], rows[0]["follow_up_microbleeds"]) == ("model", "model")
+
+    # a rater's finished review of the follow-up rejects the new detection: the comparison counts theirs
+    follow_up_record = next(r for r in records.read_records(output_dir) if r["case_id"] == follow_up_case)
+    table = decisions.detections(output_dir, follow_up_record)
+    lesion_of = {int(i): np.array(p) for i, p in zip(table["lesion_id"], centroids_lps(table))}
+    new_id = min(lesion_of, key=lambda i: np.linalg.norm(lesion_of[i] - back.TransformPoint(APPEARS)))
+    for lesion_id in lesion_of:
+        decisions.record_decision(output_dir, follow_up_record, "alice", lesion_id,
+                                  "reject" if lesion_id == new_id else "accept")
+    decisions.set_done(output_dir, follow_up_record, "alice", True)
+    rows = compare_visits(output_dir, input_dir)
+    assert [(r["status"], r["new"], r["persistent"], r["resolved"]) for r in rows] == [("ok", 0, 1, 1)]
+    assert (rows[0]["baseline_microbleeds"], rows[0]["follow_up_microbleeds"]) == ("model", "review by alice")
+    assert pd.read_csv(output_dir / layout.LONGITUDINAL_TSV, sep="\t")["follow_up_microbleeds"].tolist() == [
+        "review by alice"]
 
 
 def _scan_of(grid: sitk.Image, places: dict[tuple, float], brain: np.ndarray | None = None, dark=()) -> Scan:

@@ -46,19 +46,19 @@ import SimpleITK as sitk
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from . import layout, records
+from . import decisions, layout, records
 from .brain import stripped_brain
 from .cases import Case, CaseError, InputFolderError, seed_cases
 from .files import atomic_output
-from .lesions import centroids_lps
+from .lesions import WORLD_COLUMNS, centroids_lps
 from .registration import Registration, register_rigid
 
 log = logging.getLogger(__name__)
 
 #: ARIA-H microhemorrhage grades: the most new microbleeds each grade holds.
 ARIA_H_GRADES = (("none", 0), ("mild", 4), ("moderate", 9), ("severe", math.inf))
-LIMITS = ("superficial siderosis and ARIA-E are not detected; the grade counts the microbleeds the model found: "
-          "a research measure, not a diagnosis")
+LIMITS = ("superficial siderosis and ARIA-E are not detected; the grade counts the microbleeds the model found (or "
+          "a rater's finished review kept and added): a research measure, not a diagnosis")
 #: The QC picture shows at most this many new microbleeds (the most probable); the caption says how many more.
 QC_MAX_NEW = 12
 QC_FIELD_OF_VIEW_MM = 40.0
@@ -69,7 +69,7 @@ REGISTRATION_ERROR_MM = 1.0
 
 PAIR_COLUMNS = ["subject", "baseline", "follow_up", "interval_days", "new", "persistent", "resolved",
                 "aria_h_microhemorrhage_grade", "persistent_seen_once", "not_covered", "baseline_by", "status",
-                "message", "baseline_case", "follow_up_case"]
+                "message", "baseline_case", "follow_up_case", "baseline_microbleeds", "follow_up_microbleeds"]
 MICROBLEED_COLUMNS = ["subject", "baseline", "follow_up", "status", "seen_at", "baseline_lesion_id",
                       "follow_up_lesion_id", "baseline_x_ras_mm", "baseline_y_ras_mm", "baseline_z_ras_mm",
                       "follow_up_x_ras_mm", "follow_up_y_ras_mm", "follow_up_z_ras_mm", "distance_mm",
@@ -138,6 +138,7 @@ class Scan:
     mask: sitk.Image
     probability: sitk.Image
     microbleeds: pd.DataFrame  # lesions.LESION_COLUMNS
+    microbleeds_from: str = "model"  # or "review by <rater>" (visit_microbleeds)
 
     def centroid_lps(self) -> np.ndarray:
         centre = np.argwhere(self.brain).mean(0)[::-1]
@@ -202,11 +203,24 @@ def find_series(output_dir: Path, input_dir: Path, participants: tuple[str, ...]
     return sorted(series, key=lambda s: s.visits[0].case_id)
 
 
-def visit_microbleeds(output_dir: Path, record: records.CaseRecord) -> pd.DataFrame:
-    """A visit's microbleeds: its lesion table. The one place where a review's decisions (microbleeds
-    kept, rejected or added by a reader) are to replace the model's, once reviews are recorded."""
-    path = output_dir / record["outputs"]["lesions"]
-    return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+def visit_microbleeds(output_dir: Path, record: records.CaseRecord) -> tuple[pd.DataFrame, str]:
+    """A visit's microbleeds and whose they are: where a rater finished a review of the current mask
+    (decisions.reviewed_values: the latest), the detections they accepted and the microbleeds they
+    added (numbered after the table's, ADDED_DIAMETER_MM across), "review by <rater>"; else its lesion
+    table, "model"."""
+    table = decisions.detections(output_dir, record)
+    reviewed = decisions.reviewed_values(output_dir, record)
+    if reviewed["review_status"] != "done":
+        return table, "model"
+    rater = reviewed["review_rater"]
+    review = decisions.read_reviews(output_dir, record).current[rater]
+    accepted = table[[review["detections"].get(str(int(i)), {}).get("decision") == "accept" for i in table["lesion_id"]]]
+    first = int(table["lesion_id"].max()) + 1 if len(table) else 1
+    added = pd.DataFrame([{"lesion_id": first + n, "equivalent_diameter_mm": decisions.ADDED_DIAMETER_MM,
+                           **dict(zip(WORLD_COLUMNS, (a["x_ras_mm"], a["y_ras_mm"], a["z_ras_mm"])))}
+                          for n, a in enumerate(review["added"])], columns=table.columns)
+    parts = [frame for frame in (accepted, added) if len(frame)]  # pandas warns on concatenating empty frames
+    return (pd.concat(parts, ignore_index=True) if parts else table.iloc[:0]), f"review by {rater}"
 
 
 def _read_scan(output_dir: Path, visit: Visit) -> Scan:
@@ -226,7 +240,7 @@ def _read_scan(output_dir: Path, visit: Visit) -> Scan:
     masked.CopyInformation(t2s)
     return Scan(masked, brain, sitk.ReadImage(str(output_dir / outputs["mask"])),
                  sitk.ReadImage(str(output_dir / outputs["probability"]), sitk.sitkFloat32),
-                 visit_microbleeds(output_dir, record))
+                 *visit_microbleeds(output_dir, record))
 
 
 def _moved(image: sitk.Image, transform: sitk.Euler3DTransform) -> sitk.Image:
@@ -411,14 +425,15 @@ def compare_pair(output_dir: Path, series: Series, follow_up: Visit,
         scans = _read_scan(output_dir, baseline), _read_scan(output_dir, follow_up)
         registration, shift = register_visits(*scans)
         found = classify(*scans, registration.transform, settings)
-        row |= {**_counts(found), "status": "ok", "message": ""}
+        row |= {**_counts(found), "status": "ok", "message": "", "baseline_microbleeds": scans[0].microbleeds_from,
+                "follow_up_microbleeds": scans[1].microbleeds_from}
         record["registration"] = {**registration.as_record(), "started_from_brain_centroid_shift_mm":
                                   [round(float(s), 3) for s in shift],
                                   "maps": "baseline world (LPS mm) to the follow-up's, ITK's fixed to moving"}
         write_qc_picture(output_dir / paths["qc"], row, scans, registration, found)
         record["outputs"] = {"qc": paths["qc"]}
         microbleeds = found.assign(**names)[MICROBLEED_COLUMNS]
-    except PairError as error:
+    except (PairError, decisions.ReviewError) as error:
         row |= {"status": "error", "message": str(error)}
         log.error("%s: %s", follow_up.case_id, error)
     record |= {key: row.get(key) for key in PAIR_COLUMNS if key not in record}
