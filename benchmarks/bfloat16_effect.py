@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.emulate and not _cpu_has_bfloat16():
         parser.error("this CPU has no bfloat16 instructions: the real flag takes days here; add --emulate")
-    model = Model(args.model, "cpu", PredictionSettings(use_mirroring=False))
+    model = Model(args.model, "cpu", PredictionSettings(use_mirroring=False, cpu_runtime="torch"))  # PyTorch modules
     float32_network = model.predictor.network
     results = {"cpu_has_bfloat16": _cpu_has_bfloat16(), "emulated": args.emulate}
     if args.emulate:

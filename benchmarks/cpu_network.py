@@ -5,11 +5,12 @@
 Counts the network's FLOP per tile from its convolutions, measures the machine's fp32 peak with a
 plain matrix multiply (torch, all threads), then times one network call per setting on random
 tiles of the model's patch size, 1/2/4/8 tiles per call: nnU-Net's network as nnU-Net runs it
-(default memory layout), the same in channels-last 3D layout, ours (cpu_network.py's CPU network:
-channels-last and a leaner instance normalisation) and, when installed, ONNX Runtime and OpenVINO
-on the same weights (exported to a temporary folder, never shipped). Prints ms per tile, GFLOP/s,
-the share of the peak and the largest logit difference from nnU-Net's network on one tile.
-Model.predict_probabilities runs ours with PredictionSettings.tiles_per_batch tiles per call.
+(default memory layout), the same in channels-last 3D layout, ours on PyTorch (cpu_network.py's
+cpu_network: channels-last and a leaner instance normalisation), ours on OpenVINO (cpu_network.py's
+openvino_network: --cpu-runtime openvino, the default, and openvino-accurate) and, when installed (with onnx),
+ONNX Runtime on the same weights (exported to a temporary folder, never shipped). Prints ms per
+tile, GFLOP/s, the share of the peak and the largest logit difference from nnU-Net's network on one
+tile. Model.predict_probabilities runs ours with PredictionSettings.tiles_per_batch tiles per call.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def main() -> int:
     from mixmicrobleednet import layout
     from mixmicrobleednet.model import Model, PredictionSettings
 
-    ours = Model(args.model, "cpu", PredictionSettings(use_mirroring=False))
+    ours = Model(args.model, "cpu", PredictionSettings(use_mirroring=False, cpu_runtime="torch"))
     nnunet = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
     nnunet.initialize_from_trained_model_folder(str(args.model), use_folds=(layout.FOLD,),
                                                 checkpoint_name=layout.CHECKPOINT_NAME)
@@ -100,7 +101,7 @@ def main() -> int:
     def row(name, count, seconds, first_logits):
         difference = float(np.abs(np.asarray(first_logits, np.float32) - reference.numpy()).max())
         rows.append((name, count, seconds))
-        print(f"{name:28} {count} tiles/call {seconds / count * 1000:8.1f} ms/tile "
+        print(f"{name:34} {count} tiles/call {seconds / count * 1000:8.1f} ms/tile "
               f"{per_tile * count / seconds:7.1f} GFLOP/s {per_tile * count / seconds / peak:6.0%} of peak  "
               f"max |logit diff| {difference:.1e}", flush=True)
 
@@ -112,24 +113,28 @@ def main() -> int:
 
     time_torch("nnU-Net's network", network, torch.contiguous_format)
     time_torch("nnU-Net's, channels-last", network.to(memory_format=torch.channels_last_3d), torch.channels_last_3d)
-    time_torch("ours (cpu_network.py on the CPU)", ours.predictor.network, ours.predictor.tile_memory_format)
+    time_torch("ours, PyTorch (cpu_network)", ours.predictor.network, ours.predictor.tile_memory_format)
     network.to(memory_format=torch.contiguous_format)
+    try:
+        import openvino
+
+        for runtime in ("openvino", "openvino-accurate"):
+            on_openvino = Model(args.model, "cpu", PredictionSettings(use_mirroring=False, cpu_runtime=runtime))
+            time_torch(f"ours, {runtime} {openvino.__version__.split('-')[0]}", on_openvino.predictor.network,
+                       on_openvino.predictor.tile_memory_format)
+    except ImportError:
+        print("openvino not installed: skipped")
     with tempfile.TemporaryDirectory() as folder:
         onnx_file = Path(folder) / "network.onnx"
         try:
+            import onnx  # noqa: F401  (torch.onnx.export needs it)
             import onnxruntime
         except ImportError:
             onnxruntime = None
-            print("onnxruntime not installed: skipped")
-        try:
-            import openvino
-        except ImportError:
-            openvino = None
-            print("openvino not installed: skipped")
-        if onnxruntime or openvino:
+            print("onnxruntime or onnx not installed: skipped")
+        if onnxruntime:
             torch.onnx.export(network, (tiles[:1],), str(onnx_file), dynamo=False, input_names=["tiles"],
                               output_names=["logits"], dynamic_axes={"tiles": {0: "n"}, "logits": {0: "n"}})
-        if onnxruntime:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()
             session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
@@ -137,12 +142,6 @@ def main() -> int:
                 batch = tiles[:count].numpy()
                 seconds = best_seconds(lambda: session.run(None, {"tiles": batch}), args.repeats)
                 row(f"onnxruntime {onnxruntime.__version__}", count, seconds, session.run(None, {"tiles": batch})[0][0])
-        if openvino:
-            compiled = openvino.Core().compile_model(str(onnx_file), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-            for count in (1, 4):
-                batch = tiles[:count].numpy()
-                seconds = best_seconds(lambda: compiled(batch), args.repeats)
-                row(f"openvino {openvino.__version__}", count, seconds, compiled(batch)[0][0])
     fastest = min(rows, key=lambda r: r[2] / r[1])
     print(f"fastest: {fastest[0]}, {fastest[1]} tiles/call, {per_tile * fastest[1] / fastest[2]:.1f} GFLOP/s "
           f"({per_tile * fastest[1] / fastest[2] / peak:.0%} of the fp32 peak)")

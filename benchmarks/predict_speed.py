@@ -1,7 +1,9 @@
 """Per-case speed of our in-process predictor against nnUNetv2_predict, on the same model and cases.
 
     .venv/bin/python benchmarks/predict_speed.py [--work work/bench] [--model models/phantom-t1-t2-t2s] [--device cpu]
-                                                 [--mirroring]
+                                                 [--mirroring] [--cpu-runtime openvino|torch]
+    .venv/bin/python benchmarks/predict_speed.py --compare-runtimes [SEED_DIR] [--work ...] [--model ...] [--mirroring]
+                                                 [--runtimes openvino openvino-accurate torch] [--reuse]
 
 Makes three phantoms once (0.8x0.49x0.49 mm on a 192x512x512 grid, 3.5x0.45x0.45 mm, 3x1x1 mm),
 then in one run times, each in a fresh process so that start-up counts as a user sees it:
@@ -15,7 +17,19 @@ then ours again with microbleed regions (the atlas registration nnUNetv2_predict
 checks that the masks are identical, and prints per-case stages (read+align, preprocess, network,
 resample to the input grid, lesions, write), the network-only sliding-window time and its GFLOP/s
 against the machine's fp32 peak (a matrix multiply, measured in the same run; cpu_network.py), peak
-resident memory of each process tree, and a last line `speedup_vs_nnunetv2_predict=X.XX`.
+resident memory of each process tree, and a last line `speedup_vs_nnunetv2_predict=X.XX`. Ours runs
+with the package's default CPU runtime (PredictionSettings.cpu_runtime) unless --cpu-runtime says
+another; the first line names the one its records name.
+
+--compare-runtimes times nothing: it predicts the benchmark's cases (or the seed-layout cases of
+SEED_DIR, e.g. held-out phantoms) once per CPU runtime (--runtimes: some of them; --reuse: keep the
+outputs an earlier comparison left in --work), each with the CLI in a fresh process (--no-qc
+--no-regions --save-probabilities), and prints per case, for each runtime against PyTorch's (torch),
+whether the masks are identical (voxels that differ), the microbleeds each found, the largest probability difference, the
+largest log-odds (logit) difference where the probability lies in [0.0067, 0.9933] (|log-odds| <= 5,
+where the saved float32 probability still gives it to about 1e-5; around the threshold, the part
+that decides the mask), and how close any voxel came to the threshold (the smallest |log-odds|);
+a last line `runtime_masks_identical=True|False` (exit status 1 where they differ).
 """
 
 from __future__ import annotations
@@ -30,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from mixmicrobleednet import records
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 7
@@ -91,9 +107,19 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=REPO / "models" / "phantom-t1-t2-t2s")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mirroring", action="store_true", help="test-time mirroring (default: off, as --fast)")
+    parser.add_argument("--cpu-runtime", help="ours on the CPU with this runtime (default: the package's default)")
+    parser.add_argument("--compare-runtimes", nargs="?", const=True, type=Path, metavar="SEED_DIR",
+                        help="no timing: compare the CPU runtimes' masks and logits on the benchmark's cases or "
+                             "SEED_DIR's")
+    parser.add_argument("--runtimes", nargs="+", help="--compare-runtimes: these runtimes (default: all) against torch")
+    parser.add_argument("--reuse", action="store_true",
+                        help="--compare-runtimes: keep a runtime's outputs of an earlier comparison in --work")
     args = parser.parse_args()
     from mixmicrobleednet import layout
 
+    if args.compare_runtimes:
+        input_dir = prepare(args.work)[0] if args.compare_runtimes is True else args.compare_runtimes
+        return 0 if compare_runtimes(input_dir, args.work, args.model, args.mirroring, args.runtimes, args.reuse) else 1
     seed_dir, raw_dir, subjects = prepare(args.work)
     raw_cases = sorted({path.name.rsplit("_", 1)[0] for path in raw_dir.iterdir()})
     if raw_cases != sorted(subjects):  # both tools must get the same cases
@@ -106,7 +132,8 @@ def main() -> int:
     # The same work as nnUNetv2_predict (masks; ours writes lesion tables and records too): no QC
     # pictures, no regions. The regions' atlas registration is timed in a second run.
     ours = [str(bin_dir / "mixmicrobleednet"), "predict", "-i", str(seed_dir), "--model", str(args.model),
-            "--device", args.device, "--no-qc"] + ([] if args.mirroring else ["--fast"])
+            "--device", args.device, "--no-qc"] + ([] if args.mirroring else ["--fast"]) + \
+        (["--cpu-runtime", args.cpu_runtime] if args.cpu_runtime else [])
     ours_seconds, ours_gb = run_timed(ours + ["-o", str(ours_out), "--no-regions"], args.work / "ours.log")
     regions_seconds, _ = run_timed(ours + ["-o", str(regions_out)], args.work / "ours-regions.log")
 
@@ -117,7 +144,9 @@ def main() -> int:
     theirs_seconds, theirs_gb = run_timed(theirs, args.work / "nnunetv2.log", env)
 
     stages = _stages_from_records(ours_out)
+    runtimes = {r["settings"]["prediction"].get("cpu_runtime", "torch") for r in records.read_records(ours_out)}
     print(f"device {args.device}, mirroring {'on' if args.mirroring else 'off'}, model {args.model}, "
+          f"ours on the CPU runtime {', '.join(sorted(runtimes))}, "
           f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}, {os.cpu_count()} CPUs")
     print("read and preprocess (*: ahead): in a thread, while the model loads (first case) or the network runs "
           "(the others)")
@@ -142,7 +171,8 @@ def main() -> int:
         from cpu_network import fp32_peak_gflops, gflop_per_tile
         from mixmicrobleednet.model import Model, PredictionSettings
 
-        model = Model(args.model, "cpu", PredictionSettings(use_mirroring=False))
+        # PyTorch's modules to count the convolutions' FLOP; the same network whatever runs it
+        model = Model(args.model, "cpu", PredictionSettings(use_mirroring=False, cpu_runtime="torch"))
         per_tile = gflop_per_tile(model.predictor.network, tuple(model.predictor.configuration_manager.patch_size),
                                   len(model.folder.channels))
         achieved = per_tile * sum(s["tiles"] * s["passes_per_tile"] for s in stages.values()) / network
@@ -159,11 +189,73 @@ def main() -> int:
     return 0 if identical else 1
 
 
+def compare_runtimes(input_dir: Path, work: Path, model: Path, mirroring: bool, runtimes: list[str] | None = None,
+                     reuse: bool = False) -> bool:
+    """Predict `input_dir` once per CPU runtime (CLI, fresh processes; `reuse`: keep the outputs an
+    earlier call left in `work` where they exist) and compare each runtime's masks, microbleed counts,
+    probabilities and log-odds per case against PyTorch's; True where every mask is identical."""
+    from mixmicrobleednet.options import CPU_RUNTIMES
+
+    reference = "torch"
+    runtimes = [r for r in runtimes or CPU_RUNTIMES if r != reference] + [reference]
+    bin_dir, outputs = Path(sys.executable).parent, {}
+    for runtime in runtimes:
+        out = work / f"out-runtime-{runtime}"
+        if not (reuse and records.read_records(out)):
+            shutil.rmtree(out, ignore_errors=True)
+            command = [str(bin_dir / "mixmicrobleednet"), "predict", "-i", str(input_dir), "-o", str(out), "--model",
+                       str(model), "--device", "cpu", "--no-qc", "--no-regions", "--save-probabilities",
+                       "--cpu-runtime", runtime] + ([] if mirroring else ["--fast"])
+            seconds, _ = run_timed(command, work / f"runtime-{runtime}.log")
+            print(f"{runtime}: predicted in {seconds:.1f} s (not a timing: probabilities written, machine not "
+                  f"reserved)", flush=True)
+        outputs[runtime] = {r["case_id"]: (out, r) for r in records.read_records(out)}
+        used = {r["settings"]["prediction"].get("cpu_runtime") for _, r in outputs[runtime].values()}
+        if used != {runtime}:
+            sys.exit(f"{out} holds predictions of the runtime(s) {used}, not {runtime}: run without --reuse")
+    identical = True
+    for tested in runtimes[:-1]:
+        print(f"model {model}, input {input_dir}, mirroring {'on' if mirroring else 'off'}: {tested} against "
+              f"{reference}")
+        print(f"{'case':24} {'masks':>9} {'voxels differing':>17} {'microbleeds':>12} {'max |dp|':>9} "
+              f"{'max |dlogit|':>13} {'min |logit|':>12}")
+        worst = {"p": 0.0, "logit": 0.0, "closest": np.inf, "differing": 0}
+        for case_id in sorted(outputs[reference]):
+            if case_id not in outputs[tested]:
+                print(f"{case_id:24} missing from {tested}'s output")
+                identical = False
+                continue
+            (ours_dir, ours), (their_dir, theirs) = outputs[tested][case_id], outputs[reference][case_id]
+            masks = [sitk.GetArrayFromImage(sitk.ReadImage(str(d / r["outputs"]["mask"])))
+                     for d, r in ((ours_dir, ours), (their_dir, theirs))]
+            differing = int(np.count_nonzero(masks[0] != masks[1]))
+            identical &= differing == 0
+            del masks
+            p_ours, p_theirs = (sitk.GetArrayFromImage(sitk.ReadImage(str(d / r["outputs"]["probability"])))
+                                for d, r in ((ours_dir, ours), (their_dir, theirs)))
+            largest_dp = float(np.abs(p_ours - p_theirs).max())
+            # log-odds from the saved float32 probabilities, near the threshold only (|log-odds| <= 5):
+            # there 1 - p keeps enough bits; far from it the mask cannot change
+            near = (p_theirs >= 0.0067) & (p_theirs <= 0.9933)
+            logit = [np.log(p) - np.log1p(-p) for p in (p_ours[near].astype(np.float64),
+                                                         p_theirs[near].astype(np.float64))]
+            largest_dlogit = float(np.abs(logit[0] - logit[1]).max()) if near.any() else 0.0
+            closest = float(np.abs(logit[1]).min()) if near.any() else np.inf
+            worst = {"p": max(worst["p"], largest_dp), "logit": max(worst["logit"], largest_dlogit),
+                     "closest": min(worst["closest"], closest), "differing": worst["differing"] + differing}
+            print(f"{case_id:24} {'identical' if differing == 0 else 'DIFFERENT':>9} {differing:17d} "
+                  f"{ours['microbleed_count']:>5} / {theirs['microbleed_count']:<4} {largest_dp:9.1e} "
+                  f"{largest_dlogit:13.1e} {closest:12.1e}", flush=True)
+        print(f"{tested}, all cases: {worst['differing']} mask voxels differ; largest probability difference "
+              f"{worst['p']:.1e}, largest log-odds difference near the threshold {worst['logit']:.1e}, closest "
+              f"log-odds to the threshold ({reference}) {worst['closest']:.1e}")
+    print(f"runtime_masks_identical={identical}")
+    return identical
+
+
 def _stages_from_records(output_dir: Path) -> dict[str, dict[str, float]]:
     """Per-case stage seconds (read, preprocess, network, resample, lesions, write, regions) and the
     network's tiles, passes per tile and whether the case was preprocessed ahead, from the records."""
-    from mixmicrobleednet import records
-
     return {r["case_id"]: {**r["stage_seconds"], **r["network"]} for r in records.read_records(output_dir)}
 
 

@@ -1,5 +1,6 @@
 """The fast prediction path keeps nnU-Net's masks: several tiles per network call and one resampled
-map, against nnU-Net's own predict_single_npy_array with the shipped model on a crop of the test case."""
+map, against nnU-Net's own predict_single_npy_array with the shipped model on a crop of the test case;
+the CPU runtimes (OpenVINO, PyTorch) give the same logits to a measured bound and the same masks."""
 
 from pathlib import Path
 
@@ -12,18 +13,23 @@ from mixmicrobleednet.layout import case_stem as stem
 from mixmicrobleednet.cases import seed_cases
 from mixmicrobleednet.imaging import load_case
 from mixmicrobleednet.model import Model, PredictionSettings
+from mixmicrobleednet.options import CPU_RUNTIMES
 
-pytestmark = pytest.mark.shipped
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "models" / "phantom-t1-t2-t2s"
 
 
-def test_batched_tiles_and_single_map_resampling_keep_nnunets_mask(tmp_path):
-    # a crop of the shipped test case around three of its microbleeds
+def _crop_of_the_test_case(folder: Path):
+    """A crop of the shipped test case around three of its microbleeds, as the pipeline aligns it."""
     for channel in layout.CHANNELS:
         image = sitk.ReadImage(str(REPO / "test" / "input" / layout.input_name(stem("s5c000"), channel)))
-        sitk.WriteImage(image[74:154, 30:110, 10:40], str(tmp_path / layout.input_name(stem("crop"), channel)))
-    stack = load_case(seed_cases(tmp_path)[0])
+        sitk.WriteImage(image[74:154, 30:110, 10:40], str(folder / layout.input_name(stem("crop"), channel)))
+    return load_case(seed_cases(folder)[0])
+
+
+@pytest.mark.shipped
+def test_batched_tiles_and_single_map_resampling_keep_nnunets_mask(tmp_path):
+    stack = _crop_of_the_test_case(tmp_path)
 
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -34,13 +40,14 @@ def test_batched_tiles_and_single_map_resampling_keep_nnunets_mask(tmp_path):
     _, nnunet = reference.predict_single_npy_array(stack.array, {"spacing": list(stack.spacing_zyx)}, None, None, True)
     nnunet_mask = nnunet.argmax(0)
 
-    ours = Model(WEIGHTS, "cpu", PredictionSettings(use_mirroring=False, tiles_per_batch=4))
+    ours = Model(WEIGHTS, "cpu", PredictionSettings(use_mirroring=False, tiles_per_batch=4, cpu_runtime="torch"))
     probability = ours.predict_probabilities(stack.array, stack.spacing_zyx)
     assert 20 < nnunet_mask.sum() < nnunet_mask.size / 10  # microbleeds in the crop, not everywhere
     np.testing.assert_array_equal(probability > 0.5, nnunet_mask.astype(bool))
     assert np.abs(probability - nnunet[1]).max() < 1e-3
 
 
+@pytest.mark.shipped
 def test_the_cpu_network_gives_nnunets_logits():
     """Channels-last weights and tiles, several tiles per call: the network's logits stay within 1e-4
     of nnU-Net's network as nnU-Net runs it (default memory layout, one tile per call)."""
@@ -52,7 +59,7 @@ def test_the_cpu_network_gives_nnunets_logits():
     reference.initialize_from_trained_model_folder(str(WEIGHTS), use_folds=(layout.FOLD,),
                                                    checkpoint_name=layout.CHECKPOINT_NAME)
     reference.network.load_state_dict(reference.list_of_parameters[0])
-    ours = Model(WEIGHTS, "cpu", PredictionSettings(use_mirroring=False))
+    ours = Model(WEIGHTS, "cpu", PredictionSettings(use_mirroring=False, cpu_runtime="torch"))
     assert ours.predictor.tile_memory_format == torch.channels_last_3d
     patch = tuple(ours.predictor.configuration_manager.patch_size)
     tiles = torch.from_numpy(np.random.default_rng(3).standard_normal((4, len(layout.CHANNELS), *patch), np.float32))
@@ -63,6 +70,7 @@ def test_the_cpu_network_gives_nnunets_logits():
     assert np.abs((logits - expected).numpy()).max() < 1e-4
 
 
+@pytest.mark.shipped
 def test_bfloat16_is_asked_for_and_keeps_the_mask_nearly():
     """--precision bfloat16 runs the network under autocast and hands float32 logits on; float32
     stays the default and an unknown precision stops before any case."""
@@ -73,7 +81,7 @@ def test_bfloat16_is_asked_for_and_keeps_the_mask_nearly():
     patch = (32, 64, 64)
     # one tile: without AMX or AVX-512 BF16 a bfloat16 tile takes about 12 s (AVX2 EPYC)
     tiles = torch.from_numpy(np.random.default_rng(5).standard_normal((1, len(layout.CHANNELS), *patch), np.float32))
-    exact = Model(WEIGHTS, "cpu", PredictionSettings(use_mirroring=False))
+    exact = Model(WEIGHTS, "cpu", PredictionSettings(use_mirroring=False, cpu_runtime="torch"))
     reduced = Model(WEIGHTS, "cpu", PredictionSettings(use_mirroring=False, precision="bfloat16"))
     with torch.inference_mode():
         batch = tiles.contiguous(memory_format=torch.channels_last_3d)
@@ -83,3 +91,103 @@ def test_bfloat16_is_asked_for_and_keeps_the_mask_nearly():
     assert same_class > 0.999
     with pytest.raises(ModelError, match="unknown precision 'float8'"):
         Model(WEIGHTS, "cpu", PredictionSettings(precision="float8"))
+
+
+def _tiles(count: int, model: Model, seed: int):
+    import torch
+
+    shape = (count, len(model.folder.channels), *model.predictor.configuration_manager.patch_size)
+    return torch.from_numpy(np.random.default_rng(seed).standard_normal(shape, np.float32))
+
+
+def test_openvino_gives_pytorchs_logits(random_model):
+    """OpenVINO's compiled network (the CPU default) against PyTorch's on the same tiles: its instance
+    normalisation sums each channel in one float32 chain, so the logits move a little (measured
+    1.3e-4 to 1.7e-4 on this random model, logits within +-7; 8.4e-4 with the shipped model, logits
+    within +-41); openvino-accurate normalises on the plain layout and stays as close as PyTorch's
+    own runs (measured 1.9e-5 to 2.2e-5 on this random model; 4.8e-5 from nnU-Net's with the shipped
+    model)."""
+    import torch
+
+    openvino = Model(random_model, "cpu", PredictionSettings(use_mirroring=False, cpu_runtime="openvino"))
+    accurate = Model(random_model, "cpu", PredictionSettings(use_mirroring=False, cpu_runtime="openvino-accurate"))
+    pytorch = Model(random_model, "cpu", PredictionSettings(use_mirroring=False, cpu_runtime="torch"))
+    assert (openvino.cpu_runtime, accurate.cpu_runtime, pytorch.cpu_runtime) == ("openvino", "openvino-accurate",
+                                                                                 "torch")
+    assert PredictionSettings().cpu_runtime == "openvino"
+    tiles = _tiles(4, pytorch, seed=3)
+    with torch.inference_mode():
+        expected = pytorch.predictor.network(tiles.contiguous(memory_format=pytorch.predictor.tile_memory_format))
+        logits, accurate_logits = (model.predictor.network(tiles.contiguous(
+            memory_format=model.predictor.tile_memory_format)) for model in (openvino, accurate))
+    assert isinstance(logits, torch.Tensor) and logits.dtype == torch.float32 and logits.shape == expected.shape
+    assert 0 < np.abs((logits - expected).numpy()).max() < 1e-3
+    assert np.abs((accurate_logits - expected).numpy()).max() < 1e-4
+    with pytest.raises(ValueError, match="compiled for tiles of"):
+        openvino.predictor.network(tiles[:, :, :16])
+
+
+@pytest.mark.parametrize("runtime, bound", [("openvino", 1e-3), ("openvino-accurate", 1e-4)])
+def test_openvino_batched_tiles_equal_one_tile_per_call(random_model, runtime, bound):
+    """Any number of tiles per call (the last call of a sliding window holds the rest) gives each
+    tile's logits to the bound against one tile per call (openvino: measured up to 1.6e-4 here, 6.7e-4
+    with the shipped model; openvino-accurate: 0, the same logits, here and with the shipped model),
+    and the logits are the caller's to add into (the predictor sums in place)."""
+    import torch
+
+    model = Model(random_model, "cpu", PredictionSettings(use_mirroring=False, cpu_runtime=runtime))
+    tiles = _tiles(5, model, seed=4)
+    with torch.inference_mode():
+        batched = model.predictor.network(tiles)
+        one_by_one = torch.cat([model.predictor.network(tile[None]) for tile in tiles])
+        again = model.predictor.network(tiles)
+        np.testing.assert_array_equal(again.numpy(), batched.numpy())  # the same call, the same logits
+        again += 1  # a tensor of its own: the network's next call does not write into it
+        np.testing.assert_array_equal(model.predictor.network(tiles).numpy(), batched.numpy())
+    assert np.abs((batched - one_by_one).numpy()).max() < bound
+
+
+def test_cpu_runtime_is_checked_and_openvino_missing_is_a_clear_error(random_model, monkeypatch):
+    import sys
+
+    from mixmicrobleednet.modelfolder import ModelError
+
+    with pytest.raises(ModelError, match="unknown CPU runtime 'onnx'"):
+        Model(random_model, "cpu", PredictionSettings(cpu_runtime="onnx"))
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as where it is not installed
+    with pytest.raises(ModelError, match="needs OpenVINO.*--cpu-runtime torch"):
+        Model(random_model, "cpu", PredictionSettings(cpu_runtime="openvino"))
+    assert Model(random_model, "cpu", PredictionSettings(cpu_runtime="torch")).cpu_runtime == "torch"
+
+
+def test_cpu_runtime_option(monkeypatch):
+    import argparse
+
+    from mixmicrobleednet.options import add_options, settings_values
+    from mixmicrobleednet.runner import options_from
+
+    def parse(*argv):
+        parser = argparse.ArgumentParser()
+        add_options(parser, "predict")
+        return parser.parse_args(["-i", "in", "-o", "out", *argv])
+
+    assert parse().cpu_runtime == "openvino"
+    assert settings_values(parse("--cpu-runtime", "torch"), "predict")["prediction.cpu_runtime"] == "torch"
+    monkeypatch.setenv("MIXMICROBLEEDNET_CPU_RUNTIME", "torch")
+    assert parse().cpu_runtime == "torch" and parse("--cpu-runtime", "openvino").cpu_runtime == "openvino"
+    assert options_from(parse(), "predict").prediction.cpu_runtime == "torch"
+
+
+@pytest.mark.shipped
+def test_both_cpu_runtimes_give_the_same_mask(tmp_path):
+    """A crop of the shipped test case, with mirroring (the default: 8 passes per tile, flipped tiles
+    through the network), predicted with each CPU runtime: the same mask, probabilities within 1e-3
+    of PyTorch's (measured 4.6e-4 for openvino, 4.0e-5 for openvino-accurate; 157 mask voxels)."""
+    stack = _crop_of_the_test_case(tmp_path)
+    probabilities = {runtime: Model(WEIGHTS, "cpu", PredictionSettings(cpu_runtime=runtime)).predict_probabilities(
+        stack.array, stack.spacing_zyx) for runtime in CPU_RUNTIMES}
+    mask = probabilities["torch"] > 0.5
+    assert 20 < mask.sum() < mask.size / 10
+    for runtime in ("openvino", "openvino-accurate"):
+        np.testing.assert_array_equal(probabilities[runtime] > 0.5, mask)
+        assert np.abs(probabilities[runtime] - probabilities["torch"]).max() < 1e-3

@@ -1,8 +1,14 @@
-"""The network as it runs fastest on the CPU with the same weights (benchmarks/cpu_network.py)."""
+"""The network on the CPU with the same weights: on PyTorch (cpu_network) or on OpenVINO
+(openvino_network); benchmarks/cpu_network.py times each way."""
 
 from __future__ import annotations
 
+import threading
+import warnings
+
 import torch
+
+from .modelfolder import ModelError
 
 
 class InstanceNorm(torch.nn.Module):
@@ -48,3 +54,99 @@ def cpu_network(network: torch.nn.Module, precision: str = "float32") -> tuple[t
     _replace_norms(network)
     network = network.to(memory_format=torch.channels_last_3d)
     return (BFloat16(network) if precision == "bfloat16" else network), torch.channels_last_3d
+
+
+class PlainLayoutInstanceNorm(torch.nn.Module):
+    """torch.nn.InstanceNorm3d (affine, no running statistics) on the (N, C, voxels) view, for OpenVINO:
+    its normalisation of channels-last data (the layout its convolutions leave) sums each channel in
+    one float32 chain; on the plain (N, C, voxels) layout it sums in vector lanes, as accurate as
+    PyTorch, at the price of two layout changes per normalisation."""
+
+    def __init__(self, norm: torch.nn.InstanceNorm3d):
+        super().__init__()
+        self.eps, self.weight, self.bias = norm.eps, norm.weight, norm.bias
+
+    def forward(self, x):
+        normalised = torch.nn.functional.instance_norm(x.reshape(x.shape[0], x.shape[1], -1), eps=self.eps)
+        return torch.addcmul(self.bias.view(1, -1, 1, 1, 1), normalised.reshape(x.shape), self.weight.view(1, -1, 1, 1, 1))
+
+
+def _with_plain_layout_norms(network: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `network` with PlainLayoutInstanceNorm for each InstanceNorm3d (one for a module
+    that the network holds twice, as nnU-Net's decoder holds the encoder)."""
+    import copy
+
+    network, replaced = copy.deepcopy(network), {}
+
+    def replace(module):
+        for name, child in module.named_children():
+            if type(child) is torch.nn.InstanceNorm3d and child.affine and not child.track_running_stats:
+                setattr(module, name, replaced.setdefault(id(child), PlainLayoutInstanceNorm(child)))
+            elif not isinstance(child, PlainLayoutInstanceNorm):
+                replace(child)
+
+    replace(network)
+    return network
+
+
+_TRACING = threading.Lock()
+
+
+class OpenVINONetwork(torch.nn.Module):
+    """The network compiled once by OpenVINO for this CPU: float32 tiles (N, channels, *patch) in,
+    float32 logits out as a torch tensor of its own (the predictor adds into it in place), N free."""
+
+    def __init__(self, compiled, tile_shape: tuple[int, ...]):
+        super().__init__()
+        self.tile_shape = tile_shape
+        self._request = compiled.create_infer_request()  # one caller: the predictor's sliding window
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        if tuple(tiles.shape[1:]) != self.tile_shape:
+            raise ValueError(f"OpenVINO's network was compiled for tiles of {self.tile_shape}, "
+                             f"not {tuple(tiles.shape[1:])}")
+        logits = self._request.infer([tiles.detach().to(torch.float32).contiguous().numpy()],
+                                     share_inputs=True, share_outputs=False)
+        return torch.from_numpy(logits[0])
+
+
+def openvino_network(network: torch.nn.Module, tile_shape: tuple[int, ...], threads: int,
+                     accurate: bool = False) -> OpenVINONetwork:
+    """nnU-Net's network (its own modules, not cpu_network's) converted by OpenVINO's PyTorch frontend
+    from one trace on zero tiles of `tile_shape` (channels, *patch), for any number of tiles per call,
+    and compiled once for the CPU in float32 on `threads` threads (the precision hint matters: on CPUs
+    with AVX-512 BF16 or AMX OpenVINO would otherwise pick bfloat16). 1.6x faster than cpu_network on
+    the AVX-512 EPYC measured (docs/benchmarks.md). Its instance normalisation (one fused MVN on channels-last
+    data) sums each channel's voxels in one float32 chain, so a channel's variance is off by about
+    1e-5 of itself and the logits differ from PyTorch's by up to about 1e-3 (8.4e-4 for the shipped
+    model's logits of +-41; tests/test_model_speed.py), and by as much between a tile sent alone and
+    in a batch; benchmarks/predict_speed.py --compare-runtimes measures what that does to masks.
+    `accurate`: the normalisations on the plain layout (PlainLayoutInstanceNorm): logits within 1e-4
+    of nnU-Net's as PyTorch's, the same for a tile alone or in a batch, 10-15 % slower than without
+    (still 1.4x PyTorch where measured). The
+    frontend is called directly rather than through openvino.convert_model, which sends usage
+    statistics (openvino-telemetry) unless a user opted out."""
+    try:
+        import openvino
+        from openvino.frontend import FrontEndManager
+        from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
+    except ImportError as exc:
+        raise ModelError(f"the CPU runtime openvino needs OpenVINO, which cannot be imported here ({exc}): "
+                         "pip install openvino==2026.4.1, or run with --cpu-runtime torch") from exc
+
+    network = (_with_plain_layout_norms(network) if accurate else network).eval()
+    # One trace at a time: warnings.catch_warnings sets the process's filters, and models of a mixed
+    # cohort load in threads of their own.
+    with _TRACING, warnings.catch_warnings(), torch.no_grad():
+        # torch.jit.trace's deprecation, and instance norm's checks of sizes that a trace takes as
+        # constants: nnU-Net's U-Nets have no data-dependent control flow
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace\S*` is deprecated", category=DeprecationWarning)
+        decoder = TorchScriptPythonDecoder(network, example_input=(torch.zeros(2, *tile_shape),), shared_memory=False,
+                                           trace_kwargs={"check_trace": False})  # no second and third pass
+    frontend = FrontEndManager().load_by_framework("pytorch")
+    graph = frontend.load(decoder)
+    graph.set_partial_shape(graph.get_inputs()[0], openvino.PartialShape([-1, *tile_shape]))
+    compiled = openvino.Core().compile_model(frontend.convert(graph), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    return OpenVINONetwork(compiled, tuple(tile_shape))

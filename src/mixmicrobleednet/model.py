@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .device import cpu_has_bfloat16, resolve_device
+from .device import cpu_has_bfloat16, resolve_device, usable_cpus
 from .modelfolder import ModelError, ModelFolder, read_model_folder
-from .options import PRECISIONS
+from .options import CPU_RUNTIMES, PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,12 @@ class PredictionSettings:
     #: moves logits and can change masks, measured in models/phantom-t1-t2-t2s/MODEL_CARD.md). On a GPU nnU-Net's
     #: float16 autocast runs whatever this says.
     precision: str = "float32"
+    #: What runs the network on the CPU in float32: openvino (cpu_network.openvino_network: OpenVINO's
+    #: compiled network, the fastest; logits within about 1e-3 of PyTorch's, the same masks where
+    #: measured, docs/benchmarks.md), openvino-accurate (the same with the instance normalisations on
+    #: a plain layout: PyTorch's accuracy, slower than openvino) or torch (cpu_network.cpu_network).
+    #: bfloat16 and a GPU run PyTorch.
+    cpu_runtime: str = CPU_RUNTIMES[0]
 
 
 @dataclass
@@ -88,23 +94,35 @@ class Model:
         self.preprocessing = preprocessing or Preprocessing(self.folder)
         log.info("model loaded once from %s (sha256 %s…, channels %s, mirroring %s, %s, %.1f s)", self.folder.path,
                  self.folder.checksum[:12], ", ".join(self.folder.channels), "on" if settings.use_mirroring else "off",
-                 settings.precision if self.device.type == "cpu" else "float16 autocast",
+                 f"{settings.precision} on {self.cpu_runtime}" if self.device.type == "cpu" else "float16 autocast",
                  time.perf_counter() - started)
 
     def _load(self, device: str, settings: PredictionSettings) -> None:
         import torch
 
-        from .cpu_network import cpu_network
+        from .cpu_network import cpu_network, openvino_network
         from .nnunet_glue import open_predictor
 
         if settings.precision not in PRECISIONS:  # before the weights are read
             raise ModelError(f"unknown precision {settings.precision!r}: use {' or '.join(PRECISIONS)}")
+        if settings.cpu_runtime not in CPU_RUNTIMES:
+            raise ModelError(f"unknown CPU runtime {settings.cpu_runtime!r}: use {' or '.join(CPU_RUNTIMES)}")
         self.device = resolve_device(device)
         self.settings = settings
+        #: What runs the network: openvino or torch on the CPU (cuda on a GPU).
+        self.cpu_runtime = "torch" if settings.precision == "bfloat16" else settings.cpu_runtime
         tiles_per_batch = settings.tiles_per_batch or (1 if self.device.type == "cuda" else 4)
         self.predictor = open_predictor(self.folder.path, self.device, tiles_per_batch, settings.tile_step_size,
                                         settings.use_mirroring)
-        if self.device.type == "cpu":
+        if self.device.type == "cuda":
+            self.cpu_runtime = "cuda"
+        elif self.cpu_runtime.startswith("openvino"):
+            tile_shape = (len(self.folder.channels), *self.predictor.configuration_manager.patch_size)
+            self.predictor.network = openvino_network(self.predictor.network, tile_shape,
+                                                      min(usable_cpus(), torch.get_num_threads()),
+                                                      accurate=self.cpu_runtime == "openvino-accurate")
+            self.predictor.tile_memory_format = torch.contiguous_format
+        else:
             if settings.precision == "bfloat16" and not cpu_has_bfloat16():
                 log.warning("this CPU has no bfloat16 instructions (AMX or AVX-512 BF16): the network runs "
                             "about 100x slower in bfloat16 than in float32 here (measured on an AVX2 EPYC)")
