@@ -37,12 +37,18 @@ class BFloat16(torch.nn.Module):
             return self.network(x).float()
 
 
-def _replace_norms(module: torch.nn.Module) -> None:
+def _replace_norms(module: torch.nn.Module, replacement: type[torch.nn.Module] = InstanceNorm,
+                   replaced: dict[int, torch.nn.Module] | None = None) -> None:
+    """Each InstanceNorm3d (affine, no running statistics) of `module` by `replacement`; one for a norm
+    that the network holds twice (nnU-Net's decoder holds the encoder)."""
+    replaced = {} if replaced is None else replaced
     for name, child in module.named_children():
         if type(child) is torch.nn.InstanceNorm3d and child.affine and not child.track_running_stats:
-            setattr(module, name, InstanceNorm(child))
+            if id(child) not in replaced:
+                replaced[id(child)] = replacement(child)
+            setattr(module, name, replaced[id(child)])
         else:
-            _replace_norms(child)
+            _replace_norms(child, replacement, replaced)
 
 
 def cpu_network(network: torch.nn.Module, precision: str = "float32") -> tuple[torch.nn.Module, torch.memory_format]:
@@ -72,20 +78,11 @@ class PlainLayoutInstanceNorm(torch.nn.Module):
 
 
 def _with_plain_layout_norms(network: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `network` with PlainLayoutInstanceNorm for each InstanceNorm3d (one for a module
-    that the network holds twice, as nnU-Net's decoder holds the encoder)."""
+    """A copy of `network` with PlainLayoutInstanceNorm for each InstanceNorm3d."""
     import copy
 
-    network, replaced = copy.deepcopy(network), {}
-
-    def replace(module):
-        for name, child in module.named_children():
-            if type(child) is torch.nn.InstanceNorm3d and child.affine and not child.track_running_stats:
-                setattr(module, name, replaced.setdefault(id(child), PlainLayoutInstanceNorm(child)))
-            elif not isinstance(child, PlainLayoutInstanceNorm):
-                replace(child)
-
-    replace(network)
+    network = copy.deepcopy(network)
+    _replace_norms(network, PlainLayoutInstanceNorm)
     return network
 
 

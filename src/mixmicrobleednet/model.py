@@ -110,19 +110,18 @@ class Model:
         self.device = resolve_device(device)
         self.settings = settings
         #: What runs the network: openvino or torch on the CPU (cuda on a GPU).
-        self.cpu_runtime = "torch" if settings.precision == "bfloat16" else settings.cpu_runtime
+        self.cpu_runtime = "cuda" if self.device.type == "cuda" else \
+            "torch" if settings.precision == "bfloat16" else settings.cpu_runtime
         tiles_per_batch = settings.tiles_per_batch or (1 if self.device.type == "cuda" else 4)
         self.predictor = open_predictor(self.folder.path, self.device, tiles_per_batch, settings.tile_step_size,
                                         settings.use_mirroring)
-        if self.device.type == "cuda":
-            self.cpu_runtime = "cuda"
-        elif self.cpu_runtime.startswith("openvino"):
+        if self.cpu_runtime.startswith("openvino"):
             tile_shape = (len(self.folder.channels), *self.predictor.configuration_manager.patch_size)
             self.predictor.network = openvino_network(self.predictor.network, tile_shape,
                                                       min(usable_cpus(), torch.get_num_threads()),
                                                       accurate=self.cpu_runtime == "openvino-accurate")
             self.predictor.tile_memory_format = torch.contiguous_format
-        else:
+        elif self.cpu_runtime == "torch":
             if settings.precision == "bfloat16" and not cpu_has_bfloat16():
                 log.warning("this CPU has no bfloat16 instructions (AMX or AVX-512 BF16): the network runs "
                             "about 100x slower in bfloat16 than in float32 here (measured on an AVX2 EPYC)")

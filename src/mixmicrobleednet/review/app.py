@@ -60,8 +60,9 @@ class Workspace:
     def records(self) -> dict[str, dict]:
         return {record["case_id"]: record for record in records.read_records(self.output_dir)}
 
-    def record(self, case_id: str) -> dict:
-        record = self.records().get(case_id)
+    def record(self, case_id: str, found: dict[str, dict] | None = None) -> dict:
+        """A case's record, from `found` (records() read once for a request) or read now."""
+        record = (self.records() if found is None else found).get(case_id)
         if record is None:
             raise HTTPException(404, f"no case {case_id!r} in {self.output_dir}")
         return record
@@ -190,7 +191,8 @@ def create_app(workspace: Workspace, host: str = "127.0.0.1") -> Starlette:
         """GET /api/cases/{case}/view/{t2s|mask}?x=&y=&z=[&ahead=CASE]: the cube the viewer shows around a
         point (RAS mm); `ahead`: the case to read next."""
         case_id, kind = request.path_params["case_id"], request.path_params["kind"]
-        record = workspace.record(case_id)
+        found = workspace.records()
+        record = workspace.record(case_id, found)
         try:
             paths = workspace.image_paths(record)
             centre = tuple(float(request.query_params[axis]) for axis in "xyz")
@@ -201,7 +203,7 @@ def create_app(workspace: Workspace, host: str = "127.0.0.1") -> Starlette:
         if kind not in paths:
             raise HTTPException(404, f"{kind}: no such image of {case_id}")
         cube = workspace.images.cube(paths, kind, centre)
-        ahead = workspace.records().get(request.query_params.get("ahead", ""))
+        ahead = found.get(request.query_params.get("ahead", ""))
         if ahead and ahead.get("status") == "ok":  # the next case, read while the rater works on this one
             try:
                 workspace.images.read_ahead(workspace.image_paths(ahead))
