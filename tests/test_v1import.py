@@ -36,14 +36,14 @@ def test_imported_network_gives_the_v1_network_output(v1_run, imported_v1):
     assert np.abs(output - expected).max() < 1e-4
 
 
-def test_predict_with_the_imported_model_gives_v1s_mask(v1_run, imported_v1, tmp_path):
+@pytest.mark.parametrize("cpu_runtime", ["torch", "openvino-accurate", "openvino"])
+def test_predict_with_the_imported_model_gives_v1s_mask(v1_run, imported_v1, tmp_path, cpu_runtime):
     out = tmp_path / "out"
     assert main(["predict", "-i", str(v1_run / "seed"), "-o", str(out), "--model", str(imported_v1), "--device", "cpu",
-                 "--fast", "--save-probabilities", "--no-qc"]) == 0
+                 "--fast", "--save-probabilities", "--no-qc", "--cpu-runtime", cpu_runtime]) == 0
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.prediction_path(out, stem("v1case")))))
     v1 = sitk.GetArrayFromImage(sitk.ReadImage(str(v1_run / "v1_prediction.nii.gz")))
     assert 0 < v1.sum() < v1.size  # random weights, but a mask with both classes: the comparison means something
-    np.testing.assert_array_equal(ours, v1)
     # v1 stores the softmax (float16) inside the brain's bounding box, where it predicted
     probability = sitk.GetArrayFromImage(sitk.ReadImage(str(out / layout.seed_output_paths(stem("v1case"))["probability"])))
     inside = np.argwhere(sitk.GetArrayFromImage(sitk.ReadImage(str(v1_run / "seed" / layout.input_name(stem("v1case"), "T1")))))
@@ -51,6 +51,14 @@ def test_predict_with_the_imported_model_gives_v1s_mask(v1_run, imported_v1, tmp
     v1_softmax = np.load(v1_run / "v1_prediction.npz")["softmax"].astype(np.float32)
     assert v1_softmax.shape[1:] == probability[box].shape
     assert np.abs(probability[box] - v1_softmax[1]).max() < 1e-3
+    if cpu_runtime == "torch":
+        np.testing.assert_array_equal(ours, v1)
+    else:
+        # OpenVINO's kernels round differently: random weights leave many voxels at a tie (v1's
+        # float16 softmax reads 0.5), and only those may fall the other way
+        disagree = ours != v1
+        assert disagree.sum() == disagree[box].sum()  # outside the box both are background
+        assert np.abs(v1_softmax[1][disagree[box]] - 0.5).max(initial=0) < 1e-3, disagree.sum()
 
 
 def test_the_real_2021_plans_convert_to_the_papers_architecture():
