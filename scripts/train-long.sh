@@ -6,21 +6,35 @@
 #   scripts/train-long.sh run [NAME]    generate the data when missing, then train (nohup it: hours)
 #   scripts/train-long.sh save [NAME]   the latest checkpoint (weights and progress, no optimizer state) and
 #                                       the logs into training/NAME/, with the command that resumes
-# NAME: compact-t1-t2-t2s (default) or compact-t2s. Data and nnU-Net folders: work/train-long/.
+# NAME: compact-t1-t2-t2s (default) or compact-t2s, from scratch; compact-t1-t2-t2s-cortex, fine-tuned
+# from training/compact-t1-t2-t2s/model on phantoms with superficial cortical microbleeds too.
+# Data and nnU-Net folders: work/train-long/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 action=${1:?run or save}
 name=${2:-compact-t1-t2-t2s}
+# The training data, fixed seeds, so any machine makes the same set (case i of a seed is the same
+# whatever the count): "folder seed count flags". Raw heads are fewer: each is registered and
+# brain-extracted as at inference (minutes per case on 2 cores).
+data=work/train-long/data
+specs=("varied 301 30 --varied" "raw 302 10 --raw --varied" "loose 303 30 --loose-masks --varied")
+epochs=300
+iterations=100
+tuning=()
 case $name in
   compact-t1-t2-t2s) channels=(T1 T2 T2S) ;;
   compact-t2s) channels=(T2S) ;;
+  compact-t1-t2-t2s-cortex)
+    channels=(T1 T2 T2S)
+    data=work/train-long/cortex-data
+    specs=("cortex-varied 311 24 --varied --superficial" "cortex-raw 312 6 --raw --varied --superficial"
+           "cortex-loose 313 24 --loose-masks --varied --superficial")
+    epochs=60
+    tuning=(--init training/compact-t1-t2-t2s/model --initial-lr 1e-3) ;;
   *) echo "unknown training $name" >&2; exit 2 ;;
 esac
-data=work/train-long/data
 work=work/train-long/$name
 kept=training/$name
-epochs=300
-iterations=100
 
 if [ "$action" = save ]; then
   latest=$(find "$work" -name checkpoint_latest.pth | head -1)
@@ -36,11 +50,8 @@ weights_only_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]))" "$latest" "$kept/
 fi
 [ "$action" = run ] || { echo "run or save" >&2; exit 2; }
 
-# The training data, fixed seeds, so any machine makes the same set (case i of a seed is the same
-# whatever the count). Raw heads are fewer: each is registered and brain-extracted as at inference
-# (minutes per case on 2 cores).
 mkdir -p "$data"
-for spec in "varied 301 30 --varied" "raw 302 10 --raw --varied" "loose 303 30 --loose-masks --varied"; do
+for spec in "${specs[@]}"; do
   read -r kind seed count flags <<< "$spec"
   # shellcheck disable=SC2086
   [ -f "work/train-long/$kind/phantoms.csv" ] \
@@ -59,4 +70,4 @@ if [ -f "$kept/checkpoint_latest.pth" ] && [ -z "$(find "$work" -name checkpoint
 fi
 exec .venv/bin/mixmicrobleednet train --data "$data" --out "work/train-long/$name-model" --work "$work" \
   --config compact --channels "${channels[@]}" --epochs "$epochs" --iterations-per-epoch "$iterations" \
-  --device auto "${resume[@]}"
+  --device auto "${tuning[@]}" "${resume[@]}"

@@ -6,7 +6,8 @@ from scipy import ndimage
 from mixmicrobleednet import layout
 from mixmicrobleednet.layout import case_stem as stem
 from mixmicrobleednet.imaging import same_grid
-from mixmicrobleednet.phantoms import COHORTS, Microbleed, _add_tube, _render_bleeds, _Template, make_case
+from mixmicrobleednet.phantoms import (COHORTS, SUPERFICIAL_DEPTH_MM, Microbleed, _add_tube, _choose_microbleeds,
+                                      _render_bleeds, _Template, make_case)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +101,25 @@ def test_loose_masks_mask_beyond_the_brain_as_an_extraction_does(template):
     assert beyond.sum() * np.prod(loose[0]["T2S"].GetSpacing()) / 1000 > 20  # ml kept beyond the brain
     tight_t2s = sitk.GetArrayFromImage(tight[0]["T2S"]).astype(float)
     assert not ((tight_t2s > 0) & ~(sitk.GetArrayFromImage(tight[3]) > 0)).any()
+
+
+def test_superficial_microbleeds_lie_in_the_outermost_lobar_cortex_and_are_labelled(template):
+    chosen = _choose_microbleeds(template, np.random.default_rng(3), 40, superficial=True)
+    depth = ndimage.distance_transform_edt(template.brain)
+    at = {pool: [depth[tuple(np.round(c).astype(int))] for c, _, p in chosen if p == pool] for pool in
+          ("superficial", "lobar")}
+    assert len(at["superficial"]) >= 5 and at["lobar"]
+    lo, hi = SUPERFICIAL_DEPTH_MM
+    assert lo - 1 <= min(at["superficial"]) and max(at["superficial"]) <= hi + 1  # the centre's jitter: < 1 mm
+    assert min(at["lobar"]) > hi + 1  # the other pools keep away from the surface
+    assert all(2 <= d <= 6 for _, d, p in chosen if p == "superficial")
+    _, label, bleeds, _, _ = make_case("s", COHORTS["highres3d"], 8, np.random.default_rng(4), template, superficial=True)
+    superficial = [b for b in bleeds if b.drawn_from == "superficial"]
+    assert superficial and all(b.location == "lobar" for b in superficial)
+    labels = sitk.GetArrayFromImage(label)
+    for bleed in superficial:  # annotated where it lies, inside the brain mask
+        centre = np.round(label.TransformPhysicalPointToContinuousIndex(bleed.centre_lps)).astype(int)[::-1]
+        assert labels[tuple(slice(c - 2, c + 3) for c in centre)].any()
 
 
 def test_a_vessel_that_wanders_out_of_the_template_adds_nothing(template):

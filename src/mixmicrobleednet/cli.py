@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         from .phantoms import generate
 
         try:
-            generate(args.out, args.n, args.seed, args.cohort, args.raw, args.varied, args.loose_masks)
+            generate(args.out, args.n, args.seed, args.cohort, args.raw, args.varied, args.loose_masks,
+                     args.superficial)
         except ValueError as exc:
             log.error("%s", exc)
             return 2

@@ -234,6 +234,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(flag="--loose-masks", action="store_true", commands=("phantoms",),
            help="every case masked as a brain extraction leaves it: CSF and a rim of the Colin27 head up to 6 mm "
                 "beyond the brain (needs mricron-data)"),
+    Option(flag="--superficial", action="store_true", commands=("phantoms",),
+           help="superficial cortical microbleeds too (centre 1-3 mm under the brain's surface, lobar, 2-6 mm): "
+                "a quarter of the microbleeds"),
     Option(flag="--raw", action="store_true", commands=("phantoms",),
            help="the raw twins of the phantoms this seed gives: not skull-stripped (the Colin27 head of mricron-data), "
                 "T1/T2 on grids of their own, moved between scans"),

@@ -19,7 +19,9 @@ dentate calcification, deep grey-matter iron, signal loss near air, per-channel 
 scaled at random, SWI-like T2* (darker veins and microbleeds), and half of the cases masked loosely
 as a brain extraction leaves them (CSF and a rim of the Colin27 head up to 6 mm beyond the brain).
 `loose_masks=True` (`phantoms --loose-masks`) masks every case so, in any look: the scans a model
-meets after the tool's own brain extraction (#15).
+meets after the tool's own brain extraction (#15). `superficial=True` (`phantoms --superficial`)
+also draws superficial cortical microbleeds (#32: centre 1-3 mm under the brain's surface, in lobar
+cortex, 2-6 mm; where cerebral amyloid angiopathy bleeds), which the other pools keep 4 mm away from.
 
 Raw twins (`raw=True`, `phantoms --raw`): the same subject, microbleeds and T2* acquisition as
 straight from the scanner: not skull-stripped (the Colin27 head from Debian's mricron-data around
@@ -97,6 +99,10 @@ _DEEP_IRON_CENTRES = [(-25, -2, 2), (25, -2, 2), (-10, 18, -12), (10, 18, -12), 
 # Where air lies next to the brain: above the frontal sinus, over the temporal bones.
 _AIR_CENTRES = [(0, -48, -18), (-42, 20, -30), (42, 20, -30)]
 _LOCATION_WEIGHTS = {"lobar": 0.6, "deep": 0.25, "infratentorial": 0.15}
+# With superficial microbleeds, a share of the lobar ones lies in the outermost cortex instead.
+_SUPERFICIAL_LOCATION_WEIGHTS = {"lobar": 0.35, "superficial": 0.25, "deep": 0.25, "infratentorial": 0.15}
+SUPERFICIAL_DEPTH_MM = (1.0, 3.0)  # centre under the brain's surface
+_SUPERFICIAL_DIAMETER_MM = (2.0, 6.0)  # larger ones there would reach past the cortex
 # How far beyond the brain a loose (extraction-like) mask reaches, mm: CSF up to a rim of head.
 _LOOSE_MASK_REACH_MM = (0.5, 6.0)
 
@@ -144,6 +150,15 @@ class _Template:
         self.surface_lps = self.index_to_lps(surface[:: max(1, len(surface) // 4000)])
         self.centre_lps = self.surface_lps.mean(0)
         self.atlas = regions.load_atlas(regions.atlas_folder())  # the microbleeds' true regions
+
+    @functools.cached_property
+    def superficial(self) -> np.ndarray:
+        """Superficial lobar cortex: grey matter SUPERFICIAL_DEPTH_MM under the surface, lobar in the atlas."""
+        lo, hi = SUPERFICIAL_DEPTH_MM
+        depth_mm = ndimage.distance_transform_edt(self.brain)  # to the brain's surface (1 mm grid)
+        cortex = np.argwhere((depth_mm >= lo) & (depth_mm <= hi) & (self.gm > 0.35))
+        places = regions.regions_at(self.index_to_lps(cortex), self.atlas)
+        return cortex[[regions.MARS_REGIONS[place] == "lobar" for place in places]]
 
     def index_to_lps(self, idx_zyx: np.ndarray) -> np.ndarray:
         return np.array([self.reference.TransformContinuousIndexToPhysicalPoint(i[::-1].tolist()) for i in idx_zyx])
@@ -259,7 +274,8 @@ def _draw_varied_mimics(template: _Template, rng: np.random.Generator) -> dict[s
     return maps
 
 
-def _choose_microbleeds(template: _Template, rng: np.random.Generator, count: int) -> list[tuple[np.ndarray, float, str]]:
+def _choose_microbleeds(template: _Template, rng: np.random.Generator, count: int, superficial: bool = False
+                        ) -> list[tuple[np.ndarray, float, str]]:
     """Centres (template index), T2* diameters and location classes, not touching each other."""
     chosen: list[tuple[np.ndarray, float, str]] = []
     deep_idx = np.argwhere(template.tissue_core)
@@ -268,8 +284,12 @@ def _choose_microbleeds(template: _Template, rng: np.random.Generator, count: in
     for name, centres in (("deep", _DEEP_CENTRES), ("infratentorial", _INFRATENTORIAL_CENTRES)):
         near = np.min(np.linalg.norm(deep_pts[:, None, :] - np.array(centres)[None], axis=2), axis=1) < 9
         pools[name] = np.array([template.lps_to_index(p) for p in deep_pts[near]])
-    names = list(_LOCATION_WEIGHTS)
-    weights = np.array([_LOCATION_WEIGHTS[n] for n in names])
+    location_weights = _LOCATION_WEIGHTS
+    if superficial:
+        pools["superficial"] = template.superficial
+        location_weights = _SUPERFICIAL_LOCATION_WEIGHTS
+    names = list(location_weights)
+    weights = np.array([location_weights[n] for n in names])
     attempts = 0
     while len(chosen) < count and attempts < count * 50:
         attempts += 1
@@ -277,7 +297,8 @@ def _choose_microbleeds(template: _Template, rng: np.random.Generator, count: in
         pool = pools[location]
         centre = pool[rng.integers(len(pool))].astype(float) + rng.uniform(-0.5, 0.5, 3)
         # Most microbleeds are small: log-uniform 2-10 mm.
-        diameter = float(np.exp(rng.uniform(np.log(2.0), np.log(10.0))))
+        low, high = _SUPERFICIAL_DIAMETER_MM if location == "superficial" else (2.0, 10.0)
+        diameter = float(np.exp(rng.uniform(np.log(low), np.log(high))))
         if any(np.linalg.norm(centre - c) < (diameter + d) / 2 + 3 for c, d, _ in chosen):
             continue
         chosen.append((centre, diameter, location))
@@ -432,7 +453,7 @@ class _Subject:
 
 
 def _draw_subject(template: _Template, rng: np.random.Generator, n_microbleeds: int, varied: bool,
-                  loose_mask: bool) -> _Subject:
+                  loose_mask: bool, superficial: bool = False) -> _Subject:
     transform = _random_transform(template, rng)
     inverse = transform.GetInverse()
     look = _draw_look(rng) if varied else _FIXED_LOOK
@@ -440,7 +461,7 @@ def _draw_subject(template: _Template, rng: np.random.Generator, n_microbleeds: 
         look = replace(look, loose_mask_mm=float(rng.uniform(*_LOOSE_MASK_REACH_MM)))
     spacing_factor = rng.uniform(0.97, 1.03)
     mimic_maps = _draw_varied_mimics(template, rng) if varied else _draw_mimics(template, rng)
-    chosen = _choose_microbleeds(template, rng, n_microbleeds)
+    chosen = _choose_microbleeds(template, rng, n_microbleeds, superficial)
     in_template = [template.index_to_lps(c[None])[0] for c, _, _ in chosen]  # MNI, LPS
     # The truth is where each microbleed landed, not the pool it came from: the cortical grey matter
     # pool also reaches the cerebellar cortex and the deep nuclei (a quarter of its draws).
@@ -452,15 +473,16 @@ def _draw_subject(template: _Template, rng: np.random.Generator, n_microbleeds: 
 
 def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: np.random.Generator,
               template: _Template | None = None, raw: bool = False, varied: bool = False,
-              loose_mask: bool = False
+              loose_mask: bool = False, superficial: bool = False
               ) -> tuple[dict[str, sitk.Image], sitk.Image, list[Microbleed], sitk.Image, sitk.Image]:
     """One phantom: channel images on their grids, the T2* label, the microbleeds drawn, the
     brain mask and the mimic map (layout.MIMIC_LABELS) on the T2* grid; `raw`: its raw twin
     (module docstring; the same draws first, so the same subject and microbleeds); `varied`: mimics,
     contrast and masks drawn from wide distributions (_draw_varied_mimics, _draw_look); `loose_mask`:
-    masked as a brain extraction leaves a scan (_loose_mask), whatever the look."""
+    masked as a brain extraction leaves a scan (_loose_mask), whatever the look; `superficial`: some
+    microbleeds in the outermost cortex (_choose_microbleeds)."""
     template = template or _Template()
-    drawn = _draw_subject(template, rng, n_microbleeds, varied, loose_mask)
+    drawn = _draw_subject(template, rng, n_microbleeds, varied, loose_mask, superficial)
     return _render_visit(drawn, acquisition, drawn.spacing_factor, rng, template, raw)
 
 
@@ -574,10 +596,11 @@ def draw_microbleed_count(rng: np.random.Generator) -> int:
 
 
 def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None, raw: bool = False,
-             varied: bool = False, loose_masks: bool = False) -> list[dict]:
+             varied: bool = False, loose_masks: bool = False, superficial: bool = False) -> list[dict]:
     """Write `n` phantoms (cohorts in turn) with their labels, phantoms.csv and microbleeds.csv;
     `raw`: the raw twins of the phantoms the same seed gives; `varied`: wide mimic and contrast
-    distributions; `loose_masks`: every case masked as a brain extraction leaves it (make_case)."""
+    distributions; `loose_masks`: every case masked as a brain extraction leaves it; `superficial`:
+    superficial cortical microbleeds too (make_case)."""
     if raw and loose_masks:
         raise ValueError("raw phantoms are not masked: --raw and --loose-masks exclude each other")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -590,7 +613,7 @@ def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None,
     for rng, acquisition, subject in _draws(n, seed, cohorts, "s"):
         stem = layout.case_stem(subject)
         channels, label, bleeds, brain, mimics = make_case(subject, acquisition, draw_microbleed_count(rng), rng,
-                                                           template, raw, varied, loose_masks)
+                                                           template, raw, varied, loose_masks, superficial)
         _write_phantom(out_dir, stem, channels, label, mimics)
         if raw:  # the truth for brain extraction, and a --brain-mask folder
             write_image_atomic(brain, out_dir / layout.brain_mask_name(stem))
