@@ -29,6 +29,21 @@ from mixmicrobleednet.evaluate import case_measures, summarise
 from mixmicrobleednet.lesions import LesionSettings, extract_lesions
 
 
+def lesions_at_margins(labels: Path, predictions: Path, stem: str, margins):
+    """A case's label and mimic map, and its microbleeds re-drawn at each margin: (margin, Lesions)."""
+    reference = sitk.ReadImage(str(labels / layout.label_name(stem)))
+    t2s = sitk.ReadImage(str(labels / layout.input_name(stem, layout.REFERENCE_CHANNEL)))
+    outputs = layout.seed_output_paths(stem)
+    probabilities = sitk.GetArrayFromImage(sitk.ReadImage(str(predictions / outputs["probability"])))
+    mimics = sitk.GetArrayFromImage(sitk.ReadImage(str(labels / layout.mimic_map_name(stem))))
+    extracted = predictions / outputs["brain_mask"]
+    brain = sitk.GetArrayFromImage(sitk.ReadImage(str(extracted))) > 0 if extracted.is_file() \
+        else stripped_brain(t2s)
+    redrawn = [(margin, extract_lesions(probabilities, t2s, LesionSettings(edge_margin_mm=margin), brain))
+               for margin in margins]
+    return reference, mimics, redrawn
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=Path, required=True, help="phantoms: scans, labels and mimic maps")
@@ -39,16 +54,8 @@ def main(argv=None) -> int:
     rows = []
     stems = sorted(filter(None, (layout.parse_label_name(p.name) for p in args.labels.glob("*.nii.gz"))))
     for stem in stems:
-        reference = sitk.ReadImage(str(args.labels / layout.label_name(stem)))
-        t2s = sitk.ReadImage(str(args.labels / layout.input_name(stem, layout.REFERENCE_CHANNEL)))
-        outputs = layout.seed_output_paths(stem)
-        probabilities = sitk.GetArrayFromImage(sitk.ReadImage(str(args.predictions / outputs["probability"])))
-        mimics = sitk.GetArrayFromImage(sitk.ReadImage(str(args.labels / layout.mimic_map_name(stem))))
-        extracted = args.predictions / outputs["brain_mask"]
-        brain = sitk.GetArrayFromImage(sitk.ReadImage(str(extracted))) > 0 if extracted.is_file() \
-            else stripped_brain(t2s)
-        for margin in args.margins:
-            lesions = extract_lesions(probabilities, t2s, LesionSettings(edge_margin_mm=margin), brain)
+        reference, mimics, redrawn = lesions_at_margins(args.labels, args.predictions, stem, args.margins)
+        for margin, lesions in redrawn:
             rows.append({"margin_mm": margin, "subject": layout.parse_stem(stem)["subject"], **case_measures(
                 sitk.GetArrayViewFromImage(reference), lesions.mask, float(np.prod(reference.GetSpacing())), mimics)})
     per_case = pd.DataFrame(rows)

@@ -1,0 +1,142 @@
+"""Models compared on held-out phantom draws (#32): sensitivity, false positives per scan, Dice, by
+acquisition, by where each microbleed was drawn (lobar, superficial cortex, deep, infratentorial), by
+size, and false positives by what they sit on; with the edge rule at each margin.
+
+    nice .venv/bin/python benchmarks/held_out.py --set default --set varied --set raw-cortex \
+        --model models/phantom-t1-t2-t2s --model training/compact-t1-t2-t2s/model [--margins 0 4]
+
+Each set is a fixed draw of phantoms.generate (SETS: the seeds no training or tuning used; the
+validation draws are for choosing, the others are judged once), made in work/held-out/SET/phantoms
+when missing. Each model predicts it with the tool's defaults and --fast, its probabilities saved
+(work/held-out/SET/MODEL, resumed), and the microbleeds are re-drawn from them at each margin
+(edge_rule.lesions_at_margins: the tool's default is 4 mm where it extracted the brain, the raw
+sets, else 0). A microbleed of microbleeds.csv is found when the mask overlaps its label component.
+Writes work/held-out/SET/results.csv and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from edge_rule import lesions_at_margins
+
+from mixmicrobleednet import layout
+from mixmicrobleednet.evaluate import case_measures, summarise
+from mixmicrobleednet.lesions import label_microbleeds
+from mixmicrobleednet.model import PredictionSettings
+from mixmicrobleednet.phantoms import generate
+from mixmicrobleednet.report import OutputSettings
+from mixmicrobleednet.runner import RunOptions, run
+
+REPO = Path(__file__).resolve().parents[1]
+#: name: phantoms.generate keywords. Seeds used by no training (scripts/train-long.sh: 301-303, 311-313).
+SETS = {
+    "default": {"n": 18, "seed": 2},
+    "varied": {"n": 12, "seed": 12, "varied": True, "cohorts": ["highres3d", "thickslice", "lowres", "midslice"]},
+    "raw-cortex-validation": {"n": 9, "seed": 40, "raw": True, "varied": True, "superficial": True},
+    "raw-cortex": {"n": 9, "seed": 41, "raw": True, "varied": True, "superficial": True},
+}
+SIZES_MM = (0, 3, 5, 11)  # diameter bins: the smallest are the ones missed
+
+
+def predicted(phantoms: Path, output_dir: Path, model: Path) -> None:
+    options = RunOptions(model=model, device="cpu", prediction=PredictionSettings(use_mirroring=False), resume=True,
+                         output=OutputSettings(save_probabilities=True, qc_picture=False, regions=False))
+    code, _ = run(phantoms, output_dir, options)
+    if code:
+        raise SystemExit(f"prediction of {phantoms} with {model} failed (exit {code})")
+
+
+def found_microbleeds(reference: sitk.Image, mask: np.ndarray, microbleeds: pd.DataFrame) -> list[float]:
+    """Whether (1.0, 0.0) the mask overlaps each microbleed's label component (the one nearest its
+    centre); NaN where the label has none (cut away by the brain mask)."""
+    components, _ = label_microbleeds(sitk.GetArrayViewFromImage(reference))
+    spacing = np.array(reference.GetSpacing()[::-1])
+    found = []
+    for row in microbleeds.itertuples():
+        centre = np.array(reference.TransformPhysicalPointToContinuousIndex((row.x_lps, row.y_lps, row.z_lps)))[::-1]
+        reach = np.ceil(row.diameter_mm / 2 / spacing).astype(int) + 1
+        lo = np.maximum(np.round(centre).astype(int) - reach, 0)
+        box = tuple(slice(a, b) for a, b in zip(lo, np.round(centre).astype(int) + reach + 1))
+        ids = components[box]
+        if not ids.any():  # outside the brain mask: no label to find (the label is cut there)
+            found.append(np.nan)
+            continue
+        near = np.argwhere(ids)
+        nearest = ids[tuple(near[np.argmin((((near + lo) - centre) * spacing) ** 2 @ np.ones(3))])]
+        found.append(float(mask[components == nearest].any()))
+    return found
+
+
+def score_set(name: str, models: list[Path], margins: list[float], work: Path) -> pd.DataFrame:
+    phantoms = work / name / "phantoms"
+    if not (phantoms / "phantoms.csv").is_file():
+        generate(phantoms, **SETS[name])
+    cohorts = pd.read_csv(phantoms / "phantoms.csv").set_index("subject")["cohort"]
+    microbleeds = pd.read_csv(phantoms / "microbleeds.csv")
+    microbleeds["subject"] = microbleeds["subject"].astype(str)
+    stems = sorted(filter(None, (layout.parse_label_name(p.name) for p in phantoms.glob("*.nii.gz"))))
+    rows, bleed_rows = [], []
+    for model in models:
+        output = work / name / model.name if model.name != "model" else work / name / model.parent.name
+        predicted(phantoms, output, model)
+        for stem in stems:
+            subject = layout.parse_stem(stem)["subject"]
+            reference, mimics, redrawn = lesions_at_margins(phantoms, output, stem, margins)
+            ours = microbleeds[microbleeds["subject"] == subject]
+            for margin, lesions in redrawn:
+                common = {"set": name, "model": output.name, "margin_mm": margin, "subject": subject,
+                          "cohort": cohorts[subject]}
+                rows.append({**common, **case_measures(sitk.GetArrayViewFromImage(reference), lesions.mask,
+                                                       float(np.prod(reference.GetSpacing())), mimics)})
+                bleed_rows += [{**common, "drawn_from": row.drawn_from, "diameter_mm": row.diameter_mm, "found": hit}
+                               for row, hit in zip(ours.itertuples(), found_microbleeds(reference, lesions.mask, ours))]
+    per_case, per_bleed = pd.DataFrame(rows), pd.DataFrame(bleed_rows)
+    per_case.to_csv(work / name / "per_case.csv", index=False)
+    per_bleed.to_csv(work / name / "per_microbleed.csv", index=False)
+    return tables(per_case, per_bleed)
+
+
+def tables(per_case: pd.DataFrame, per_bleed: pd.DataFrame) -> pd.DataFrame:
+    keys = ["set", "model", "margin_mm"]
+    summary = {(*key, "all"): summarise(group) for key, group in per_case.groupby(keys)}
+    summary.update({key: summarise(group) for key, group in per_case.groupby([*keys, "cohort"])})
+    table = pd.DataFrame(summary).T.sort_index()
+    table.index = table.index.set_names([*keys, "cohort"])
+    per_bleed = per_bleed.assign(size=pd.cut(per_bleed["diameter_mm"], SIZES_MM, right=False,
+                                             labels=[f"{a}-{b} mm" for a, b in zip(SIZES_MM, SIZES_MM[1:])]))
+    for column in ("drawn_from", "size"):
+        found = per_bleed.dropna(subset=["found"]).groupby([*keys, column], observed=True)["found"]
+        print(f"\nsensitivity by {column} (found / microbleeds)")
+        print(pd.DataFrame({"found": found.sum().astype(int), "microbleeds": found.size(),
+                            "sensitivity": found.mean().round(3)}).unstack(column).to_string())
+    return table
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", action="append", choices=list(SETS), required=True)
+    parser.add_argument("--model", action="append", type=Path, required=True, help="a model folder (repeat)")
+    parser.add_argument("--margins", type=float, nargs="+", default=[0.0, 4.0], help="edge margins, mm")
+    parser.add_argument("--work", type=Path, default=REPO / "work" / "held-out")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    pd.set_option("display.width", 250)
+    columns = ["cases", "reference_microbleeds", "sensitivity", "false_positives_per_scan", "dice_cases_with_microbleeds"]
+    for name in args.set:
+        table = score_set(name, args.model, args.margins, args.work)
+        mimic_columns = [c for c in table.columns if c.startswith("false_positives_") and c.endswith("_per_scan")
+                         and c != "false_positives_per_scan"]
+        print(f"\n{name}: {SETS[name]}")
+        print(table[columns + mimic_columns].astype(float).round(3).to_string())
+        table.to_csv(args.work / name / "results.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
