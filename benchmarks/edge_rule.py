@@ -29,8 +29,8 @@ from mixmicrobleednet.evaluate import case_measures, summarise
 from mixmicrobleednet.lesions import LesionSettings, extract_lesions
 
 
-def lesions_at_margins(labels: Path, predictions: Path, stem: str, margins):
-    """A case's label and mimic map, and its microbleeds re-drawn at each margin: (margin, Lesions)."""
+def redrawn_lesions(labels: Path, predictions: Path, stem: str, rules: list[LesionSettings]):
+    """A case's label, mimic map and probability map, and its microbleeds re-drawn by each rule."""
     reference = sitk.ReadImage(str(labels / layout.label_name(stem)))
     t2s = sitk.ReadImage(str(labels / layout.input_name(stem, layout.REFERENCE_CHANNEL)))
     outputs = layout.seed_output_paths(stem)
@@ -39,9 +39,7 @@ def lesions_at_margins(labels: Path, predictions: Path, stem: str, margins):
     extracted = predictions / outputs["brain_mask"]
     brain = sitk.GetArrayFromImage(sitk.ReadImage(str(extracted))) > 0 if extracted.is_file() \
         else stripped_brain(t2s)
-    redrawn = [(margin, extract_lesions(probabilities, t2s, LesionSettings(edge_margin_mm=margin), brain))
-               for margin in margins]
-    return reference, mimics, redrawn
+    return reference, mimics, probabilities, [extract_lesions(probabilities, t2s, rule, brain) for rule in rules]
 
 
 def main(argv=None) -> int:
@@ -54,8 +52,9 @@ def main(argv=None) -> int:
     rows = []
     stems = sorted(filter(None, (layout.parse_label_name(p.name) for p in args.labels.glob("*.nii.gz"))))
     for stem in stems:
-        reference, mimics, redrawn = lesions_at_margins(args.labels, args.predictions, stem, args.margins)
-        for margin, lesions in redrawn:
+        rules = [LesionSettings(edge_margin_mm=margin) for margin in args.margins]
+        reference, mimics, _, redrawn = redrawn_lesions(args.labels, args.predictions, stem, rules)
+        for margin, lesions in zip(args.margins, redrawn):
             rows.append({"margin_mm": margin, "subject": layout.parse_stem(stem)["subject"], **case_measures(
                 sitk.GetArrayViewFromImage(reference), lesions.mask, float(np.prod(reference.GetSpacing())), mimics)})
     per_case = pd.DataFrame(rows)
