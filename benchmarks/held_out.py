@@ -8,9 +8,9 @@ size, and false positives by what they sit on; with the edge rule at each margin
 Each set is a fixed draw of phantoms.generate (SETS: the seeds no training or tuning used; the
 validation draws are for choosing, the others are judged once), made in work/held-out/SET/phantoms
 when missing. Each model predicts it with the tool's defaults and --fast, its probabilities saved
-(work/held-out/SET/MODEL, resumed), and the microbleeds are re-drawn from them at each margin
-(edge_rule.lesions_at_margins: the tool's default is 4 mm where it extracted the brain, the raw
-sets, else 0). A microbleed of microbleeds.csv is found when the mask overlaps its label component.
+(work/held-out/SET/MODEL, resumed: visit_pairs.predicted), and the microbleeds are re-drawn from
+them at each margin (edge_rule.redrawn_lesions: the tool's default is 4 mm where it extracted the
+brain, the raw sets, else 0). A microbleed of microbleeds.csv is found when the mask overlaps its label component.
 Operating points (at --froc-margin): the FROC, sensitivity against false positives per scan at each of
 THRESHOLDS, and the reliability of the lesion table's probability (its maximum) at the default
 threshold: the share of marks in each probability bin that are microbleeds. Writes
@@ -27,14 +27,12 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 from edge_rule import redrawn_lesions
+from visit_pairs import predicted
 
 from mixmicrobleednet import layout
 from mixmicrobleednet.evaluate import case_measures, summarise
 from mixmicrobleednet.lesions import LesionSettings, label_microbleeds
-from mixmicrobleednet.model import PredictionSettings
 from mixmicrobleednet.phantoms import generate
-from mixmicrobleednet.report import OutputSettings
-from mixmicrobleednet.runner import RunOptions, run
 
 REPO = Path(__file__).resolve().parents[1]
 #: name: phantoms.generate keywords. Seeds used by no training (scripts/train-long.sh: 301-303, 311-313).
@@ -47,14 +45,6 @@ SETS = {
 SIZES_MM = (0, 3, 5, 11)  # diameter bins: the smallest are the ones missed
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 RELIABILITY_BINS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-
-
-def predicted(phantoms: Path, output_dir: Path, model: Path) -> None:
-    options = RunOptions(model=model, device="cpu", prediction=PredictionSettings(use_mirroring=False), resume=True,
-                         output=OutputSettings(save_probabilities=True, qc_picture=False, regions=False))
-    code, _ = run(phantoms, output_dir, options)
-    if code:
-        raise SystemExit(f"prediction of {phantoms} with {model} failed (exit {code})")
 
 
 def found_microbleeds(reference: sitk.Image, mask: np.ndarray, microbleeds: pd.DataFrame) -> list[float]:
