@@ -39,8 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 SETS = {
     "default": {"n": 18, "seed": 2},
     "varied": {"n": 12, "seed": 12, "varied": True, "cohorts": ["highres3d", "thickslice", "lowres", "midslice"]},
-    "raw-cortex-validation": {"n": 9, "seed": 40, "raw": True, "varied": True, "superficial": True},
-    "raw-cortex": {"n": 9, "seed": 41, "raw": True, "varied": True, "superficial": True},
+    # raw heads on the quickest grid: registration and brain extraction take minutes per case
+    "raw-cortex-validation": {"n": 9, "seed": 40, "raw": True, "varied": True, "superficial": True,
+                              "cohorts": ["lowres"]},
+    "raw-cortex": {"n": 9, "seed": 41, "raw": True, "varied": True, "superficial": True, "cohorts": ["lowres"]},
 }
 SIZES_MM = (0, 3, 5, 11)  # diameter bins: the smallest are the ones missed
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)

@@ -104,9 +104,12 @@ def test_a_killed_training_resumes_from_its_latest_checkpoint_on_the_data_alread
     model = training.train(data, tmp_path / "model", "compact", device="cpu", work_dir=work, epochs=4,
                            iterations_per_epoch=1, resume=carried)
 
-    assert json.loads((model / "training.json").read_text())["epochs"] == 4
+    record = json.loads((model / "training.json").read_text())
+    assert record["epochs"] == 4
     final = torch.load(next(work.rglob("training_log_*.txt")).parent / "checkpoint_final.pth", weights_only=False)
     assert final["current_epoch"] == 4
     assert len(final["logging"]["train_losses"]) == 4  # two epochs before the kill, two after: the log goes on
+    epochs = list(zip(final["logging"]["epoch_start_timestamps"], final["logging"]["epoch_end_timestamps"]))
+    assert len(epochs) == 4 and record["training_hours"] == round(sum(end - start for start, end in epochs) / 3600, 3)
     with pytest.raises(ValueError, match="no such checkpoint file"):
         training.train(data, tmp_path / "m2", "compact", device="cpu", work_dir=work, resume=tmp_path / "none.pth")

@@ -458,6 +458,7 @@ def _write_training_record(out_dir: Path, config: TrainingConfig, trainer, data_
 
     import torch
 
+    logged = trainer.logger.local_logger.my_fantastic_logging
     record = {
         "config": config.name,
         "configuration": config.configuration,
@@ -465,15 +466,18 @@ def _write_training_record(out_dir: Path, config: TrainingConfig, trainer, data_
         "epochs": trainer.num_epochs,
         "iterations_per_epoch": trainer.num_iterations_per_epoch,
         "initial_lr": trainer.initial_lr,
-        "training_hours": round(hours, 3),
+        # the epochs of every run a resumed training took (nnU-Net keeps their times in the checkpoint)
+        "training_hours": round(sum(end - start for start, end in zip(logged["epoch_start_timestamps"],
+                                                                       logged["epoch_end_timestamps"])) / 3600, 3),
+        "this_run_hours": round(hours, 3),  # the last run's wall time, preprocessing included
         "device": str(device),
         "cpu_count": os.cpu_count(),
         "machine": platform.platform(),
         "torch": torch.__version__,
         "training_data": str(data_dir),
         "initialised_from": str(init_from) if init_from else None,
-        "final_train_loss": float(trainer.logger.local_logger.my_fantastic_logging["train_losses"][-1]),
-        "final_val_loss": float(trainer.logger.local_logger.my_fantastic_logging["val_losses"][-1]),
-        "final_pseudo_dice": float(trainer.logger.local_logger.my_fantastic_logging["mean_fg_dice"][-1]),
+        "final_train_loss": float(logged["train_losses"][-1]),
+        "final_val_loss": float(logged["val_losses"][-1]),
+        "final_pseudo_dice": float(logged["mean_fg_dice"][-1]),
     }
     (out_dir / "training.json").write_text(json.dumps(record, indent=2))
