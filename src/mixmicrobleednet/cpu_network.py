@@ -112,17 +112,15 @@ def openvino_network(network: torch.nn.Module, tile_shape: tuple[int, ...], thre
     """nnU-Net's network (its own modules, not cpu_network's) converted by OpenVINO's PyTorch frontend
     from one trace on zero tiles of `tile_shape` (channels, *patch), for any number of tiles per call,
     and compiled once for the CPU in float32 on `threads` threads (the precision hint matters: on CPUs
-    with AVX-512 BF16 or AMX OpenVINO would otherwise pick bfloat16). 1.6x faster than cpu_network on
-    the AVX-512 EPYC measured (docs/benchmarks.md). Its instance normalisation (one fused MVN on channels-last
-    data) sums each channel's voxels in one float32 chain, so a channel's variance is off by about
-    1e-5 of itself and the logits differ from PyTorch's by up to about 1e-3 (8.4e-4 for the shipped
-    model's logits of +-41; tests/test_model_speed.py), and by as much between a tile sent alone and
-    in a batch; benchmarks/predict_speed.py --compare-runtimes measures what that does to masks.
-    `accurate`: the normalisations on the plain layout (PlainLayoutInstanceNorm): logits within 1e-4
-    of nnU-Net's as PyTorch's, the same for a tile alone or in a batch, 10-15 % slower than without
-    (still 1.4x PyTorch where measured). The
-    frontend is called directly rather than through openvino.convert_model, which sends usage
-    statistics (openvino-telemetry) unless a user opted out."""
+    with AVX-512 BF16 or AMX OpenVINO would otherwise pick bfloat16). Its instance normalisation (one
+    fused MVN on channels-last data) sums each channel's voxels in one float32 chain, so the logits
+    differ from PyTorch's by up to about 1e-3 (tests/test_model_speed.py), and by as much between a
+    tile sent alone and in a batch; benchmarks/predict_speed.py --compare-runtimes measures what that
+    does to masks. `accurate`: the normalisations on the plain layout (PlainLayoutInstanceNorm):
+    logits within 1e-4 of nnU-Net's as PyTorch's, the same for a tile alone or in a batch, somewhat
+    slower. Speed of each: docs/benchmarks.md (The network on the CPU). The frontend is called
+    directly rather than through openvino.convert_model, which sends usage statistics
+    (openvino-telemetry) unless a user opted out."""
     try:
         import openvino
         from openvino.frontend import FrontEndManager
