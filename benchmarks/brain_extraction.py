@@ -12,9 +12,9 @@ rigid transform, 0.9 x 0.9 x 3 mm axial, tissue order inverted, bias field, Rici
 phantoms.t2s_like_copy), which stand for extraction on the T2* scan of a case without T1. The
 truth is ch2bet brought onto each grid by the same transform. Prints per method and input: Dice,
 the mask volume against ch2bet's, what lies in one mask and not the other (ml, and its median
-distance from ch2bet's surface), the share of ch2bet's brain where the default edge rule for an
-extracted brain would drop a microbleed (its centre within lesions.EXTRACTED_BRAIN_EDGE_MARGIN_MM of
-the mask's edge) and how deep into ch2bet that band reaches (95th percentile), and the time.
+distance from ch2bet's surface), the share of ch2bet's brain where the edge rule for an extracted
+brain would drop a microbleed (its centre within modelfolder.EXTRACTED_BRAIN_EDGE_MARGIN_MM of the
+mask's edge, the margin of a model that does not say its own) and how deep into ch2bet that band reaches (95th percentile), and the time.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from mixmicrobleednet.brain import extract_brain
-from mixmicrobleednet.lesions import EXTRACTED_BRAIN_EDGE_MARGIN_MM
+from mixmicrobleednet.modelfolder import EXTRACTED_BRAIN_EDGE_MARGIN_MM
 from mixmicrobleednet.phantoms import COLIN27_DIR, random_rigid, t2s_like_copy
 
 

@@ -10,8 +10,8 @@ up to 10° and 10 mm; phantoms.make_case(raw=True)), each predicted by the same 
 Resumable (phantoms are kept, predictions run with --resume). The probability maps are kept
 (--save-probabilities), so that benchmarks/edge_rule.py can re-draw both twins with the edge rule.
 Prints per twin: sensitivity, false positives per scan, Dice (each twin with the tool's defaults:
-the raw twins' brains are extracted, so the edge rule of lesions.EXTRACTED_BRAIN_EDGE_MARGIN_MM
-applies to them), and the differences against the issue's bar (sensitivity no more than 0.05
+the raw twins' brains are extracted, so the model's edge margin
+(ModelFolder.extracted_brain_edge_margin_mm) applies to them), and the differences against the issue's bar (sensitivity no more than 0.05
 lower, false positives per scan no more than 0.2 higher); then the brain masks' Dice against the
 phantoms' true brain, and the mean seconds per stage of the raw runs (registration per channel,
 brain mask, prediction).

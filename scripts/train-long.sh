@@ -6,8 +6,9 @@
 #   scripts/train-long.sh run [NAME]    generate the data when missing, then train (nohup it: hours)
 #   scripts/train-long.sh save [NAME]   the latest checkpoint (weights and progress, no optimizer state) and
 #                                       the logs into training/NAME/, with the command that resumes
-# NAME: compact-t1-t2-t2s (default) or compact-t2s, from scratch; compact-t1-t2-t2s-cortex, fine-tuned
-# from training/compact-t1-t2-t2s/model on phantoms with superficial cortical microbleeds too.
+# NAME: compact-t1-t2-t2s (default), from scratch; compact-t1-t2-t2s-cortex, fine-tuned from
+# training/compact-t1-t2-t2s/model on phantoms with superficial cortical microbleeds too;
+# compact-t2s (T2* only), from scratch on both sets.
 # Data and nnU-Net folders: work/train-long/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,17 +19,22 @@ name=${2:-compact-t1-t2-t2s}
 # brain-extracted as at inference (minutes per case on 2 cores).
 data=work/train-long/data
 specs=("varied 301 30 --varied" "raw 302 10 --raw --varied" "loose 303 30 --loose-masks --varied")
+cortex_specs=("cortex-varied 311 24 --varied --superficial" "cortex-raw 312 6 --raw --varied --superficial"
+              "cortex-loose 313 24 --loose-masks --varied --superficial")
 epochs=300
 iterations=100
 tuning=()
 case $name in
   compact-t1-t2-t2s) channels=(T1 T2 T2S) ;;
-  compact-t2s) channels=(T2S) ;;
+  compact-t2s)
+    # Both sets: the T2*-only model learns superficial cortex from the start (124 phantoms).
+    channels=(T2S)
+    data=work/train-long/t2s-data
+    specs+=("${cortex_specs[@]}") ;;
   compact-t1-t2-t2s-cortex)
     channels=(T1 T2 T2S)
     data=work/train-long/cortex-data
-    specs=("cortex-varied 311 24 --varied --superficial" "cortex-raw 312 6 --raw --varied --superficial"
-           "cortex-loose 313 24 --loose-masks --varied --superficial")
+    specs=("${cortex_specs[@]}")
     epochs=60
     tuning=(--init training/compact-t1-t2-t2s/model --initial-lr 1e-3) ;;
   *) echo "unknown training $name" >&2; exit 2 ;;

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from mixmicrobleednet.lesions import EXTRACTED_BRAIN_EDGE_MARGIN_MM, LESION_COLUMNS, LesionSettings, extract_lesions
+from mixmicrobleednet.lesions import LESION_COLUMNS, LesionSettings, extract_lesions
 from mixmicrobleednet.phantoms import Microbleed, _render_bleeds
 from mixmicrobleednet.report import write_lesion_table, write_qc_picture
 
@@ -155,7 +155,7 @@ def test_edge_margin_drops_microbleeds_whose_centre_lies_near_the_brains_edge():
     with pytest.raises(ValueError):
         LesionSettings(edge_margin_mm=-1)
     assert "3 mm or more inside the brain" in LesionSettings(edge_margin_mm=3.0).describe()
-    # no margin set: decided by how the brain mask was found
-    assert LesionSettings().margin_mm == 0 and LesionSettings().for_brain(extracted=False).edge_margin_mm == 0
-    assert LesionSettings().for_brain(extracted=True).edge_margin_mm == EXTRACTED_BRAIN_EDGE_MARGIN_MM == 4
-    assert LesionSettings(edge_margin_mm=1.0).for_brain(extracted=True).edge_margin_mm == 1
+    # no margin set: decided by how the brain mask was found, and by the model where it was extracted
+    assert LesionSettings().margin_mm == 0 and LesionSettings().for_brain(False, 2.0).edge_margin_mm == 0
+    assert LesionSettings().for_brain(extracted=True, model_margin_mm=2.0).edge_margin_mm == 2
+    assert LesionSettings(edge_margin_mm=1.0).for_brain(extracted=True, model_margin_mm=2.0).edge_margin_mm == 1

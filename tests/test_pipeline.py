@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -327,13 +328,20 @@ def test_edge_margin_uses_the_skull_stripped_scans_own_brain_with_its_holes_fill
     np.testing.assert_allclose(table, [[18, 20, 10]])  # the centre one (i, j, k)
 
 
-def test_edge_margin_defaults_to_4_mm_where_the_tool_extracted_the_brain_and_to_0_for_a_given_mask(
+def test_edge_margin_defaults_to_the_models_where_the_tool_extracted_the_brain_and_to_0_for_a_given_mask(
         tmp_path, random_model, monkeypatch):
     """The same brain mask, once as the tool's extraction (deepbet stood in for by the scan's own
     brain), once given by the user: a microbleed 3 mm inside its edge is dropped by default only
-    where the tool extracted the mask; --edge-margin-mm wins; the record says what was applied."""
+    where the tool extracted the mask and the model's margin (4 mm where its plans do not say, 2 mm
+    where they do) reaches it; --edge-margin-mm wins; the record says what was applied."""
     from mixmicrobleednet import brain
     from mixmicrobleednet.brain import BrainMasking, BrainSettings
+    from mixmicrobleednet.modelfolder import EDGE_MARGIN
+
+    model_2mm = tmp_path / "model-2mm"
+    shutil.copytree(random_model, model_2mm)
+    plans = json.loads((model_2mm / layout.PLANS_JSON).read_text())
+    (model_2mm / layout.PLANS_JSON).write_text(json.dumps(plans | {EDGE_MARGIN: 2.0}))
 
     paths = write_case(tmp_path / "input", "x1", shape=(24, 40, 36), spacing_xyz=(3.0, 3.0, 3.0))
     monkeypatch.setattr(brain, "extract_brain", lambda image, use_gpu: sitk.Cast(image > 0, sitk.sitkUInt8))
@@ -344,12 +352,14 @@ def test_edge_margin_defaults_to_4_mm_where_the_tool_extracted_the_brain_and_to_
         probabilities[12, 20, 18] = probabilities[12, 20, 34] = 1  # the centre; 3 mm inside the edge
         return probabilities
 
-    for name, masking, margin, expected in (
-            ("extracted", BrainSettings(masking=BrainMasking.EXTRACT), None, (4.0, 1)),
-            ("given", BrainSettings(masking=BrainMasking.GIVEN, given=tmp_path / "mask.nii.gz"), None, (0.0, 0)),
-            ("extracted-0", BrainSettings(masking=BrainMasking.EXTRACT), 0.0, (0.0, 0))):
+    for name, model, masking, margin, expected in (
+            ("extracted", random_model, BrainSettings(masking=BrainMasking.EXTRACT), None, (4.0, 1)),
+            ("extracted-model-2mm", model_2mm, BrainSettings(masking=BrainMasking.EXTRACT), None, (2.0, 0)),
+            ("given", model_2mm, BrainSettings(masking=BrainMasking.GIVEN, given=tmp_path / "mask.nii.gz"), None, (0.0, 0)),
+            ("extracted-0", random_model, BrainSettings(masking=BrainMasking.EXTRACT), 0.0, (0.0, 0)),
+            ("extracted-5", model_2mm, BrainSettings(masking=BrainMasking.EXTRACT), 5.0, (5.0, 1))):
         out = tmp_path / name
-        [result] = run_cases(cases_for(tmp_path / "input", random_model),
+        [result] = run_cases(cases_for(tmp_path / "input", model),
                              CaseRun(FunctionPredictor(two_dots), out, settings=OutputSettings(lesions=LesionSettings(edge_margin_mm=margin)),
                                      brain=masking))
         assert not result.error_messages, result.error_messages
@@ -359,6 +369,9 @@ def test_edge_margin_defaults_to_4_mm_where_the_tool_extracted_the_brain_and_to_
         assert result.microbleed_count == 2 - expected[1]
         summary = pd.read_csv(out / layout.SUMMARY_CSV)
         assert tuple(summary.loc[0, ["edge_margin_mm", "near_edge_count"]]) == expected
+    (model_2mm / layout.PLANS_JSON).write_text(json.dumps(plans | {EDGE_MARGIN: -1}))
+    with pytest.raises(ModelError, match=f"{EDGE_MARGIN} must be 0 mm or more"):
+        cases_for(tmp_path / "input", model_2mm)
 
 
 def test_network_inputs_writes_cases_as_the_pipeline_hands_them_to_the_network(tmp_path, monkeypatch, capsys, caplog):

@@ -9,7 +9,7 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .options import DEFAULT_THRESHOLD, EXTRACTED_BRAIN_EDGE_MARGIN_MM
+from .options import DEFAULT_THRESHOLD
 
 #: Voxels touching by a face, edge or corner belong to the same microbleed.
 CONNECTIVITY = np.ones((3, 3, 3), bool)
@@ -49,12 +49,13 @@ class LesionSettings:
     def margin_mm(self) -> float:
         return self.edge_margin_mm or 0.0
 
-    def for_brain(self, extracted: bool) -> LesionSettings:
-        """The rule for one case: an edge margin left open becomes EXTRACTED_BRAIN_EDGE_MARGIN_MM
-        where the tool extracted the brain, else 0 (skull-stripped scans, masks the user gave)."""
+    def for_brain(self, extracted: bool, model_margin_mm: float) -> LesionSettings:
+        """The rule for one case: an edge margin left open becomes the model's
+        (ModelFolder.extracted_brain_edge_margin_mm) where the tool extracted the brain, else 0
+        (skull-stripped scans, masks the user gave)."""
         if self.edge_margin_mm is not None:
             return self
-        return replace(self, edge_margin_mm=EXTRACTED_BRAIN_EDGE_MARGIN_MM if extracted else 0.0)
+        return replace(self, edge_margin_mm=model_margin_mm if extracted else 0.0)
 
     def describe(self) -> str:
         """The rule in a few words, for captions."""

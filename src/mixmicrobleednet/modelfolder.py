@@ -39,6 +39,14 @@ PLATFORM_MODEL_DIR = Path("/opt/ml/model")
 #: plans.json key (ignored by nnU-Net) telling `Model` to aggregate and resample probabilities as
 #: nnU-Net v1 did (set by import-v1).
 PROBABILITY_AGGREGATION = "mixmicrobleednet_v1_probability_aggregation"
+#: plans.json key (ignored by nnU-Net): the edge margin (mm) where the tool extracted the brain itself,
+#: as the model's card measured it (lesions.LesionSettings.for_brain); written by hand after the card's
+#: validation draw, since it is chosen after training.
+EDGE_MARGIN = "mixmicrobleednet_extracted_brain_edge_margin_mm"
+#: The edge margin for a model that does not say: an extraction's mask reaches past the brain onto dura
+#: and bone (most at the skull base), dark on T2* beside the bright brain like a microbleed; chosen for
+#: the v1 models on raw phantoms (benchmarks/edge_rule.py).
+EXTRACTED_BRAIN_EDGE_MARGIN_MM = 4.0
 
 
 class ModelError(Exception):
@@ -53,6 +61,7 @@ class ModelFolder:
     configurations: tuple[str, ...]  # in plans.json; the checkpoint says which one it was trained as
     checksum: str  # SHA-256 over plans, dataset and checkpoint
     imported_from_v1: bool
+    extracted_brain_edge_margin_mm: float = EXTRACTED_BRAIN_EDGE_MARGIN_MM
 
     @property
     def name(self) -> str:
@@ -85,14 +94,17 @@ def read_model_folder(model_dir: Path) -> ModelFolder:
         channels = tuple(str(names[key]) for key in sorted(names, key=int))
         labels = {str(k): int(v) for k, v in dataset["labels"].items()}
         configurations = tuple(plans["configurations"])
+        edge_margin_mm = float(plans.get(EDGE_MARGIN, EXTRACTED_BRAIN_EDGE_MARGIN_MM))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelError(f"{model_dir}: unreadable plans.json or dataset.json ({type(exc).__name__}: {exc})") from None
     unknown = [c for c in channels if c not in layout.CHANNELS]
     if unknown or layout.REFERENCE_CHANNEL not in channels or len(set(channels)) != len(channels):
         raise ModelError(f"{model_dir / layout.DATASET_JSON}: channel_names {list(channels)} must name distinct "
                          f"channels among {', '.join(layout.CHANNELS)}, {layout.REFERENCE_CHANNEL} included")
+    if not edge_margin_mm >= 0:
+        raise ModelError(f"{model_dir / layout.PLANS_JSON}: {EDGE_MARGIN} must be 0 mm or more: got {edge_margin_mm}")
     return ModelFolder(model_dir, channels, labels, configurations, model_checksum(model_dir),
-                       bool(plans.get(PROBABILITY_AGGREGATION)))
+                       bool(plans.get(PROBABILITY_AGGREGATION)), edge_margin_mm)
 
 
 def models_folder() -> Path:

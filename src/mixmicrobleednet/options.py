@@ -18,16 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, get_type_hints
 
 from . import layout
-from .modelfolder import AUTO, DEFAULT_MODEL, MODELS_VARIABLE
+from .modelfolder import AUTO, DEFAULT_MODEL, EXTRACTED_BRAIN_EDGE_MARGIN_MM, MODELS_VARIABLE
 
 #: nnU-Net's argmax over {background, CMB} is `p(CMB) > 0.5`; the same rule keeps the seed's masks.
 DEFAULT_THRESHOLD = 0.5
-#: The edge margin (mm) where the tool extracted the brain itself, unless the user sets one
-#: (lesions.LesionSettings.for_brain): an extraction's mask reaches past the brain onto dura and
-#: bone (most at the skull base), dark on T2* beside the bright brain like a microbleed. The
-#: smallest margin with the fewest false positives on raw phantoms (benchmarks/edge_rule.py; the
-#: model card has the figures).
-EXTRACTED_BRAIN_EDGE_MARGIN_MM = 4.0
 DEVICES = ("auto", "cuda", "cpu")
 #: The values PredictionSettings.precision takes.
 PRECISIONS = ("float32", "bfloat16")
@@ -159,7 +153,8 @@ OPTIONS: tuple[Option, ...] = (
            fills=_fills("output.lesions.min_size_mm3"), help="drop microbleeds smaller than this volume in mm³ (0: keep all)"),
     Option(flag="--edge-margin-mm", type=_non_negative, commands=_RUN, environment=True,
            fills=_fills("output.lesions.edge_margin_mm"),
-           shown_default=f"{EXTRACTED_BRAIN_EDGE_MARGIN_MM:g} where the tool extracts the brain, else 0",
+           shown_default=f"where the tool extracts the brain, the model's (its card; {EXTRACTED_BRAIN_EDGE_MARGIN_MM:g} "
+                         "where it does not say), else 0",
            help="set aside microbleeds whose centre lies within this distance of the brain mask's edge (left out of "
                 "the mask and the counts, listed in the record); an extracted brain's mask reaches onto dura and "
                 "bone; 3 is measured in the T2*-only model's card and recommended for it"),

@@ -273,7 +273,7 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
             result.stage_seconds |= {"preprocess": network["preprocess_s"], "network": network["network_s"],
                                      "resample": network["resample_s"]}
             result.network = {key: network[key] for key in ("preprocessed_ahead", "tiles", "passes_per_tile")}
-        rule = run.settings.lesions.for_brain(stack.brain.extracted)
+        rule = run.settings.lesions.for_brain(stack.brain.extracted, case.model.extracted_brain_edge_margin_mm)
         with _stage(result, "lesions"):
             lesions = extract_lesions(probabilities, stack.reference, rule, stack.brain_region() if rule.margin_mm else None)
         # What the edge rule set aside stays on record, where a reader can look at it.
