@@ -27,6 +27,46 @@ def _crop_of_the_test_case(folder: Path):
     return load_case(seed_cases(folder)[0])
 
 
+def test_the_predictor_opens_as_nnunets_without_its_trainer_search(random_model, tmp_path, monkeypatch):
+    """open_predictor builds the default trainer's network itself (no import of every trainer module):
+    the same network, weights, configuration and mirroring axes as nnU-Net's own
+    initialize_from_trained_model_folder; a checkpoint of another trainer goes through nnU-Net's."""
+    import shutil
+
+    import torch
+    from nnunetv2.inference import predict_from_raw_data
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from mixmicrobleednet.nnunet_glue import DEFAULT_TRAINER, open_predictor
+
+    def opened(folder):
+        ours = open_predictor(folder, torch.device("cpu"), 4, 0.5, True)
+        reference = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
+        reference.initialize_from_trained_model_folder(str(folder), use_folds=(layout.FOLD,),
+                                                       checkpoint_name=layout.CHECKPOINT_NAME)
+        assert type(ours.network) is type(reference.network) and str(ours.network) == str(reference.network)
+        for (name, ours_tensor), (_, reference_tensor) in zip(ours.network.state_dict().items(),
+                                                              reference.network.state_dict().items(), strict=True):
+            assert torch.equal(ours_tensor, reference_tensor), name
+        assert ours.configuration_manager.configuration == reference.configuration_manager.configuration
+        assert (ours.allowed_mirroring_axes, ours.trainer_name) == (reference.allowed_mirroring_axes,
+                                                                    reference.trainer_name)
+        return ours
+
+    assert opened(random_model).trainer_name == DEFAULT_TRAINER
+    other = tmp_path / "other-trainer"
+    shutil.copytree(random_model, other)
+    checkpoint = torch.load(other / layout.CHECKPOINT, map_location="cpu", weights_only=False)
+    torch.save(checkpoint | {"trainer_name": "nnUNetTrainer_250epochs"}, other / layout.CHECKPOINT)
+    searched = []
+    # nnU-Net's search imports every trainer module, some of which need torchvision's CUDA build here
+    monkeypatch.setattr(predict_from_raw_data, "recursive_find_trainer_class_by_name",
+                        lambda name: searched.append(name) or nnUNetTrainer)
+    assert opened(other).trainer_name == "nnUNetTrainer_250epochs"
+    assert searched == ["nnUNetTrainer_250epochs"] * 2  # ours, then the reference's
+
+
 @pytest.mark.shipped
 def test_batched_tiles_and_single_map_resampling_keep_nnunets_mask(tmp_path):
     stack = _crop_of_the_test_case(tmp_path)

@@ -37,7 +37,13 @@ from nnunetv2.inference.sliding_window_prediction import (  # noqa: E402
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor  # noqa: E402
 from nnunetv2.preprocessing.resampling.default_resampling import (  # noqa: E402
     compute_new_shape, determine_do_sep_z_and_axis)
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: E402
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels  # noqa: E402
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: E402
+
+#: The trainer whose network open_predictor builds itself (nnUNetTrainer.build_network_architecture);
+#: a checkpoint of another trainer is opened by nnU-Net's own search for its class.
+DEFAULT_TRAINER = "nnUNetTrainer"
 
 
 class PlansPreprocessing:
@@ -199,6 +205,23 @@ def open_predictor(folder: Path, device: torch.device, tiles_per_batch: int, til
         tiles_per_batch, tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
         perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
         verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(folder), use_folds=(layout.FOLD,),
-                                                   checkpoint_name=layout.CHECKPOINT_NAME)
+    checkpoint = torch.load(folder / layout.CHECKPOINT, map_location="cpu", weights_only=False)
+    if checkpoint["trainer_name"] != DEFAULT_TRAINER:
+        predictor.initialize_from_trained_model_folder(str(folder), use_folds=(layout.FOLD,),
+                                                       checkpoint_name=layout.CHECKPOINT_NAME)
+        return predictor
+    # The default trainer's network without nnU-Net's search for the trainer class by name, which imports
+    # every trainer module (matplotlib and seaborn among them: seconds of every run's start-up).
+    # Mirrors initialize_from_trained_model_folder with nnUNetTrainer.build_network_architecture.
+    dataset_json = json.loads((folder / layout.DATASET_JSON).read_text())
+    plans = PlansManager(json.loads((folder / layout.PLANS_JSON).read_text()))
+    configuration = plans.get_configuration(checkpoint["init_args"]["configuration"])
+    network = get_network_from_plans(
+        configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
+        configuration.network_arch_init_kwargs_req_import,
+        determine_num_input_channels(plans, configuration, dataset_json),
+        plans.get_label_manager(dataset_json).num_segmentation_heads, allow_init=True, deep_supervision=False)
+    network.load_state_dict(checkpoint["network_weights"])
+    predictor.manual_initialization(network, plans, configuration, [checkpoint["network_weights"]], dataset_json,
+                                    DEFAULT_TRAINER, checkpoint.get("inference_allowed_mirroring_axes"))
     return predictor
