@@ -9,8 +9,8 @@ Each set is a fixed draw of phantoms.generate (SETS: the seeds no training or tu
 validation draws are for choosing, the others are judged once), made in work/held-out/SET/phantoms
 when missing. Each model predicts it with the tool's defaults and --fast, its probabilities saved
 (work/held-out/SET/MODEL, resumed: visit_pairs.predicted), and the microbleeds are re-drawn from
-them at each margin (edge_rule.redrawn_lesions: the tool's default is 4 mm where it extracted the
-brain, the raw sets, else 0). A microbleed of microbleeds.csv is found when the mask overlaps its label component.
+them at each margin (edge_rule.redrawn_lesions: where the tool extracted the brain, the raw sets,
+the tool's default is the model's own margin, ModelFolder.extracted_brain_edge_margin_mm; else 0). A microbleed of microbleeds.csv is found when the mask overlaps its label component.
 Operating points (at --froc-margin): the FROC, sensitivity against false positives per scan at each of
 THRESHOLDS, and the reliability of the lesion table's probability (its maximum) at the default
 threshold: the share of marks in each probability bin that are microbleeds. Writes
@@ -37,6 +37,9 @@ from mixmicrobleednet.phantoms import generate
 REPO = Path(__file__).resolve().parents[1]
 #: name: phantoms.generate keywords. Seeds used by no training (scripts/train-long.sh: 301-303, 311-313).
 SETS = {
+    # the validation draws the T2*-only card chose its edge margin on
+    "default-validation": {"n": 6, "seed": 3},
+    "varied-validation": {"n": 9, "seed": 13, "varied": True},
     "default": {"n": 18, "seed": 2},
     "varied": {"n": 12, "seed": 12, "varied": True, "cohorts": ["highres3d", "thickslice", "lowres", "midslice"]},
     # raw heads on the quickest grid: registration and brain extraction take minutes per case
@@ -190,7 +193,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", action="append", choices=list(SETS), required=True)
     parser.add_argument("--model", action="append", type=Path, required=True, help="a model folder (repeat)")
-    parser.add_argument("--margins", type=float, nargs="+", default=[0.0, 4.0], help="edge margins, mm")
+    parser.add_argument("--margins", type=float, nargs="+", default=[0.0, 2.0, 4.0], help="edge margins, mm")
     parser.add_argument("--froc-margin", type=float, default=0.0, help="the edge margin of the operating points")
     parser.add_argument("--work", type=Path, default=REPO / "work" / "held-out")
     args = parser.parse_args(argv)
