@@ -199,6 +199,7 @@ def compare_runtimes(input_dir: Path, work: Path, model: Path, mirroring: bool, 
     reference = "torch"
     runtimes = [r for r in runtimes or CPU_RUNTIMES if r != reference] + [reference]
     bin_dir, outputs = Path(sys.executable).parent, {}
+    work.mkdir(parents=True, exist_ok=True)  # with SEED_DIR nothing else makes it
     for runtime in runtimes:
         out = work / f"out-runtime-{runtime}"
         if not (reuse and records.read_records(out)):

@@ -42,12 +42,11 @@ def _assert_on_t2s_grid(mask_path, t2s_path):
 
 
 def test_one_mask_per_case_on_its_t2s_grid_and_model_loaded_once(cohort, tmp_path, random_model, monkeypatch, caplog):
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from mixmicrobleednet import nnunet_glue
 
     loads = []
-    original = nnUNetPredictor.initialize_from_trained_model_folder
-    monkeypatch.setattr(nnUNetPredictor, "initialize_from_trained_model_folder",
-                        lambda self, *a, **k: loads.append(1) or original(self, *a, **k))
+    original = nnunet_glue.open_predictor
+    monkeypatch.setattr(nnunet_glue, "open_predictor", lambda *a, **k: loads.append(1) or original(*a, **k))
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO):
         results = predict(cohort, out, random_model)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import warnings
 
+import numpy as np
 import torch
 
 from .modelfolder import ModelError
@@ -91,28 +92,34 @@ _TRACING = threading.Lock()
 
 class OpenVINONetwork(torch.nn.Module):
     """The network compiled once by OpenVINO for this CPU: float32 tiles (N, channels, *patch) in,
-    float32 logits out as a torch tensor of its own (the predictor adds into it in place), N free."""
+    float32 logits out as a torch tensor of its own (the predictor adds into it in place), N free.
+    A call's tiles are shared among the compiled model's streams, each with its own request, run at once."""
 
-    def __init__(self, compiled, tile_shape: tuple[int, ...]):
+    def __init__(self, compiled, tile_shape: tuple[int, ...], streams: int):
         super().__init__()
         self.tile_shape = tile_shape
-        self._request = compiled.create_infer_request()  # one caller: the predictor's sliding window
+        # one caller: the predictor's sliding window
+        self._requests = [compiled.create_infer_request() for _ in range(streams)]
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
         if tuple(tiles.shape[1:]) != self.tile_shape:
             raise ValueError(f"OpenVINO's network was compiled for tiles of {self.tile_shape}, "
                              f"not {tuple(tiles.shape[1:])}")
-        logits = self._request.infer([tiles.detach().to(torch.float32).contiguous().numpy()],
-                                     share_inputs=True, share_outputs=False)
-        return torch.from_numpy(logits[0])
+        parts = np.array_split(tiles.detach().to(torch.float32).contiguous().numpy(), min(len(tiles), len(self._requests)))
+        for request, part in zip(self._requests, parts):
+            request.start_async([part], share_inputs=True)
+        for request in self._requests[:len(parts)]:
+            request.wait()
+        return torch.from_numpy(np.concatenate([request.get_output_tensor(0).data for request in self._requests[:len(parts)]]))
 
 
 def openvino_network(network: torch.nn.Module, tile_shape: tuple[int, ...], threads: int,
-                     accurate: bool = False) -> OpenVINONetwork:
+                     accurate: bool = False, streams: int = 1) -> OpenVINONetwork:
     """nnU-Net's network (its own modules, not cpu_network's) converted by OpenVINO's PyTorch frontend
     from one trace on zero tiles of `tile_shape` (channels, *patch), for any number of tiles per call,
     and compiled once for the CPU in float32 on `threads` threads (the precision hint matters: on CPUs
-    with AVX-512 BF16 or AMX OpenVINO would otherwise pick bfloat16). Its instance normalisation (one
+    with AVX-512 BF16 or AMX OpenVINO would otherwise pick bfloat16), in `streams` streams that share
+    the threads and each take a part of a call's tiles (small 3D convolutions use a core better alone). Its instance normalisation (one
     fused MVN on channels-last data) sums each channel's voxels in one float32 chain, so the logits
     differ from PyTorch's by up to about 1e-3 (tests/test_model_speed.py), and by as much between a
     tile sent alone and in a batch; benchmarks/predict_speed.py --compare-runtimes measures what that
@@ -142,6 +149,8 @@ def openvino_network(network: torch.nn.Module, tile_shape: tuple[int, ...], thre
     frontend = FrontEndManager().load_by_framework("pytorch")
     graph = frontend.load(decoder)
     graph.set_partial_shape(graph.get_inputs()[0], openvino.PartialShape([-1, *tile_shape]))
+    streams = max(1, min(streams, threads))
     compiled = openvino.Core().compile_model(frontend.convert(graph), "CPU", {
-        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
-    return OpenVINONetwork(compiled, tuple(tile_shape))
+        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": streams,
+        "PERFORMANCE_HINT": "THROUGHPUT" if streams > 1 else "LATENCY"})
+    return OpenVINONetwork(compiled, tuple(tile_shape), streams)

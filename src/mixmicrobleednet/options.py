@@ -26,7 +26,7 @@ DEVICES = ("auto", "cuda", "cpu")
 #: The values PredictionSettings.precision takes.
 PRECISIONS = ("float32", "bfloat16")
 #: The values PredictionSettings.cpu_runtime takes: what runs the network on the CPU, default first.
-CPU_RUNTIMES = ("openvino", "openvino-accurate", "torch")
+CPU_RUNTIMES = ("openvino-accurate", "openvino", "torch")
 VARIABLE_PREFIX = "MIXMICROBLEEDNET_"
 
 #: The commands that run the pipeline: their options fill RunOptions, and the container's also come
@@ -142,10 +142,10 @@ OPTIONS: tuple[Option, ...] = (
                 "changes masks a little: see the model card)"),
     Option(flag="--cpu-runtime", choices=CPU_RUNTIMES, default=CPU_RUNTIMES[0], commands=_RUN, environment=True,
            fills=_fills("prediction.cpu_runtime"),
-           help="what runs the network on the CPU in float32: openvino (OpenVINO, the fastest; logits within about "
-                "1e-3 of torch's, the same masks on the benchmark's and held-out phantoms), openvino-accurate "
-                "(OpenVINO with torch's accuracy, a little slower) or torch (PyTorch); a GPU and --precision bfloat16 "
-                "always run PyTorch"),
+           help="what runs the network on the CPU in float32: openvino-accurate (OpenVINO with torch's accuracy: "
+                "the same masks as torch on the benchmark's and held-out phantoms), openvino (a few per cent faster; "
+                "logits within about 1e-3 of torch's: one voxel of 18 held-out phantoms differs) or torch (PyTorch); "
+                "a GPU and --precision bfloat16 always run PyTorch"),
     Option(flag="--threshold", type=_probability, default=DEFAULT_THRESHOLD, commands=_RUN, environment=True,
            fills=_fills("output.lesions.threshold"),
            help="microbleed probability above which a voxel is a microbleed voxel (0.5: nnU-Net's argmax, as the seed)"),
