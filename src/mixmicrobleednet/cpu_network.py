@@ -93,7 +93,8 @@ _TRACING = threading.Lock()
 class OpenVINONetwork(torch.nn.Module):
     """The network compiled once by OpenVINO for this CPU: float32 tiles (N, channels, *patch) in,
     float32 logits out as a torch tensor of its own (the predictor adds into it in place), N free.
-    A call's tiles are shared among the compiled model's streams, each with its own request, run at once."""
+    A call's tiles are shared among the compiled model's streams, each with its own request, run at
+    once."""
 
     def __init__(self, compiled, tile_shape: tuple[int, ...], streams: int):
         super().__init__()
@@ -105,12 +106,14 @@ class OpenVINONetwork(torch.nn.Module):
         if tuple(tiles.shape[1:]) != self.tile_shape:
             raise ValueError(f"OpenVINO's network was compiled for tiles of {self.tile_shape}, "
                              f"not {tuple(tiles.shape[1:])}")
-        parts = np.array_split(tiles.detach().to(torch.float32).contiguous().numpy(), min(len(tiles), len(self._requests)))
-        for request, part in zip(self._requests, parts):
+        tiles = tiles.detach().to(torch.float32).contiguous().numpy()
+        parts = np.array_split(tiles, min(len(tiles), len(self._requests)))
+        running = self._requests[:len(parts)]
+        for request, part in zip(running, parts):
             request.start_async([part], share_inputs=True)
-        for request in self._requests[:len(parts)]:
+        for request in running:
             request.wait()
-        return torch.from_numpy(np.concatenate([request.get_output_tensor(0).data for request in self._requests[:len(parts)]]))
+        return torch.from_numpy(np.concatenate([request.get_output_tensor(0).data for request in running]))
 
 
 def openvino_network(network: torch.nn.Module, tile_shape: tuple[int, ...], threads: int,
@@ -119,7 +122,8 @@ def openvino_network(network: torch.nn.Module, tile_shape: tuple[int, ...], thre
     from one trace on zero tiles of `tile_shape` (channels, *patch), for any number of tiles per call,
     and compiled once for the CPU in float32 on `threads` threads (the precision hint matters: on CPUs
     with AVX-512 BF16 or AMX OpenVINO would otherwise pick bfloat16), in `streams` streams that share
-    the threads and each take a part of a call's tiles (small 3D convolutions use a core better alone). Its instance normalisation (one
+    the threads and each take a part of a call's tiles (small 3D convolutions use a core better
+    alone). Its instance normalisation (one
     fused MVN on channels-last data) sums each channel's voxels in one float32 chain, so the logits
     differ from PyTorch's by up to about 1e-3 (tests/test_model_speed.py), and by as much between a
     tile sent alone and in a batch; benchmarks/predict_speed.py --compare-runtimes measures what that
