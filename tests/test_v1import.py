@@ -50,7 +50,9 @@ def test_predict_with_the_imported_model_gives_v1s_mask(v1_run, imported_v1, tmp
     box = tuple(slice(lo, hi + 1) for lo, hi in zip(inside.min(0), inside.max(0)))
     v1_softmax = np.load(v1_run / "v1_prediction.npz")["softmax"].astype(np.float32)
     assert v1_softmax.shape[1:] == probability[box].shape
-    assert np.abs(probability[box] - v1_softmax[1]).max() < 1e-3
+    # openvino's channels-last normalisation sums in one float32 chain per stream: 1.2e-3 measured
+    # with one single-threaded stream per core (under 1e-3 with one stream on both cores)
+    assert np.abs(probability[box] - v1_softmax[1]).max() < (2e-3 if cpu_runtime == "openvino" else 1e-3)
     if cpu_runtime == "torch":
         np.testing.assert_array_equal(ours, v1)
     else:
