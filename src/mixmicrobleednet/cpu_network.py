@@ -153,7 +153,7 @@ def openvino_network(network: torch.nn.Module, tile_shape: tuple[int, ...], thre
     frontend = FrontEndManager().load_by_framework("pytorch")
     graph = frontend.load(decoder)
     graph.set_partial_shape(graph.get_inputs()[0], openvino.PartialShape([-1, *tile_shape]))
-    streams = max(1, min(streams, threads))
+    streams = max(1, min(streams, threads))  # one per core at most, up to one per tile of a call
     compiled = openvino.Core().compile_model(frontend.convert(graph), "CPU", {
         "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": streams,
         "PERFORMANCE_HINT": "THROUGHPUT" if streams > 1 else "LATENCY"})

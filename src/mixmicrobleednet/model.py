@@ -117,11 +117,10 @@ class Model:
                                         settings.use_mirroring)
         if self.cpu_runtime.startswith("openvino"):
             tile_shape = (len(self.folder.channels), *self.predictor.configuration_manager.patch_size)
-            # one stream per core, up to one per tile of a call
-            threads = min(usable_cpus(), torch.get_num_threads())
-            self.predictor.network = openvino_network(self.predictor.network, tile_shape, threads,
+            self.predictor.network = openvino_network(self.predictor.network, tile_shape,
+                                                      min(usable_cpus(), torch.get_num_threads()),
                                                       accurate=self.cpu_runtime == "openvino-accurate",
-                                                      streams=min(threads, tiles_per_batch))
+                                                      streams=tiles_per_batch)
             self.predictor.tile_memory_format = torch.contiguous_format
         elif self.cpu_runtime == "torch":
             if settings.precision == "bfloat16" and not cpu_has_bfloat16():
