@@ -38,10 +38,10 @@ def test_the_predictor_opens_as_nnunets_without_its_trainer_search(random_model,
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from mixmicrobleednet.nnunet_glue import DEFAULT_TRAINER, open_predictor
+    from mixmicrobleednet.nnunet_glue import DEFAULT_TRAINER, PlansPreprocessing, open_predictor
 
     def opened(folder):
-        ours = open_predictor(folder, torch.device("cpu"), 4, 0.5, True)
+        ours = open_predictor(folder, PlansPreprocessing(folder), torch.device("cpu"), 4, 0.5, True)
         reference = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
         reference.initialize_from_trained_model_folder(str(folder), use_folds=(layout.FOLD,),
                                                        checkpoint_name=layout.CHECKPOINT_NAME)

@@ -86,18 +86,17 @@ class Model:
         #: passes per tile (into the record: benchmarks read records, not logs).
         self.last_case: dict = {}
         try:
-            self._load(device, settings)
+            self._load(device, settings, preprocessing)
         except ModelError:
             raise
         except Exception as exc:  # nnU-Net and PyTorch raise many kinds (KeyError, RuntimeError, pickle errors)
             raise ModelError(f"cannot load the model in {self.folder.path}: {type(exc).__name__}: {exc}") from exc
-        self.preprocessing = preprocessing or Preprocessing(self.folder)
         log.info("model loaded once from %s (sha256 %s…, channels %s, mirroring %s, %s, %.1f s)", self.folder.path,
                  self.folder.checksum[:12], ", ".join(self.folder.channels), "on" if settings.use_mirroring else "off",
                  f"{settings.precision} on {self.cpu_runtime}" if self.device.type == "cpu" else "float16 autocast",
                  time.perf_counter() - started)
 
-    def _load(self, device: str, settings: PredictionSettings) -> None:
+    def _load(self, device: str, settings: PredictionSettings, preprocessing: Preprocessing | None) -> None:
         import torch
 
         from .cpu_network import cpu_network, openvino_network
@@ -113,8 +112,9 @@ class Model:
         self.cpu_runtime = "cuda" if self.device.type == "cuda" else \
             "torch" if settings.precision == "bfloat16" else settings.cpu_runtime
         tiles_per_batch = settings.tiles_per_batch or (1 if self.device.type == "cuda" else 4)
-        self.predictor = open_predictor(self.folder.path, self.device, tiles_per_batch, settings.tile_step_size,
-                                        settings.use_mirroring)
+        self.preprocessing = preprocessing or Preprocessing(self.folder)  # its plans build the network
+        self.predictor = open_predictor(self.folder.path, self.preprocessing.nnunet, self.device, tiles_per_batch,
+                                        settings.tile_step_size, settings.use_mirroring)
         if self.cpu_runtime.startswith("openvino"):
             tile_shape = (len(self.folder.channels), *self.predictor.configuration_manager.patch_size)
             self.predictor.network = openvino_network(self.predictor.network, tile_shape,

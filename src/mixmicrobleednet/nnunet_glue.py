@@ -194,9 +194,10 @@ class BatchedTilePredictor(nnUNetPredictor):
         return (total / weights)[(slice(None), *revert_padding[1:])]
 
 
-def open_predictor(folder: Path, device: torch.device, tiles_per_batch: int, tile_step_size: float,
-                   use_mirroring: bool) -> BatchedTilePredictor:
-    """The predictor with fold `all`'s weights in its network, on `device`."""
+def open_predictor(folder: Path, plans: PlansPreprocessing, device: torch.device, tiles_per_batch: int,
+                   tile_step_size: float, use_mirroring: bool) -> BatchedTilePredictor:
+    """The predictor with fold `all`'s weights in its network, on `device`; `plans`: the folder's, as read
+    for its preprocessing."""
     # mirrors nnunetv2.inference.predict_from_raw_data.predict_entry_point_modelfolder (predictor made,
     # then initialize_from_trained_model_folder). That puts the one fold's weights into the network,
     # and the sliding window is called directly, so they are not loaded again for every case as in
@@ -213,15 +214,13 @@ def open_predictor(folder: Path, device: torch.device, tiles_per_batch: int, til
     # The default trainer's network without nnU-Net's search for the trainer class by name, which imports
     # every trainer module (matplotlib and seaborn among them: seconds of every run's start-up).
     # Mirrors initialize_from_trained_model_folder with nnUNetTrainer.build_network_architecture.
-    dataset_json = json.loads((folder / layout.DATASET_JSON).read_text())
-    plans = PlansManager(json.loads((folder / layout.PLANS_JSON).read_text()))
-    configuration = plans.get_configuration(checkpoint["init_args"]["configuration"])
+    configuration, dataset_json = plans.configuration, plans.dataset_json
     network = get_network_from_plans(
         configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
         configuration.network_arch_init_kwargs_req_import,
-        determine_num_input_channels(plans, configuration, dataset_json),
-        plans.get_label_manager(dataset_json).num_segmentation_heads, allow_init=True, deep_supervision=False)
+        determine_num_input_channels(plans.plans, configuration, dataset_json),
+        plans.plans.get_label_manager(dataset_json).num_segmentation_heads, allow_init=True, deep_supervision=False)
     network.load_state_dict(checkpoint["network_weights"])
-    predictor.manual_initialization(network, plans, configuration, [checkpoint["network_weights"]], dataset_json,
-                                    DEFAULT_TRAINER, checkpoint.get("inference_allowed_mirroring_axes"))
+    predictor.manual_initialization(network, plans.plans, configuration, [checkpoint["network_weights"]],
+                                    dataset_json, DEFAULT_TRAINER, checkpoint.get("inference_allowed_mirroring_axes"))
     return predictor
