@@ -78,10 +78,13 @@ class PlansPreprocessing:
         from .preprocessing (same values, less work; channels resampled in parallel)."""
         # mirrors nnunetv2.preprocessing.preprocessors.default_preprocessor.DefaultPreprocessor.run_case_npy
         plans, configuration = self.plans, self.configuration
-        data = channels.astype(np.float32).transpose([0, *[axis + 1 for axis in plans.transpose_forward]])
+        data = channels.astype(np.float32, copy=False).transpose([0, *[axis + 1 for axis in plans.transpose_forward]])
         spacing = [spacing_zyx[axis] for axis in plans.transpose_forward]
         properties = {"spacing": list(spacing_zyx), "shape_before_cropping": data.shape[1:]}
         data, seg, properties["bbox_used_for_cropping"] = crop_to_nonzero(data)
+        # nnU-Net copies the whole volume to float32; a copy of the brain's box is enough (the same
+        # values), and the caller's array, which the regions and QC read later, stays as it was
+        data = data.copy() if np.may_share_memory(data, channels) else data
         properties["shape_after_cropping_and_before_resampling"] = data.shape[1:]
         target_spacing = configuration.spacing
         new_shape = compute_new_shape(data.shape[1:], spacing, target_spacing)
