@@ -17,8 +17,10 @@ measures each mark on the T2* scan around it:
 - elongation of the mark itself (its voxels' spread in mm, largest over smallest axis) and its radius.
 Prints each feature's ROC AUC for "is a microbleed", and a logistic regression on the four
 cross-validated by case (GroupKFold): how many false marks each probability cut removes and how
-many microbleeds it keeps, and the reliability of its probability. Writes work/held-out/marks.csv.
-A measurement for choosing a second stage, not a model: nothing here is shipped.
+many microbleeds it keeps, and the reliability of its probability. With --judge: the regression
+fitted on every validation mark, cut at --cut, applied once to held-out draws (held_out.py's saved
+predictions of those). Writes work/held-out/marks.csv (the validation marks). A measurement for
+choosing a second stage, not a model: nothing here is shipped.
 """
 
 from __future__ import annotations
@@ -126,9 +128,24 @@ def set_marks(name: str, model: str, work: Path) -> list[dict]:
     return rows
 
 
+def _reliability(truth: np.ndarray, probability: np.ndarray) -> pd.DataFrame:
+    """Marks per probability bin, the share that are microbleeds, their mean probability."""
+    bins = pd.cut(probability, [0, 0.2, 0.4, 0.6, 0.8, 1.0], include_lowest=True)
+    return pd.DataFrame({"bin": bins, "microbleed": truth, "probability": probability}).groupby("bin", observed=True) \
+        .agg(marks=("microbleed", "size"), microbleeds=("microbleed", "mean"), mean_probability=("probability", "mean"))
+
+
+def _calibration_error(truth: np.ndarray, probability: np.ndarray) -> float:
+    table = _reliability(truth, probability)
+    return float(((table["microbleeds"] - table["mean_probability"]).abs() * table["marks"]).sum() / len(truth))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", action="append", choices=list(SETS), required=True)
+    parser.add_argument("--set", action="append", choices=list(SETS), required=True, help="validation draws")
+    parser.add_argument("--judge", action="append", choices=list(SETS), default=[],
+                        help="held-out draws: the regression fitted on every --set mark, cut at --cut, judged once")
+    parser.add_argument("--cut", type=float, default=0.5, help="the probability a kept mark needs (chosen on --set)")
     parser.add_argument("--model", default="phantom-t1-t2-t2s", help="the folder name held_out.py predicted into")
     parser.add_argument("--work", type=Path, default=REPO / "work" / "held-out")
     args = parser.parse_args(argv)
@@ -147,10 +164,27 @@ def main(argv=None) -> int:
         kept = probability >= cut
         print(f"  keep p >= {cut}: microbleeds kept {(kept & truth).sum()} of {truth.sum()}, "
               f"false marks kept {(kept & ~truth).sum()} of {(~truth).sum()}")
-    bins = pd.cut(probability, [0, 0.2, 0.4, 0.6, 0.8, 1.0], include_lowest=True)
-    print(pd.DataFrame({"bin": bins, "microbleed": truth, "probability": probability}).groupby("bin", observed=True)
-          .agg(marks=("microbleed", "size"), microbleeds=("microbleed", "mean"), mean_probability=("probability", "mean"))
-          .round(2).to_string())
+    print(_reliability(truth, probability).round(2).to_string())
+    if not args.judge:
+        return 0
+    fitted = LogisticRegression().fit(marks[FEATURES], truth)
+    coefficients = ", ".join(f"{f} {c:.3f}" for f, c in zip(FEATURES, fitted.coef_[0]))
+    print(f"\nfitted on all {len(marks)} validation marks: {coefficients}, intercept {fitted.intercept_[0]:.3f}; "
+          f"cut {args.cut}")
+    for name in args.judge:
+        judged = pd.DataFrame(set_marks(name, args.model, args.work))
+        scans = (args.work / name / "phantoms").glob("*.nii.gz")
+        scans = len(list(filter(None, (layout.parse_label_name(p.name) for p in scans))))
+        truth = judged["microbleed"].to_numpy()
+        probability = fitted.predict_proba(judged[FEATURES])[:, 1]
+        kept = probability >= args.cut
+        print(f"{name} (held-out, {scans} scans): microbleed marks kept {(kept & truth).sum()} of {truth.sum()}; "
+              f"false marks {(~truth).sum()} -> {(kept & ~truth).sum()} ({(~truth).sum() / scans:.2f} -> "
+              f"{(kept & ~truth).sum() / scans:.2f} per scan); removed: "
+              f"{judged[~kept & ~truth]['mimic'].value_counts().to_dict()}, lost: "
+              f"{judged[~kept & truth][['radius_mm', 'extent_mm', 'blobness']].round(2).to_dict('records')}; "
+              f"calibration error {_calibration_error(truth, probability):.3f}")
+        print(_reliability(truth, probability).round(2).to_string())
     return 0
 
 
