@@ -3,7 +3,7 @@
     nice .venv/bin/python benchmarks/held_out.py --set default-validation --set varied-validation \
         --set raw-cortex-validation --model models/phantom-t1-t2-t2s --margins 2
     nice .venv/bin/python benchmarks/mark_features.py --set default-validation --set varied-validation \
-        --set raw-cortex-validation --model phantom-t1-t2-t2s
+        --set raw-cortex-validation --model phantom-t1-t2-t2s [--judge default --judge varied --judge raw-cortex]
 
 Reads held_out.py's saved probabilities (work/held-out/SET/MODEL), re-draws each case's marks with the
 tool's default rule for that set (the model's edge margin where the tool extracted the brain) and
