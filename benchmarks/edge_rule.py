@@ -29,6 +29,11 @@ from mixmicrobleednet.evaluate import case_measures, summarise
 from mixmicrobleednet.lesions import LesionSettings, extract_lesions
 
 
+def labelled_stems(folder: Path) -> list[str]:
+    """The case stems of a folder of phantoms: those with a label."""
+    return sorted(filter(None, (layout.parse_label_name(p.name) for p in folder.glob("*.nii.gz"))))
+
+
 def redrawn_lesions(labels: Path, predictions: Path, stem: str, rules: list[LesionSettings]):
     """A case's label, mimic map and probability map, and its microbleeds re-drawn by each rule."""
     reference = sitk.ReadImage(str(labels / layout.label_name(stem)))
@@ -50,8 +55,7 @@ def main(argv=None) -> int:
     parser.add_argument("--by-cohort", action="store_true", help="also per acquisition (the phantoms' phantoms.csv)")
     args = parser.parse_args(argv)
     rows = []
-    stems = sorted(filter(None, (layout.parse_label_name(p.name) for p in args.labels.glob("*.nii.gz"))))
-    for stem in stems:
+    for stem in labelled_stems(args.labels):
         rules = [LesionSettings(edge_margin_mm=margin) for margin in args.margins]
         reference, mimics, _, redrawn = redrawn_lesions(args.labels, args.predictions, stem, rules)
         for margin, lesions in zip(args.margins, redrawn):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from edge_rule import redrawn_lesions
+from edge_rule import labelled_stems, redrawn_lesions
 from visit_pairs import predicted
 
 from mixmicrobleednet import layout
@@ -73,6 +73,12 @@ def found_microbleeds(reference: sitk.Image, mask: np.ndarray, microbleeds: pd.D
     return found
 
 
+def predictions_folder(work: Path, name: str, model: Path) -> Path:
+    """Where a model's predictions of set `name` are saved: named after the model's folder (a
+    training's model/ after its training)."""
+    return work / name / (model.name if model.name != "model" else model.parent.name)
+
+
 def score_set(name: str, models: list[Path], margins: list[float], froc_margin: float, work: Path
               ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     phantoms = work / name / "phantoms"
@@ -81,12 +87,12 @@ def score_set(name: str, models: list[Path], margins: list[float], froc_margin: 
     cohorts = pd.read_csv(phantoms / "phantoms.csv").set_index("subject")["cohort"]
     microbleeds = pd.read_csv(phantoms / "microbleeds.csv")
     microbleeds["subject"] = microbleeds["subject"].astype(str)
-    stems = sorted(filter(None, (layout.parse_label_name(p.name) for p in phantoms.glob("*.nii.gz"))))
+    stems = labelled_stems(phantoms)
     rules = [LesionSettings(edge_margin_mm=m) for m in margins] + \
             [LesionSettings(threshold=t, edge_margin_mm=froc_margin) for t in THRESHOLDS]
     rows, bleed_rows, froc_rows, marks = [], [], [], []
     for model in models:
-        output = work / name / model.name if model.name != "model" else work / name / model.parent.name
+        output = predictions_folder(work, name, model)
         predicted(phantoms, output, model)
         for stem in stems:
             subject = layout.parse_stem(stem)["subject"]
@@ -124,10 +130,10 @@ def operating_points(froc: pd.DataFrame) -> pd.DataFrame:
     return table[["sensitivity", "false_positives_per_scan", "dice_cases_with_microbleeds"]].astype(float)
 
 
-def reliability(marks: pd.DataFrame) -> pd.DataFrame:
+def reliability(marks: pd.DataFrame, bins: tuple[float, ...] = RELIABILITY_BINS) -> pd.DataFrame:
     """Per model and probability bin: marks, the share that are microbleeds, the mean probability;
     and the expected calibration error (the marks' weighted mean gap) per model."""
-    marks = marks.assign(bin=pd.cut(marks["probability"], RELIABILITY_BINS, include_lowest=True))
+    marks = marks.assign(bin=pd.cut(marks["probability"], bins, include_lowest=True))
     table = marks.groupby(["model", "bin"], observed=True).agg(
         marks=("microbleed", "size"), microbleeds=("microbleed", "mean"), mean_probability=("probability", "mean"))
     gap = (table["microbleeds"] - table["mean_probability"]).abs() * table["marks"]

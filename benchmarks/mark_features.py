@@ -3,7 +3,7 @@
     nice .venv/bin/python benchmarks/held_out.py --set default-validation --set varied-validation \
         --set raw-cortex-validation --model models/phantom-t1-t2-t2s --margins 2
     nice .venv/bin/python benchmarks/mark_features.py --set default-validation --set varied-validation \
-        --set raw-cortex-validation --model phantom-t1-t2-t2s [--judge default --judge varied --judge raw-cortex]
+        --set raw-cortex-validation --model models/phantom-t1-t2-t2s [--judge default --judge varied --judge raw-cortex]
 
 Reads held_out.py's saved probabilities (work/held-out/SET/MODEL), re-draws each case's marks with the
 tool's default rule for that set (the model's edge margin where the tool extracted the brain) and
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from edge_rule import redrawn_lesions
-from held_out import SETS
+from edge_rule import labelled_stems, redrawn_lesions
+from held_out import SETS, predictions_folder, reliability
 from scipy import ndimage
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -41,11 +41,12 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from mixmicrobleednet import layout
 from mixmicrobleednet.brain import stripped_brain
 from mixmicrobleednet.lesions import CONNECTIVITY, LesionSettings, label_microbleeds
-from mixmicrobleednet.modelfolder import EXTRACTED_BRAIN_EDGE_MARGIN_MM, read_model_folder
+from mixmicrobleednet.modelfolder import read_model_folder
 
 REPO = Path(__file__).resolve().parents[1]
 BOX_MM = 15.0
 FEATURES = ["log_extent_ratio", "blobness", "log_elongation", "log_radius_mm"]
+PROBABILITY_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # the regression's probability spans 0-1
 
 
 def _hessian_eigenvalues(t2s: np.ndarray, voxel: np.ndarray, spacing: np.ndarray, sigma_mm: float) -> np.ndarray:
@@ -104,14 +105,14 @@ def mark_features(t2s: np.ndarray, brain: np.ndarray, voxels: np.ndarray, spacin
             "log_elongation": 0.5 * np.log(axes[2] / axes[0]), "log_radius_mm": np.log(radius)}
 
 
-def set_marks(name: str, model: str, work: Path) -> list[dict]:
+def set_marks(name: str, model: Path, work: Path) -> list[dict]:
     """Every mark of a set's saved predictions, its features, and what it is (microbleed or a mimic)."""
-    phantoms, output = work / name / "phantoms", work / name / model
-    margin = (read_model_folder(REPO / "models" / model).extracted_brain_edge_margin_mm
-              if (REPO / "models" / model).is_dir() else EXTRACTED_BRAIN_EDGE_MARGIN_MM) if SETS[name].get("raw") else 0.0
+    phantoms, output = work / name / "phantoms", predictions_folder(work, name, model)
+    # the tool's default rule: the model's own margin where the tool extracted the brain (the raw sets)
+    rule = LesionSettings().for_brain(bool(SETS[name].get("raw")), read_model_folder(model).extracted_brain_edge_margin_mm)
     rows = []
-    for stem in sorted(filter(None, (layout.parse_label_name(p.name) for p in phantoms.glob("*.nii.gz")))):
-        reference, mimics, _, (lesions,) = redrawn_lesions(phantoms, output, stem, [LesionSettings(edge_margin_mm=margin)])
+    for stem in labelled_stems(phantoms):
+        reference, mimics, _, (lesions,) = redrawn_lesions(phantoms, output, stem, [rule])
         scan = sitk.ReadImage(str(phantoms / layout.input_name(stem, layout.REFERENCE_CHANNEL)))
         t2s, spacing = sitk.GetArrayFromImage(scan), np.array(scan.GetSpacing()[::-1])
         extracted = output / layout.seed_output_paths(stem)["brain_mask"]
@@ -129,15 +130,9 @@ def set_marks(name: str, model: str, work: Path) -> list[dict]:
 
 
 def _reliability(truth: np.ndarray, probability: np.ndarray) -> pd.DataFrame:
-    """Marks per probability bin, the share that are microbleeds, their mean probability."""
-    bins = pd.cut(probability, [0, 0.2, 0.4, 0.6, 0.8, 1.0], include_lowest=True)
-    return pd.DataFrame({"bin": bins, "microbleed": truth, "probability": probability}).groupby("bin", observed=True) \
-        .agg(marks=("microbleed", "size"), microbleeds=("microbleed", "mean"), mean_probability=("probability", "mean"))
-
-
-def _calibration_error(truth: np.ndarray, probability: np.ndarray) -> float:
-    table = _reliability(truth, probability)
-    return float(((table["microbleeds"] - table["mean_probability"]).abs() * table["marks"]).sum() / len(truth))
+    """held_out.reliability of the regression's probability, over the whole 0-1 range."""
+    marks = pd.DataFrame({"model": "regression", "probability": probability, "microbleed": truth})
+    return reliability(marks, PROBABILITY_BINS)
 
 
 def main(argv=None) -> int:
@@ -146,7 +141,8 @@ def main(argv=None) -> int:
     parser.add_argument("--judge", action="append", choices=list(SETS), default=[],
                         help="held-out draws: the regression fitted on every --set mark, cut at --cut, judged once")
     parser.add_argument("--cut", type=float, default=0.5, help="the probability a kept mark needs (chosen on --set)")
-    parser.add_argument("--model", default="phantom-t1-t2-t2s", help="the folder name held_out.py predicted into")
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "phantom-t1-t2-t2s",
+                        help="the model folder whose predictions held_out.py saved")
     parser.add_argument("--work", type=Path, default=REPO / "work" / "held-out")
     args = parser.parse_args(argv)
     pd.set_option("display.width", 250)
@@ -173,8 +169,7 @@ def main(argv=None) -> int:
           f"cut {args.cut}")
     for name in args.judge:
         judged = pd.DataFrame(set_marks(name, args.model, args.work))
-        scans = (args.work / name / "phantoms").glob("*.nii.gz")
-        scans = len(list(filter(None, (layout.parse_label_name(p.name) for p in scans))))
+        scans = len(labelled_stems(args.work / name / "phantoms"))
         truth = judged["microbleed"].to_numpy()
         probability = fitted.predict_proba(judged[FEATURES])[:, 1]
         kept = probability >= args.cut
@@ -183,8 +178,8 @@ def main(argv=None) -> int:
               f"{(kept & ~truth).sum() / scans:.2f} per scan); removed: "
               f"{judged[~kept & ~truth]['mimic'].value_counts().to_dict()}, lost: "
               f"{judged[~kept & truth][['radius_mm', 'extent_mm', 'blobness']].round(2).to_dict('records')}; "
-              f"calibration error {_calibration_error(truth, probability):.3f}")
-        print(_reliability(truth, probability).round(2).to_string())
+              "reliability:")
+        print(_reliability(truth, probability).round(3).to_string())
     return 0
 
 
