@@ -27,6 +27,8 @@ from mixmicrobleednet import layout
 from mixmicrobleednet.brain import stripped_brain
 from mixmicrobleednet.evaluate import case_measures, summarise
 from mixmicrobleednet.lesions import LesionSettings, extract_lesions
+from mixmicrobleednet.mimics import MarkJudge
+from mixmicrobleednet.modelfolder import MimicCheck
 
 
 def labelled_stems(folder: Path) -> list[str]:
@@ -34,8 +36,10 @@ def labelled_stems(folder: Path) -> list[str]:
     return sorted(filter(None, (layout.parse_label_name(p.name) for p in folder.glob("*.nii.gz"))))
 
 
-def redrawn_lesions(labels: Path, predictions: Path, stem: str, rules: list[LesionSettings]):
-    """A case's label, mimic map and probability map, and its microbleeds re-drawn by each rule."""
+def redrawn_lesions(labels: Path, predictions: Path, stem: str, rules: list[LesionSettings],
+                    check: MimicCheck | None = None):
+    """A case's label, mimic map and probability map, and its microbleeds re-drawn by each rule (and
+    the model's mimic check, as the tool applies it, when given)."""
     reference = sitk.ReadImage(str(labels / layout.label_name(stem)))
     t2s = sitk.ReadImage(str(labels / layout.input_name(stem, layout.REFERENCE_CHANNEL)))
     outputs = layout.seed_output_paths(stem)
@@ -44,7 +48,8 @@ def redrawn_lesions(labels: Path, predictions: Path, stem: str, rules: list[Lesi
     extracted = predictions / outputs["brain_mask"]
     brain = sitk.GetArrayFromImage(sitk.ReadImage(str(extracted))) > 0 if extracted.is_file() \
         else stripped_brain(t2s)
-    return reference, mimics, probabilities, [extract_lesions(probabilities, t2s, rule, brain) for rule in rules]
+    judge = check and MarkJudge.on_scan(check, t2s, brain)
+    return reference, mimics, probabilities, [extract_lesions(probabilities, t2s, rule, brain, judge) for rule in rules]
 
 
 def main(argv=None) -> int:

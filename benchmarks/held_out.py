@@ -10,10 +10,13 @@ validation draws are for choosing, the others are judged once), made in work/hel
 when missing. Each model predicts it with the tool's defaults and --fast, its probabilities saved
 (work/held-out/SET/MODEL, resumed: visit_pairs.predicted), and the microbleeds are re-drawn from
 them at each margin (edge_rule.redrawn_lesions: where the tool extracted the brain, the raw sets,
-the tool's default is the model's own margin, ModelFolder.extracted_brain_edge_margin_mm; else 0). A microbleed of microbleeds.csv is found when the mask overlaps its label component.
+the tool's default is the model's own margin, ModelFolder.extracted_brain_edge_margin_mm; else 0) and
+the model's mimic check, where it has one, as the tool applies it (--without-mimic-check: the network's
+marks alone). A microbleed of microbleeds.csv is found when the mask overlaps its label component.
 Operating points (at --froc-margin): the FROC, sensitivity against false positives per scan at each of
-THRESHOLDS, and the reliability of the lesion table's probability (its maximum) at the default
-threshold: the share of marks in each probability bin that are microbleeds. Writes
+THRESHOLDS, and the reliability of the lesion table's probability at the default threshold (the mimic
+check's calibrated probability; without one, the network's maximum over the mark): the share of marks
+in each probability bin that are microbleeds. Writes
 work/held-out/SET/{results,froc,reliability}.csv, froc.png and reliability.png, and prints the tables.
 """
 
@@ -32,6 +35,7 @@ from visit_pairs import predicted
 from mixmicrobleednet import layout
 from mixmicrobleednet.evaluate import case_measures, summarise
 from mixmicrobleednet.lesions import LesionSettings, label_microbleeds
+from mixmicrobleednet.modelfolder import read_model_folder
 from mixmicrobleednet.phantoms import generate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,8 +83,8 @@ def predictions_folder(work: Path, name: str, model: Path) -> Path:
     return work / name / (model.name if model.name != "model" else model.parent.name)
 
 
-def score_set(name: str, models: list[Path], margins: list[float], froc_margin: float, work: Path
-              ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def score_set(name: str, models: list[Path], margins: list[float], froc_margin: float, work: Path,
+              mimic_check: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     phantoms = work / name / "phantoms"
     if not (phantoms / "phantoms.csv").is_file():
         generate(phantoms, **SETS[name])
@@ -94,13 +98,15 @@ def score_set(name: str, models: list[Path], margins: list[float], froc_margin: 
     for model in models:
         output = predictions_folder(work, name, model)
         predicted(phantoms, output, model)
+        check = read_model_folder(model).mimic_check if mimic_check else None
+        label = output.name + ("" if check or not mimic_check else " (no mimic check)")
         for stem in stems:
             subject = layout.parse_stem(stem)["subject"]
-            reference, mimics, probabilities, redrawn = redrawn_lesions(phantoms, output, stem, rules)
+            reference, mimics, _, redrawn = redrawn_lesions(phantoms, output, stem, rules, check)
             truth = sitk.GetArrayViewFromImage(reference)
             voxel_volume = float(np.prod(reference.GetSpacing()))
             ours = microbleeds[microbleeds["subject"] == subject]
-            common = {"set": name, "model": output.name, "subject": subject, "cohort": cohorts[subject]}
+            common = {"set": name, "model": label, "subject": subject, "cohort": cohorts[subject]}
             for margin, lesions in zip(margins, redrawn):
                 rows.append({**common, "margin_mm": margin, **case_measures(truth, lesions.mask, voxel_volume, mimics)})
                 bleed_rows += [{**common, "margin_mm": margin, "drawn_from": row.drawn_from,
@@ -109,12 +115,12 @@ def score_set(name: str, models: list[Path], margins: list[float], froc_margin: 
             for threshold, lesions in zip(THRESHOLDS, redrawn[len(margins):]):
                 froc_rows.append({**common, "threshold": threshold,
                                   **case_measures(truth, lesions.mask, voxel_volume, mimics)})
-                if threshold == LesionSettings.threshold:  # the marks a user sees
+                if threshold == LesionSettings.threshold:  # the marks a user sees, in the table's order
                     components, count = label_microbleeds(lesions.mask)
-                    for component in range(1, count + 1):
-                        inside = components == component
-                        marks.append({**common, "probability": float(probabilities[inside].max()),
-                                      "microbleed": bool(truth[inside].any())})
+                    column = "calibrated_probability" if check else "max_probability"
+                    for component, probability in zip(range(1, count + 1), lesions.table[column], strict=True):
+                        marks.append({**common, "probability": probability,
+                                      "microbleed": bool(truth[components == component].any())})
     per_case, per_bleed = pd.DataFrame(rows), pd.DataFrame(bleed_rows)
     per_case.to_csv(work / name / "per_case.csv", index=False)
     per_bleed.to_csv(work / name / "per_microbleed.csv", index=False)
@@ -172,7 +178,7 @@ def plots(name: str, froc: pd.DataFrame, calibration: pd.DataFrame, folder: Path
             ax.annotate(str(int(n)), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7,
                         color=line.get_color())
     ax.plot([0.5, 1], [0.5, 1], color="grey", linestyle=":")
-    ax.set(xlabel="mark's probability (maximum)", ylabel="share that are microbleeds", xlim=(0.5, 1), ylim=(0, 1.02),
+    ax.set(xlabel="mark's probability", ylabel="share that are microbleeds", xlim=(0.5, 1), ylim=(0, 1.02),
            title=f"reliability, held-out set {name}")
     ax.legend(fontsize=7)
     figure.tight_layout()
@@ -202,12 +208,14 @@ def main(argv=None) -> int:
     parser.add_argument("--margins", type=float, nargs="+", default=[0.0, 2.0, 4.0], help="edge margins, mm")
     parser.add_argument("--froc-margin", type=float, default=0.0, help="the edge margin of the operating points")
     parser.add_argument("--work", type=Path, default=REPO / "work" / "held-out")
+    parser.add_argument("--without-mimic-check", action="store_true", help="the network's marks alone")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     pd.set_option("display.width", 250)
     columns = ["cases", "reference_microbleeds", "sensitivity", "false_positives_per_scan", "dice_cases_with_microbleeds"]
     for name in args.set:
-        table, froc, calibration = score_set(name, args.model, args.margins, args.froc_margin, args.work)
+        table, froc, calibration = score_set(name, args.model, args.margins, args.froc_margin, args.work,
+                                             not args.without_mimic_check)
         mimic_columns = [c for c in table.columns if c.startswith("false_positives_") and c.endswith("_per_scan")
                          and c != "false_positives_per_scan"]
         print(f"\n{name}: {SETS[name]}")

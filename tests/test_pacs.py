@@ -141,6 +141,9 @@ def check_report(path: Path, table: pd.DataFrame, nifti: sitk.Image, headers: li
             [measurement] = [m for m in group.get_measurements() if m.name.meaning == meaning]
             assert measurement.value == pytest.approx(getattr(row, column), rel=1e-9)
             assert measurement.unit.value == unit
+        # the random model has no mimic check: no calibrated probability to report
+        assert np.isnan(row.calibrated_probability)
+        assert not [m for m in group.get_measurements() if m.name.meaning == "Calibrated microbleed probability"]
         [site] = group.finding_sites
         assert site.value.meaning == row.region
         modifiers = {item.ConceptCodeSequence[0].CodeMeaning for item in site.ContentSequence}

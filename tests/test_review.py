@@ -376,7 +376,7 @@ def test_agreement_between_two_raters_per_case_and_over_the_cases(tmp_path):
     # merge: the reviewed values in summary.csv, a row per case and rater, the agreement beside them
     records.merge(tmp_path)
     summary = pd.read_csv(tmp_path / layout.SUMMARY_CSV)
-    assert list(summary.columns[-len(decisions.REVIEW_COLUMNS):]) == decisions.REVIEW_COLUMNS
+    assert [c for c in summary.columns if c in decisions.REVIEW_COLUMNS] == decisions.REVIEW_COLUMNS
     assert list(summary["review_status"]) == ["done"] * 3 and list(summary["reviewed_by"]) == ["alice bob"] * 3
     raters = pd.read_csv(tmp_path / layout.REVIEW_RATERS_TSV, sep="\t")
     assert list(zip(raters["case"], raters["rater"], raters["status"], raters["reviewed_count"])) == [

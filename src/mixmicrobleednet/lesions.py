@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -19,8 +20,10 @@ CONNECTIVITY = np.ones((3, 3, 3), bool)
 #: the array on disk); world coordinates are RAS millimetres, as nibabel, FSLeyes and MNI coordinates
 #: use. In memory a table has no world columns: with_world adds them where a table is written.
 WORLD_COLUMNS = ["centroid_x_ras_mm", "centroid_y_ras_mm", "centroid_z_ras_mm"]
+#: max_probability and mean_probability are the network's over the microbleed's voxels;
+#: calibrated_probability is the model's mimic check's (mimics.py), empty for a model without one.
 LESION_COLUMNS = ["lesion_id", "centroid_i", "centroid_j", "centroid_k", *WORLD_COLUMNS, "volume_mm3", "voxel_count",
-                  "equivalent_diameter_mm", "max_probability", "mean_probability"]
+                  "equivalent_diameter_mm", "max_probability", "mean_probability", "calibrated_probability"]
 _MEASURED_COLUMNS = [column for column in LESION_COLUMNS if column not in WORLD_COLUMNS]
 _INDEX_COLUMNS = ["centroid_i", "centroid_j", "centroid_k"]
 
@@ -63,6 +66,15 @@ class LesionSettings:
         return words + (f", centre {self.margin_mm:g} mm or more inside the brain" if self.margin_mm else "")
 
 
+class MarkJudge(Protocol):
+    """A second look at each component (mimics.MarkJudge): the probability that it is a microbleed
+    from its voxel indices ((n, 3), z y x on the grid), and the cut under which it is set aside."""
+
+    cut: float
+
+    def probability(self, voxels: np.ndarray) -> float: ...
+
+
 @dataclass(frozen=True)
 class Lesions:
     """The microbleeds of one case: uint8 mask on the T2* grid and one table row per microbleed,
@@ -73,6 +85,8 @@ class Lesions:
     grid: sitk.Image  # the T2* grid the indices are on
     #: Components the edge margin set aside (LesionSettings.edge_margin_mm), measured as the table's.
     near_edge: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=_MEASURED_COLUMNS))
+    #: Components the mimic check set aside (calibrated_probability under its cut), measured as the table's.
+    mimics: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=_MEASURED_COLUMNS))
 
     @property
     def count(self) -> int:
@@ -134,11 +148,12 @@ def near_edge(brain: np.ndarray, centre_zyx: np.ndarray, spacing_zyx: np.ndarray
     return bool((within & ~in_brain).any())
 
 
-def extract_lesions(probabilities: np.ndarray, reference: sitk.Image,
-                    settings: LesionSettings = LesionSettings(), brain: np.ndarray | None = None) -> Lesions:
-    """Threshold, split into microbleeds, drop those under the minimum size, measure them, and
-    (with an edge margin) set aside those whose centre lies that close to the edge of `brain`
-    (bool, the T2* grid): measured as the rest, in `near_edge`, so that a reader can check them.
+def extract_lesions(probabilities: np.ndarray, reference: sitk.Image, settings: LesionSettings = LesionSettings(),
+                    brain: np.ndarray | None = None, judge: MarkJudge | None = None) -> Lesions:
+    """Threshold, split into microbleeds, drop those under the minimum size, measure them, (with an
+    edge margin) set aside those whose centre lies that close to the edge of `brain` (bool, the T2*
+    grid), and (with a judge) set aside the rest whose calibrated probability is under its cut: each
+    measured as the rest, in `near_edge` and `mimics`, so that a reader can check them.
 
     Components are labelled only inside the box that holds every voxel above the threshold: on a
     whole-head 512x512 grid that is a fraction of the volume."""
@@ -147,7 +162,7 @@ def extract_lesions(probabilities: np.ndarray, reference: sitk.Image,
     above = probabilities > settings.threshold
     mask = np.zeros(probabilities.shape, np.uint8)
     region = _bounding_box(above)
-    rows, near = [], []
+    rows, near, mimics = [], [], []
     if region is not None:
         labels, count = label_microbleeds(above[region])
         voxel_volume = float(np.prod(reference.GetSpacing()))
@@ -165,15 +180,23 @@ def extract_lesions(probabilities: np.ndarray, reference: sitk.Image,
             inside = probabilities[region][box][in_lesion]
             # lesion_id holds the component's label until _numbered numbers each table from 1
             row = [old_label, *centre_zyx[::-1].tolist(), volume, voxels, (6 * volume / np.pi) ** (1 / 3),
-                   float(inside.max()), float(inside.mean())]
-            at_edge = settings.margin_mm and near_edge(brain, centre_zyx, spacing_zyx, settings.margin_mm)
-            (near if at_edge else rows).append(row)
+                   float(inside.max()), float(inside.mean()), np.nan]
+            if settings.margin_mm and near_edge(brain, centre_zyx, spacing_zyx, settings.margin_mm):
+                near.append(row)
+                continue
+            if judge is not None:
+                row[-1] = judge.probability(np.argwhere(in_lesion) + [s.start + o for s, o in zip(box, offset)])
+                if row[-1] < judge.cut:
+                    mimics.append(row)
+                    continue
+            rows.append(row)
         mask[region] = labels > 0 if len(rows) == count else np.isin(labels, [row[0] for row in rows])
-    return Lesions(mask, _numbered(rows), reference, _numbered(near))
+    return Lesions(mask, _numbered(rows), reference, _numbered(near), _numbered(mimics))
 
 
 def _numbered(rows: list[list]) -> pd.DataFrame:
     """A lesion table of measured components, numbered from 1 in the order found."""
-    table = pd.DataFrame(rows, columns=_MEASURED_COLUMNS).astype({"lesion_id": int, "voxel_count": int})
+    table = pd.DataFrame(rows, columns=_MEASURED_COLUMNS).astype(
+        {"lesion_id": int, "voxel_count": int, "calibrated_probability": float})
     table["lesion_id"] = np.arange(1, len(table) + 1)
     return table

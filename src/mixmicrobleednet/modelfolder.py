@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,40 @@ EDGE_MARGIN = "mixmicrobleednet_extracted_brain_edge_margin_mm"
 #: and bone (most at the skull base), dark on T2* beside the bright brain like a microbleed; chosen for
 #: the v1 models on raw phantoms (benchmarks/edge_rule.py).
 EXTRACTED_BRAIN_EDGE_MARGIN_MM = 4.0
+#: plans.json key (ignored by nnU-Net): the model's mimic check (MimicCheck), a logistic regression on
+#: features of each mark's T2* (mimics.py), fitted after training on the model's marks of validation draws
+#: (benchmarks/mark_features.py --write); a model without one keeps every mark.
+MIMIC_CHECK = "mixmicrobleednet_mimic_check"
+#: The features a mimic check may weigh, as mimics.mark_features names them.
+MIMIC_FEATURES = ("log_extent_ratio", "blobness", "log_elongation", "log_radius_mm")
+
+
+@dataclass(frozen=True)
+class MimicCheck:
+    """The probability that a mark is a microbleed, from its T2* features; marks under `cut` are set aside."""
+
+    coefficients: dict[str, float]  # feature (MIMIC_FEATURES) -> weight
+    intercept: float
+    cut: float
+    fitted_on: str = ""  # which marks, for the record and the card
+
+    def probability(self, features: dict[str, float]) -> float:
+        logit = self.intercept + sum(weight * features[name] for name, weight in self.coefficients.items())
+        return 1.0 / (1.0 + math.exp(-logit))
+
+    def as_plans(self) -> dict:
+        return {"coefficients": self.coefficients, "intercept": self.intercept, "cut": self.cut,
+                "fitted_on": self.fitted_on}
+
+    @classmethod
+    def from_plans(cls, value: dict) -> MimicCheck:
+        check = cls({str(k): float(v) for k, v in value["coefficients"].items()}, float(value["intercept"]),
+                    float(value["cut"]), str(value.get("fitted_on", "")))
+        unknown = set(check.coefficients) - set(MIMIC_FEATURES)
+        if unknown or not check.coefficients or not 0.0 < check.cut < 1.0:
+            raise ValueError(f"{MIMIC_CHECK}: coefficients must weigh features among {', '.join(MIMIC_FEATURES)} "
+                             f"(got {sorted(check.coefficients)}) and the cut lie in (0, 1) (got {check.cut})")
+        return check
 
 
 class ModelError(Exception):
@@ -62,6 +97,7 @@ class ModelFolder:
     checksum: str  # SHA-256 over plans, dataset and checkpoint
     imported_from_v1: bool
     extracted_brain_edge_margin_mm: float = EXTRACTED_BRAIN_EDGE_MARGIN_MM
+    mimic_check: MimicCheck | None = None
 
     @property
     def name(self) -> str:
@@ -95,6 +131,7 @@ def read_model_folder(model_dir: Path) -> ModelFolder:
         labels = {str(k): int(v) for k, v in dataset["labels"].items()}
         configurations = tuple(plans["configurations"])
         edge_margin_mm = float(plans.get(EDGE_MARGIN, EXTRACTED_BRAIN_EDGE_MARGIN_MM))
+        mimic_check = MimicCheck.from_plans(plans[MIMIC_CHECK]) if MIMIC_CHECK in plans else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelError(f"{model_dir}: unreadable plans.json or dataset.json ({type(exc).__name__}: {exc})") from None
     unknown = [c for c in channels if c not in layout.CHANNELS]
@@ -104,7 +141,7 @@ def read_model_folder(model_dir: Path) -> ModelFolder:
     if not edge_margin_mm >= 0:
         raise ModelError(f"{model_dir / layout.PLANS_JSON}: {EDGE_MARGIN} must be 0 mm or more: got {edge_margin_mm}")
     return ModelFolder(model_dir, channels, labels, configurations, model_checksum(model_dir),
-                       bool(plans.get(PROBABILITY_AGGREGATION)), edge_margin_mm)
+                       bool(plans.get(PROBABILITY_AGGREGATION)), edge_margin_mm, mimic_check)
 
 
 def models_folder() -> Path:

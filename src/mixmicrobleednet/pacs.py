@@ -53,6 +53,9 @@ _MEASURED = [  # table column, concept, unit
      codes.UCUM.Millimeter),
     ("max_probability", hd.sr.CodedConcept("MAXPROB", SCHEME, "Maximum microbleed probability"), codes.UCUM.NoUnits),
     ("mean_probability", hd.sr.CodedConcept("MEANPROB", SCHEME, "Mean microbleed probability"), codes.UCUM.NoUnits),
+    # the model's mimic check's (lesions.LESION_COLUMNS); left out for a model without one
+    ("calibrated_probability", hd.sr.CodedConcept("CALPROB", SCHEME, "Calibrated microbleed probability"),
+     codes.UCUM.NoUnits),
 ]
 COUNT = hd.sr.CodedConcept("CMBCOUNT", SCHEME, "Number of cerebral microbleeds")
 MARS_CATEGORY = hd.sr.CodedConcept("MARSCAT", SCHEME, "MARS category")
@@ -241,7 +244,7 @@ def _microbleed(row: dict, reference: pydicom.Dataset):
         hd.sr.TrackingIdentifier(generate_uid(), f"microbleed {row['lesion_id']}"), referenced_volume_surface=where,
         finding_type=MICROBLEED, finding_category=codes.SCT.MorphologicallyAbnormalStructure, algorithm_id=_ALGORITHM,
         finding_sites=sites, measurements=[hd.sr.Measurement(concept, float(row[column]), unit)
-                                           for column, concept, unit in _MEASURED],
+                                           for column, concept, unit in _MEASURED if np.isfinite(row[column])],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(MARS_CATEGORY, _private(category))]
         if isinstance(category, str) else None)
 

@@ -27,6 +27,7 @@ from .brain import BrainSettings
 from .cases import Case, CaseError
 from .imaging import ChannelStack, load_case
 from .lesions import WORLD_COLUMNS, extract_lesions
+from .mimics import MarkJudge
 from .model import Model, PredictionSettings, PreprocessedCase, Preprocessing
 from .modelfolder import ModelError, ModelFolder
 from .report import OutputSettings, write_case_outputs
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 #: What the record keeps of each component the edge rule set aside.
 NEAR_EDGE_COLUMNS = [*WORLD_COLUMNS, "volume_mm3", "max_probability"]
+MIMIC_COLUMNS = [*NEAR_EDGE_COLUMNS, "calibrated_probability"]
 
 
 @dataclass
@@ -52,6 +54,7 @@ class CaseResult:
     brain_mask: dict = field(default_factory=dict)  # how the brain mask was found (BrainMask.as_record)
     regions: dict | None = None  # where the microbleeds are (regions.locate_lesions), with regions on
     edge_rule: dict = field(default_factory=dict)  # the case's edge margin and what it set aside
+    mimic_check: dict = field(default_factory=dict)  # the model's mimic check's cut and what it set aside
     network: dict = field(default_factory=dict)  # preprocessed ahead, sliding-window tiles, passes per tile
 
 
@@ -274,14 +277,22 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
                                      "resample": network["resample_s"]}
             result.network = {key: network[key] for key in ("preprocessed_ahead", "tiles", "passes_per_tile")}
         rule = run.settings.lesions.for_brain(stack.brain.extracted, case.model.extracted_brain_edge_margin_mm)
+        check = case.model.mimic_check
         with _stage(result, "lesions"):
-            lesions = extract_lesions(probabilities, stack.reference, rule, stack.brain_region() if rule.margin_mm else None)
-        # What the edge rule set aside stays on record, where a reader can look at it.
+            brain = stack.brain_region() if rule.margin_mm or check else None
+            judge = check and MarkJudge.on_scan(check, stack.reference, brain)
+            lesions = extract_lesions(probabilities, stack.reference, rule, brain, judge)
+        # What the edge rule and the mimic check set aside stays on record, where a reader can look at it.
         result.edge_rule = {"edge_margin_mm": rule.margin_mm, "near_edge": lesions.with_world(lesions.near_edge)[
             NEAR_EDGE_COLUMNS].round(2).to_dict("records")}
+        result.mimic_check = {"cut": check and check.cut, "mimics": lesions.with_world(lesions.mimics)[
+            MIMIC_COLUMNS].round(2).to_dict("records")}
         if len(lesions.near_edge):
             log.info("%s: %d component(s) set aside, centre within %g mm of the brain mask's edge (in the record)",
                      case.case_id, len(lesions.near_edge), rule.margin_mm)
+        if len(lesions.mimics):
+            log.info("%s: %d component(s) set aside as mimics, calibrated probability under %g (in the record)",
+                     case.case_id, len(lesions.mimics), check.cut)
         if run.settings.regions:
             with _stage(result, "regions"):
                 lesions, result.regions = regions.locate_lesions(stack, lesions,
@@ -315,7 +326,7 @@ def _record(case: Case, result: CaseResult, run: CaseRun, fingerprint: list[dict
         model={"name": case.model.name, "path": str(case.model.path), "sha256": case.model.checksum,
                "channels": list(case.model.channels)},
         settings=run.settings_record, registrations=result.registrations, brain_mask=result.brain_mask,
-        edge_rule=result.edge_rule, regions=result.regions, outputs=result.outputs, network=result.network,
+        edge_rule=result.edge_rule, mimic_check=result.mimic_check, regions=result.regions, outputs=result.outputs, network=result.network,
         microbleed_count=result.microbleed_count,
         total_volume_mm3=None if result.total_volume_mm3 is None else round(result.total_volume_mm3, 3),
         device=device, versions=records.versions(), host=socket.gethostname(),

@@ -49,6 +49,9 @@ class CaseRecord(TypedDict):
     registrations: dict[str, dict]  # channel -> its registration onto the T2* (registration.Registration.as_record)
     brain_mask: dict  # how the brain mask was found (brain.BrainMask.as_record)
     edge_rule: dict  # edge_margin_mm, and near_edge: what the rule set aside (RAS centroid, volume, probability)
+    # the model's mimic check: cut (None: the model has none), and mimics: what it set aside (as near_edge,
+    # with the calibrated probability); absent from records written before the check
+    mimic_check: NotRequired[dict]
     regions: dict | None  # the atlas placement and the counts (regions.locate_lesions); None with --no-regions
     outputs: dict[str, str]  # kind -> path relative to the output folder
     network: dict  # preprocessed_ahead, and the sliding window's tiles and passes_per_tile (empty: not measured)
@@ -65,11 +68,11 @@ class CaseRecord(TypedDict):
 #: summary.csv's columns (summary_row): the seed's first; later ones only ever added at the end.
 SUMMARY_COLUMNS = ["subject", "status", "message", "microbleed_count", "total_volume_mm3", "runtime_s", "session",
                    "case", "model", "model_sha256", *REGION_SUMMARY_COLUMNS, "edge_margin_mm", "near_edge_count",
-                   *REVIEW_COLUMNS]
+                   *REVIEW_COLUMNS, "mimic_count"]
 #: cohort.tsv's columns (the BIDS group level): summary_row's in BIDS's words, MARS categories only.
 COHORT_COLUMNS = ["participant_id", "session_id", "case", "status", "microbleed_count", "total_volume_mm3", "message",
                   "runtime_s", "model", "model_sha256", *CATEGORY_COLUMNS, "edge_margin_mm", "near_edge_count",
-                  *REVIEW_COLUMNS]
+                  *REVIEW_COLUMNS, "mimic_count"]
 
 
 @functools.cache
@@ -156,7 +159,8 @@ def summary_row(record: CaseRecord, output_dir: Path) -> dict:
             "runtime_s": record.get("runtime_s"), "session": record.get("session"), "case": record["case_id"],
             "model": record.get("model", {}).get("name", ""),
             "model_sha256": record.get("model", {}).get("sha256", "")[:12], **summary_values(record.get("regions")),
-            **edge_values(record.get("edge_rule")), **reviewed_values(output_dir, record)}
+            **edge_values(record.get("edge_rule")), **reviewed_values(output_dir, record),
+            "mimic_count": mimic_count(record.get("mimic_check"))}
 
 
 def cohort_row(row: dict) -> dict:
@@ -172,6 +176,12 @@ def edge_values(edge_rule: dict | None) -> dict:
     if not edge_rule:
         return {"edge_margin_mm": None, "near_edge_count": None}
     return {"edge_margin_mm": edge_rule["edge_margin_mm"], "near_edge_count": len(edge_rule["near_edge"])}
+
+
+def mimic_count(mimic_check: dict | None) -> int | None:
+    """How many components the model's mimic check set aside (None: a failed case, a model without a
+    check, or a record from before the check)."""
+    return len(mimic_check["mimics"]) if mimic_check and mimic_check["cut"] is not None else None
 
 
 def merge(output_dir: Path) -> list[CaseRecord]:

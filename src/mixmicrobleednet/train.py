@@ -26,7 +26,7 @@ from . import layout
 from .cases import Case, seed_cases
 from .files import atomic_output
 from .imaging import image_like, load_case
-from .modelfolder import ModelFolder, read_model_folder
+from .modelfolder import MIMIC_CHECK, MimicCheck, ModelFolder, read_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,16 @@ def write_model_folder(out_dir: Path, plans: dict, dataset: dict, checkpoint: di
     with atomic_output(out_dir / layout.CHECKPOINT) as temporary:
         torch.save(checkpoint, temporary)
     return out_dir
+
+
+def write_mimic_check(model_dir: Path, check: MimicCheck) -> None:
+    """Add (or replace) a model folder's mimic check in its plans.json, atomically: fitted after
+    training, so the checksum that records carry changes with it."""
+    path = Path(model_dir) / layout.PLANS_JSON
+    plans = json.loads(path.read_text())
+    plans[MIMIC_CHECK] = check.as_plans()
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(plans, indent=2))
 
 
 def configuration_plans(config: TrainingConfig, median_shape: list[int], n_channels: int = len(layout.CHANNELS)) -> dict:

@@ -36,7 +36,7 @@ STATIC = Path(__file__).with_name("static")
 #: Output kinds the case page may load (the T2* comes from the input folder).
 SERVED_OUTPUTS = ("mask", "qc", "probability", "brain_mask")
 _LOOPBACK = ["127.0.0.1", "localhost", "::1"]
-_DETECTION_COLUMNS = ("lesion_id", "max_probability", "volume_mm3", "region", "region_category",
+_DETECTION_COLUMNS = ("lesion_id", "max_probability", "calibrated_probability", "volume_mm3", "region", "region_category",
                       "centroid_x_ras_mm", "centroid_y_ras_mm", "centroid_z_ras_mm")
 
 

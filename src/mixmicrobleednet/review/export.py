@@ -181,8 +181,8 @@ def case_page(output_dir: Path, record: dict, input_dir: Path | None) -> str:
                      f"{html.escape(', '.join(sorted(reviews.stale)))}</p>")
     parts += ["<h2>Overview</h2>", "<p>Axial slices with a microbleed: the mask in red, added microbleeds circled "
               "in yellow (radiological: patient left on the right).</p>", overview(volumes, points[len(detected):])]
-    header = ["lesion", "max probability", "volume mm³", "region", "category", *raters]
-    rows = [[int(row["lesion_id"]), row.get("max_probability"), row.get("volume_mm3"), row.get("region"),
+    header = ["lesion", "max probability", "calibrated probability", "volume mm³", "region", "category", *raters]
+    rows = [[int(row["lesion_id"]), row.get("max_probability"), row.get("calibrated_probability"), row.get("volume_mm3"), row.get("region"),
              row.get("region_category"),
              *(reviews.current[r]["detections"].get(str(int(row["lesion_id"])), {}).get("decision", "") for r in raters)]
             for row in table.to_dict("records")]

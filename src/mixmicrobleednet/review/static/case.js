@@ -46,7 +46,7 @@ function render() {
     tr.className = index === state.selected ? "selected" : "";
     const decision = decisionOf(d.lesion_id) || (page.stale_review && !review
       ? page.stale_review.detections[String(d.lesion_id)]?.decision ?? "" : "");
-    for (const [text, cls] of [[d.lesion_id, "number"], [fixed(d.max_probability, 3), "number"],
+    for (const [text, cls] of [[d.lesion_id, "number"], [fixed(d.calibrated_probability ?? d.max_probability, 3), "number"],
       [fixed(d.volume_mm3, 1), "number"], [d.region ?? "", ""], [d.region_category ?? "", ""],
       [decision + (decision && !review ? " (stale)" : ""), decision]]) {
       const td = document.createElement("td");
