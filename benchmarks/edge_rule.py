@@ -3,7 +3,7 @@
     .venv/bin/mixmicrobleednet predict -i work/phantoms-varied-val -o work/pred-val-phantom-t2s \
         --model models/phantom-t2s --fast --no-qc --no-regions --save-probabilities
     .venv/bin/python benchmarks/edge_rule.py --labels work/phantoms-varied-val \
-        --predictions work/pred-val-phantom-t2s [--margins 0 1 1.5 2 2.5 3 4] [--by-cohort]
+        --predictions work/pred-val-phantom-t2s [--margins 0 1 1.5 2 2.5 3 4] [--by-cohort] [--mimic-check MODEL]
 
 Re-draws each case's microbleeds from its saved probability map with lesions.extract_lesions at
 every margin (the brain as the pipeline found it: the mask it extracted and wrote beside the
@@ -28,7 +28,7 @@ from mixmicrobleednet.brain import stripped_brain
 from mixmicrobleednet.evaluate import case_measures, summarise
 from mixmicrobleednet.lesions import LesionSettings, extract_lesions
 from mixmicrobleednet.mimics import MarkJudge
-from mixmicrobleednet.modelfolder import MimicCheck
+from mixmicrobleednet.modelfolder import MimicCheck, read_model_folder
 
 
 def labelled_stems(folder: Path) -> list[str]:
@@ -58,11 +58,14 @@ def main(argv=None) -> int:
     parser.add_argument("--predictions", type=Path, required=True, help="an output folder of --save-probabilities")
     parser.add_argument("--margins", type=float, nargs="+", default=[0, 1, 1.5, 2, 2.5, 3, 4])
     parser.add_argument("--by-cohort", action="store_true", help="also per acquisition (the phantoms' phantoms.csv)")
+    parser.add_argument("--mimic-check", type=Path, metavar="MODEL",
+                        help="also apply this model folder's mimic check, as the tool does")
     args = parser.parse_args(argv)
+    check = read_model_folder(args.mimic_check).mimic_check if args.mimic_check else None
     rows = []
     for stem in labelled_stems(args.labels):
         rules = [LesionSettings(edge_margin_mm=margin) for margin in args.margins]
-        reference, mimics, _, redrawn = redrawn_lesions(args.labels, args.predictions, stem, rules)
+        reference, mimics, _, redrawn = redrawn_lesions(args.labels, args.predictions, stem, rules, check)
         for margin, lesions in zip(args.margins, redrawn):
             rows.append({"margin_mm": margin, "subject": layout.parse_stem(stem)["subject"], **case_measures(
                 sitk.GetArrayViewFromImage(reference), lesions.mask, float(np.prod(reference.GetSpacing())), mimics)})
