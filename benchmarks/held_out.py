@@ -99,7 +99,7 @@ def score_set(name: str, models: list[Path], margins: list[float], froc_margin: 
         output = predictions_folder(work, name, model)
         predicted(phantoms, output, model)
         check = read_model_folder(model).mimic_check if mimic_check else None
-        label = output.name + ("" if check or not mimic_check else " (no mimic check)")
+        label = output.name + ("" if mimic_check else " (no mimic check)")
         for stem in stems:
             subject = layout.parse_stem(stem)["subject"]
             reference, mimics, _, redrawn = redrawn_lesions(phantoms, output, stem, rules, check)
