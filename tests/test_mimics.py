@@ -47,6 +47,13 @@ def test_mark_features_tell_a_vein_from_a_microbleed():
     assert CHECK.probability(on_ball) > 0.9 and CHECK.probability(on_vein) < 0.3
 
 
+def test_a_checks_probability_is_the_logistic_function_even_far_out():
+    features = {name: 0.0 for name in MIMIC_FEATURES}
+    assert CHECK.probability(features) == pytest.approx(1 / (1 + np.exp(-2.312)))
+    assert CHECK.probability(features | {"blobness": -1e6}) == 0.0  # no overflow
+    assert CHECK.probability(features | {"blobness": 1e6}) == 1.0
+
+
 def test_extract_lesions_sets_aside_what_the_check_calls_a_mimic():
     t2s, ball, vein = ball_and_vein()
     probabilities = (ball | vein).astype(np.float32)

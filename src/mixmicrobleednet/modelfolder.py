@@ -67,6 +67,9 @@ class MimicCheck:
 
     def probability(self, features: dict[str, float]) -> float:
         logit = self.intercept + sum(weight * features[name] for name, weight in self.coefficients.items())
+        if logit < 0:  # the logistic function without overflow: a feature may be far out (blobness of a flat Hessian)
+            odds = math.exp(logit)
+            return odds / (1.0 + odds)
         return 1.0 / (1.0 + math.exp(-logit))
 
     def as_plans(self) -> dict:
