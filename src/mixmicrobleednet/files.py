@@ -45,10 +45,11 @@ def write_image_atomic(image: sitk.Image, path: Path) -> None:
         sitk.WriteImage(image, str(temporary), useCompression=True)
 
 
-def write_json_value(value, path: Path) -> None:
-    """A Grand-Challenge value socket (the bare JSON value in its own file), or a JSON sidecar."""
+def write_json_value(value, path: Path, indent: int | None = None) -> None:
+    """A Grand-Challenge value socket (the bare JSON value in its own file), a JSON sidecar, or a
+    model folder's JSON file (indented)."""
     with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps(value))
+        temporary.write_text(json.dumps(value, indent=indent))
 
 
 @contextmanager

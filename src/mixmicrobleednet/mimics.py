@@ -90,7 +90,10 @@ class MarkJudge:
 
     def __init__(self, check: MimicCheck, t2s: np.ndarray, brain: np.ndarray, spacing_zyx: np.ndarray):
         self.check, self.t2s, self.brain, self.spacing = check, t2s, brain, np.asarray(spacing_zyx, float)
-        self.cut = check.cut
+
+    @property
+    def cut(self) -> float:
+        return self.check.cut
 
     @classmethod
     def on_scan(cls, check: MimicCheck, t2s: sitk.Image, brain: np.ndarray) -> MarkJudge:

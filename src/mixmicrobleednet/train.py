@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from . import layout
 from .cases import Case, seed_cases
-from .files import atomic_output
+from .files import atomic_output, write_json_value
 from .imaging import image_like, load_case
 from .modelfolder import MIMIC_CHECK, MimicCheck, ModelFolder, read_model_folder
 
@@ -96,8 +96,7 @@ def write_model_folder(out_dir: Path, plans: dict, dataset: dict, checkpoint: di
 
     out_dir = Path(out_dir)
     for name, content in ((layout.PLANS_JSON, plans), (layout.DATASET_JSON, dataset)):
-        with atomic_output(out_dir / name) as temporary:
-            temporary.write_text(json.dumps(content, indent=2))
+        write_json_value(content, out_dir / name, indent=2)
     with atomic_output(out_dir / layout.CHECKPOINT) as temporary:
         torch.save(checkpoint, temporary)
     return out_dir
@@ -109,8 +108,7 @@ def write_mimic_check(model_dir: Path, check: MimicCheck) -> None:
     path = Path(model_dir) / layout.PLANS_JSON
     plans = json.loads(path.read_text())
     plans[MIMIC_CHECK] = check.as_plans()
-    with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps(plans, indent=2))
+    write_json_value(plans, path, indent=2)
 
 
 def configuration_plans(config: TrainingConfig, median_shape: list[int], n_channels: int = len(layout.CHANNELS)) -> dict:
