@@ -304,6 +304,63 @@ def test_reviewed_values_count_the_latest_finished_review(tmp_path):
     assert values["reviewed_count_deep"] is None and values["reviewed_strictly_lobar"] is None
 
 
+def test_a_rater_counts_a_mark_the_run_set_aside_once_and_the_counts_follow(tmp_path):
+    """What the edge rule and the mimic check set aside is listed on the case page and in the export;
+    a rater may count one (at its recorded centre, once), and it counts as an added microbleed."""
+    from starlette.testclient import TestClient
+
+    from mixmicrobleednet.review.app import Workspace, create_app
+    from mixmicrobleednet.review.export import case_page
+
+    record = write_output(tmp_path)
+    near = {"centroid_x_ras_mm": 4.5, "centroid_y_ras_mm": 6.25, "centroid_z_ras_mm": 8.0, "volume_mm3": 6.0,
+            "max_probability": 0.97}
+    mimic = {"centroid_x_ras_mm": -3.0, "centroid_y_ras_mm": -1.5, "centroid_z_ras_mm": 2.0, "volume_mm3": 12.0,
+             "max_probability": 0.88, "calibrated_probability": 0.12}
+    record |= {"edge_rule": {"edge_margin_mm": 2.0, "near_edge": [near]}, "mimic_check": {"cut": 0.5, "mimics": [mimic]}}
+    (tmp_path / layout.seed_output_paths(CASE)["record"]).write_text(json.dumps(record))
+
+    def point(mark):
+        return tuple(mark[c] for c in lesion_module.WORLD_COLUMNS)
+
+    assert [(m["set_aside"], point(m)) for m in decisions.set_aside_marks(record)] == [
+        ("edge rule", point(near)), ("mimic check", point(mimic))]
+    client = TestClient(create_app(Workspace(tmp_path, "alice", tmp_path / "input")), base_url="http://127.0.0.1")
+    listed = client.get(f"/api/cases/{CASE}").json()["set_aside"]
+    assert [(m["set_aside"], m.get("edge_margin_mm"), m.get("cut")) for m in listed] == [
+        ("edge rule", 2.0, None), ("mimic check", None, 0.5)]
+    x, y, z = point(near)
+    answer = client.post(f"/api/cases/{CASE}/added", json={"x_ras_mm": x, "y_ras_mm": y, "z_ras_mm": z,
+                                                           "set_aside": "edge rule"})
+    assert answer.status_code == 200
+    (counted,) = answer.json()["review"]["added"]
+    assert (counted["set_aside"], point({f"centroid_{k}": counted[k] for k in ("x_ras_mm", "y_ras_mm", "z_ras_mm")})) \
+        == ("edge rule", point(near))
+    again = client.post(f"/api/cases/{CASE}/added", json={"x_ras_mm": x, "y_ras_mm": y, "z_ras_mm": z,
+                                                          "set_aside": "edge rule"})
+    assert again.status_code == 400 and "already" in again.json()["error"]
+    for where, step, problem in ((point(mimic), "edge rule", "set no mark aside"),
+                                 ((0.0, 0.0, 0.0), "mimic check", "set no mark aside"),
+                                 (point(mimic), "vessel filter", "not a step")):
+        with pytest.raises(ReviewError, match=problem):
+            decisions.add_microbleed(tmp_path, record, "alice", where, step)
+    decisions.add_microbleed(tmp_path, record, "alice", point(mimic), "mimic check")
+    decisions.add_microbleed(tmp_path, record, "alice", (0.0, -2.0, 0.0))  # a click
+    decisions.record_decision(tmp_path, record, "alice", 1, "accept")
+    decisions.set_done(tmp_path, record, "alice", True)
+    values = decisions.reviewed_values(tmp_path, record)
+    assert (values["reviewed_accepted"], values["reviewed_added"], values["reviewed_count"]) == (1, 3, 4)
+    page = case_page(tmp_path, record, tmp_path / "input")
+    assert "Set aside by the run" in page and page.count("set aside (") == 2 and "<td>click</td>" in page
+
+    # a review whose added microbleed names no such step is a problem, not applied
+    review = json.loads(review_file(tmp_path, "alice").read_text())
+    review["added"][0]["set_aside"] = "vessel filter"
+    review_file(tmp_path, "alice").write_text(json.dumps(review))
+    reviews = decisions.read_reviews(tmp_path, record)
+    assert not reviews.current and "set_aside" in reviews.problems[0]
+
+
 def test_reviewed_mask_holds_the_accepted_components_and_a_3_mm_ball_per_added_microbleed(tmp_path):
     record = write_output(tmp_path)
     decisions.record_decision(tmp_path, record, "alice", 1, "accept")
@@ -414,11 +471,16 @@ CHROMIUM = "/usr/bin/chromium"
 
 @pytest.fixture(scope="module")
 def shipped_run(tmp_path_factory) -> Path:
-    """The shipped model over the shipped test case (the CPU, no mirroring), regions on."""
+    """The shipped model over the shipped test case (the CPU, no mirroring), regions on, with an edge
+    rule wide enough (20 mm) to set one of its four detections aside."""
     from conftest import predict
 
+    from mixmicrobleednet.lesions import LesionSettings
+    from mixmicrobleednet.pipeline import OutputSettings
+
     output = tmp_path_factory.mktemp("shipped") / "out"
-    (result,) = predict(REPO / "test" / "input", output, REPO / "models" / "phantom-t1-t2-t2s")
+    (result,) = predict(REPO / "test" / "input", output, REPO / "models" / "phantom-t1-t2-t2s",
+                        output=OutputSettings(lesions=LesionSettings(edge_margin_mm=20.0)))
     assert not result.error_messages, result.error_messages
     return output
 
@@ -481,6 +543,19 @@ def test_a_rater_reviews_the_shipped_case_in_chromium(shipped_run, app_address):
         }""")
         page.mouse.click(where["x"], where["y"])
         expect(page.locator("#added tbody tr")).to_have_count(1)
+        # the mark the edge rule set aside: looked at (the viewer centres on it), then counted
+        (near,) = record["edge_rule"]["near_edge"]
+        set_aside = page.locator("#set-aside tbody tr")
+        expect(set_aside).to_have_count(1)
+        expect(set_aside).to_contain_text("edge rule: within 20 mm")
+        set_aside.locator("td").first.click()  # beyond the cube shown: a cube around it, then the crosshair
+        page.wait_for_function("""(mm) => {
+            const at = review.nv.frac2mm(review.nv.scene.crosshairPos, 0, true);
+            return document.body.dataset.viewer === "ready" && mm.every((v, i) => Math.abs(at[i] - v) <= 1.5);
+        }""", arg=[near[c] for c in lesion_module.WORLD_COLUMNS])
+        set_aside.locator("button").click()
+        expect(set_aside.locator("button")).to_have_text("counted (#2)")
+        expect(page.locator("#added tbody tr")).to_have_count(2)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "review_case.png"))
 
@@ -488,7 +563,8 @@ def test_a_rater_reviews_the_shipped_case_in_chromium(shipped_run, app_address):
         page.wait_for_selector("body[data-viewer=ready]")
         expect(detections.nth(0).locator("td").last).to_have_text("accept")
         expect(detections.nth(1).locator("td").last).to_have_text("reject")
-        expect(page.locator("#added tbody tr")).to_have_count(1)
+        expect(page.locator("#added tbody tr")).to_have_count(2)
+        expect(set_aside.locator("button")).to_be_disabled()
         page.keyboard.press("d")
         expect(page.locator("#status")).to_have_text("done")
         page.goto(app_address)
@@ -498,34 +574,37 @@ def test_a_rater_reviews_the_shipped_case_in_chromium(shipped_run, app_address):
 
     review = json.loads((shipped_run / layout.review_path(case_id, "alice")).read_text())
     assert {k: v["decision"] for k, v in review["detections"].items()} == {"1": "accept", "2": "reject"}
-    (added,) = review["added"]
+    added, counted = review["added"]
+    assert "set_aside" not in added and counted["set_aside"] == "edge rule"
     assert review["done"] and review["mask_sha256"] == decisions.mask_sha256(shipped_run, record)
     values = decisions.reviewed_values(shipped_run, record)
     assert (values["review_status"], values["reviewed_by"], values["reviewed_accepted"], values["reviewed_rejected"],
             values["reviewed_added"], values["reviewed_undecided"], values["reviewed_count"]) == \
-        ("done", "alice", 1, 1, 1, len(table) - 2, 2)
-    # the added microbleed placed by the run's atlas placement: the categories count it
-    assert added["region_category"] in ("lobar", "deep", "infratentorial")
-    assert sum(values[f"reviewed_count_{c}"] for c in ("lobar", "deep", "infratentorial")) == 2
+        ("done", "alice", 1, 1, 2, len(table) - 2, 3)
+    # the added microbleeds placed by the run's atlas placement: the categories count them
+    assert {added["region_category"], counted["region_category"]} <= {"lobar", "deep", "infratentorial"}
+    assert sum(values[f"reviewed_count_{c}"] for c in ("lobar", "deep", "infratentorial")) == 3
     # the merged summary shows the reviewed counts beside the tool's
     from mixmicrobleednet.cli import main
 
     assert main(["merge", str(shipped_run)]) == 0
     (row,) = pd.read_csv(shipped_run / layout.SUMMARY_CSV).to_dict("records")
     assert (row["microbleed_count"], row["review_status"], row["reviewed_by"], row["reviewed_count"]) == \
-        (len(table), "done", "alice", 2)
+        (len(table), "done", "alice", 3)
 
-    # the reviewed mask: lesion 1's component and the ball around the added microbleed, nothing else
+    # the reviewed mask: lesion 1's component and a ball around each added microbleed, nothing else
     mask_image = sitk.ReadImage(str(shipped_run / record["outputs"]["mask"]))
     labels, _ = ndimage.label(sitk.GetArrayFromImage(mask_image) > 0, np.ones((3, 3, 3), bool))
     first = labels == labels[tuple(np.round(table.loc[0, ["centroid_k", "centroid_j", "centroid_i"]]).astype(int))]
     reviewed = sitk.GetArrayFromImage(sitk.ReadImage(str(shipped_run / layout.reviewed_mask_path(case_id, "alice"))))
     ball = reviewed.astype(bool) & ~first
     assert (reviewed[first] == 1).all()
-    point = mask_image.TransformPhysicalPointToContinuousIndex([-added["x_ras_mm"], -added["y_ras_mm"], added["z_ras_mm"]])
+    points = np.array([mask_image.TransformPhysicalPointToContinuousIndex([-a["x_ras_mm"], -a["y_ras_mm"], a["z_ras_mm"]])
+                       for a in (added, counted)])[:, ::-1]
     zyx = np.argwhere(ball)
     spacing = np.array(mask_image.GetSpacing()[::-1])
-    assert 1 <= len(zyx) <= 12 and (np.linalg.norm((zyx - point[::-1]) * spacing, axis=1) <= 1.5 + 1.7).all()
+    distances = np.linalg.norm((zyx[:, None] - points[None]) * spacing, axis=2)
+    assert 2 <= len(zyx) <= 24 and (distances.min(axis=1) <= 1.5 + 1.7).all() and (distances.min(axis=0) <= 1.7).all()
 
     # the export of the reviewed case
     assert main(["review", str(shipped_run), "-i", str(REPO / "test" / "input"), "--export"]) == 0

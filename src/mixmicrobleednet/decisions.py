@@ -3,7 +3,8 @@
 A review holds, per detection of the model (a row of the case's lesion table, by lesion_id), the
 rater's decision (accept, reject or unsure) and its time; the microbleeds the rater added (RAS world
 millimetres, as the lesion table's centroids, with their MARS region where the atlas could place
-them); a note; when the rater marked the case done; the rater, the package version and the SHA-256
+them), each either clicked in the viewer or one of the marks the run set aside (the edge rule's, the
+mimic check's: `set_aside` names the step), counted after all; a note; when the rater marked the case done; the rater, the package version and the SHA-256
 of the mask file reviewed. It is written atomically after every decision, under a lock on the
 case's review folder, so two browser tabs of one rater cannot lose each other's decisions, and each
 rater has a file of their own, so raters never overwrite each other.
@@ -46,6 +47,10 @@ DECISIONS = ("accept", "reject", "unsure")
 ADDED_DIAMETER_MM = 3.0
 _ADDED_AXES = ("x_ras_mm", "y_ras_mm", "z_ras_mm")
 _PLACE_COLUMNS = ("region", "region_category", "hemisphere")
+#: The steps that set marks aside, by the name a review keeps, and where the case's record lists them.
+SET_ASIDE = {"edge rule": ("edge_rule", "near_edge"), "mimic check": ("mimic_check", "mimics")}
+#: A set-aside mark is named by its centre as the record rounds it (0.01 mm).
+_SAME_POINT_MM = 0.01
 
 #: reviewed_values' columns, for summary.csv and cohort.tsv:
 #: - review_status: "done" (a rater marked the case done on its current mask), "in progress" (a review
@@ -168,6 +173,8 @@ def checked(review, case_id: str, rater: str) -> dict:
             isinstance(a, dict) and isinstance(a.get("added_id"), int) and all(_finite(a.get(k)) for k in _ADDED_AXES)
             for a in added):
         raise ReviewError("added microbleeds need an added_id and finite RAS coordinates (x_ras_mm, y_ras_mm, z_ras_mm)")
+    if not all(a.get("set_aside") in (None, *SET_ASIDE) for a in added):
+        raise ReviewError(f"an added microbleed's set_aside names a step that sets marks aside ({', '.join(SET_ASIDE)})")
     if not isinstance(review.get("note"), str) or not isinstance(review.get("done"), (str, type(None))):
         raise ReviewError("note must be text and done a time or null")
     return review
@@ -289,16 +296,40 @@ def record_decision(output_dir: Path, record: dict, rater: str, lesion_id: int, 
     return change_review(output_dir, record, rater, change)
 
 
-def add_microbleed(output_dir: Path, record: dict, rater: str, ras_mm: tuple[float, float, float]) -> dict:
-    """A microbleed the model missed, at a point in RAS world millimetres, with its MARS region."""
+def set_aside_marks(record: dict) -> list[dict]:
+    """What the run set aside (the record's lists: RAS centre, volume, probabilities), each with the
+    step that set it aside (`set_aside`, a key of SET_ASIDE), for a rater to look at."""
+    return [{"set_aside": step, **mark} for step, (part, key) in SET_ASIDE.items()
+            for mark in (record.get(part) or {}).get(key, [])]
+
+
+def _same_point(a, b) -> bool:
+    return bool(np.all(np.abs(np.subtract(a, b, dtype=float)) <= _SAME_POINT_MM))
+
+
+def add_microbleed(output_dir: Path, record: dict, rater: str, ras_mm: tuple[float, float, float],
+                   set_aside: str | None = None) -> dict:
+    """A microbleed the model missed, at a point in RAS world millimetres, with its MARS region; with
+    `set_aside` (a key of SET_ASIDE), the mark that step set aside at that point, counted after all
+    (once)."""
     if len(ras_mm) != 3 or not all(_finite(v) for v in ras_mm):
         raise ReviewError(f"{ras_mm!r}: an added microbleed needs three finite RAS coordinates in mm")
+    if set_aside is not None:
+        if set_aside not in SET_ASIDE:
+            raise ReviewError(f"{set_aside!r}: not a step that sets marks aside ({', '.join(SET_ASIDE)})")
+        marks = [m for m in set_aside_marks(record) if m["set_aside"] == set_aside]
+        if not any(_same_point([m[c] for c in WORLD_COLUMNS], ras_mm) for m in marks):
+            raise ReviewError(f"{record['case_id']}: the {set_aside} set no mark aside at {tuple(ras_mm)} "
+                              f"(steps: {', '.join(SET_ASIDE)})")
     place = locate_added(record, ras_mm)
 
     def change(review: dict) -> None:
+        if set_aside and any(a.get("set_aside") == set_aside and _same_point([a[k] for k in _ADDED_AXES], ras_mm)
+                             for a in review["added"]):
+            raise ReviewError(f"{record['case_id']}: {rater} counts the mark at {tuple(ras_mm)} already")
         number = max((a["added_id"] for a in review["added"]), default=0) + 1
         review["added"].append({"added_id": number, **dict(zip(_ADDED_AXES, map(float, ras_mm))), **place,
-                                "time": now()})
+                                **({"set_aside": set_aside} if set_aside else {}), "time": now()})
 
     return change_review(output_dir, record, rater, change)
 

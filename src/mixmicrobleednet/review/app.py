@@ -110,7 +110,7 @@ class Workspace:
         order = self.review_order([self.case_row(r) for r in self.records().values()])
         after = order[order.index(case_id) + 1:] + order[:order.index(case_id)]
         page = {**self.case_row(record), "rater": self.rater, "error_messages": record.get("error_messages", []),
-                "detections": [], "review": None, "stale_review": None, "t2s": None, "mask": None, "qc": None,
+                "detections": [], "set_aside": [], "review": None, "stale_review": None, "t2s": None, "mask": None, "qc": None,
                 "next_case": after[0] if after else None, "messages": []}
         if record.get("status") != "ok":
             page["messages"].append(f"the run failed on this case: {'; '.join(record.get('error_messages', []))}")
@@ -123,6 +123,10 @@ class Workspace:
             return page
         page["detections"] = [{column: _plain(row.get(column)) for column in _DETECTION_COLUMNS}
                               for row in table.to_dict("records")]
+        # what the edge rule and the mimic check set aside, with why, for a second look
+        page["set_aside"] = [{**mark, "edge_margin_mm": record["edge_rule"]["edge_margin_mm"]}
+                             if mark["set_aside"] == "edge rule" else {**mark, "cut": record["mimic_check"]["cut"]}
+                             for mark in decisions.set_aside_marks(record)]
         reviews = decisions.read_reviews(self.output_dir, record, set(table["lesion_id"].astype(int)))
         page["review"] = reviews.current.get(self.rater)
         page["stale_review"] = reviews.stale.get(self.rater)
@@ -149,7 +153,8 @@ def _point(body: dict) -> tuple[float, float, float]:
 _CHANGES = {
     "decision": lambda w, case_id, body: decisions.record_decision(w.output_dir, w.record(case_id), w.rater,
                                                                    int(body["lesion_id"]), body["decision"]),
-    "added": lambda w, case_id, body: decisions.add_microbleed(w.output_dir, w.record(case_id), w.rater, _point(body)),
+    "added": lambda w, case_id, body: decisions.add_microbleed(w.output_dir, w.record(case_id), w.rater, _point(body),
+                                                               body.get("set_aside")),
     "remove_added": lambda w, case_id, body: decisions.remove_added(w.output_dir, w.record(case_id), w.rater,
                                                                     int(body["added_id"])),
     "note": lambda w, case_id, body: decisions.set_note(w.output_dir, w.record(case_id), w.rater, body["note"]),
@@ -213,7 +218,7 @@ def create_app(workspace: Workspace, host: str = "127.0.0.1") -> Starlette:
 
     async def change(request: Request) -> Response:
         """POST /api/cases/{case}/{what}: decision {lesion_id, decision}, added {x_ras_mm, y_ras_mm,
-        z_ras_mm}, remove_added {added_id}, note {note}, done {done}, start_again {}."""
+        z_ras_mm[, set_aside: the step that set a mark aside there]}, remove_added {added_id}, note {note}, done {done}, start_again {}."""
         what = request.path_params["what"]
         # JSON only: another site's page cannot send that without the browser asking us first (CORS)
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":

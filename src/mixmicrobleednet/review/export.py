@@ -2,8 +2,8 @@
 (layout.review_report_path), readable offline and by anyone without the app: the case, an overview
 (the axial slices that hold a microbleed, the mask in red, added microbleeds in yellow), per
 detection and per added microbleed a 40 mm crop in three planes, the table with every rater's
-decision, what each rater added, their notes, when they finished, and their agreement. Stale reviews
-are listed as such, never mixed in. Each finished review's reviewed mask is written too.
+decision, what each rater added, what the run set aside, their notes, when they finished, and their
+agreement. Stale reviews are listed as such, never mixed in. Each finished review's reviewed mask is written too.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .. import __version__, layout, records
 from .. import decisions
 from ..files import atomic_output
 from ..agreement import cohen_kappa, paired
+from ..lesions import WORLD_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +188,17 @@ def case_page(output_dir: Path, record: dict, input_dir: Path | None) -> str:
              *(reviews.current[r]["detections"].get(str(int(row["lesion_id"])), {}).get("decision", "") for r in raters)]
             for row in table.to_dict("records")]
     parts += ["<h2>Detections and decisions</h2>", _table(header, rows)]
-    parts += ["<h2>Added microbleeds</h2>", _table(["rater", "#", "x (RAS mm)", "y", "z", "region", "category"],
+    parts += ["<h2>Added microbleeds</h2>", _table(["rater", "#", "x (RAS mm)", "y", "z", "region", "category", "from"],
               [[rater, a["added_id"], a["x_ras_mm"], a["y_ras_mm"], a["z_ras_mm"], a.get("region"),
-                a.get("region_category")] for rater, a in added]) if added else "<p>None.</p>"]
+                a.get("region_category"), f"set aside ({a['set_aside']})" if a.get("set_aside") else "click"]
+               for rater, a in added]) if added else "<p>None.</p>"]
+    marks = decisions.set_aside_marks(record)
+    if marks:
+        parts += ["<h2>Set aside by the run</h2>", "<p>Left out of the mask and the counts by the edge rule or the "
+                  "mimic check; a rater who counted one has it among the added microbleeds.</p>",
+                  _table(["step", "x (RAS mm)", "y", "z", "volume mm³", "max probability", "calibrated probability"],
+                         [[m["set_aside"], *(m[c] for c in WORLD_COLUMNS), m["volume_mm3"], m["max_probability"],
+                           m.get("calibrated_probability")] for m in marks])]
     summary = [[r, reviews.current[r]["done"] or "not done", *decisions.rater_values(table, reviews.current[r]).values(),
                 reviews.current[r]["note"]] for r in raters]
     words = [c.removeprefix("reviewed_").replace("count_", "").replace("_", " ") for c in decisions.RATER_COLUMNS]

@@ -1,5 +1,5 @@
 // The case page: NiiVue on the T2* scan with the mask over it, the detections to decide, microbleeds
-// to add by a click, a note and "case done". Every change is sent at once and the page shows the
+// to add by a click or from what the run set aside, a note and "case done". Every change is sent at once and the page shows the
 // review the server wrote back: the page keeps no decision of its own.
 import { Niivue, SLICE_TYPE } from "/static/niivue.js";
 
@@ -58,11 +58,38 @@ function render() {
     return tr;
   }));
   const added = review?.added ?? [];
+  document.getElementById("set-aside-section").hidden = !page.set_aside.length;
+  document.querySelector("#set-aside tbody").replaceChildren(...page.set_aside.map((s) => {
+    const tr = document.createElement("tr");
+    const why = s.set_aside === "edge rule" ? `edge rule: within ${s.edge_margin_mm} mm of the brain's edge`
+      : `mimic check: under ${s.cut}`;
+    for (const [text, cls] of [[why, ""], [fixed(s.calibrated_probability ?? s.max_probability, 3), "number"],
+      [fixed(s.volume_mm3, 1), "number"]]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      td.className = cls;
+      tr.append(td);
+    }
+    const counted = added.find((a) => a.set_aside === s.set_aside && samePoint([a.x_ras_mm, a.y_ras_mm, a.z_ras_mm], where(s)));
+    const count = document.createElement("button");
+    count.textContent = counted ? `counted (#${counted.added_id})` : "count it";
+    count.disabled = Boolean(counted);
+    count.onclick = (event) => {
+      event.stopPropagation();
+      const [x, y, z] = where(s);
+      send("added", { x_ras_mm: x, y_ras_mm: y, z_ras_mm: z, set_aside: s.set_aside });
+    };
+    const td = document.createElement("td");
+    td.append(count);
+    tr.append(td);
+    tr.onclick = () => centre(where(s));
+    return tr;
+  }));
   document.querySelector("#added tbody").replaceChildren(...added.map((a) => {
     const tr = document.createElement("tr");
     tr.dataset.added = a.added_id;
     const where = [a.x_ras_mm, a.y_ras_mm, a.z_ras_mm].map((v) => v.toFixed(1)).join(", ");
-    for (const text of [a.added_id, where, a.region ?? "(no region)"]) {
+    for (const text of [a.added_id, where, a.region ?? "(no region)", a.set_aside ? `set aside (${a.set_aside})` : "click"]) {
       const td = document.createElement("td");
       td.textContent = text;
       tr.append(td);
@@ -100,6 +127,10 @@ function showCrosshair() {
 
 function where(d) {
   return [d.centroid_x_ras_mm, d.centroid_y_ras_mm, d.centroid_z_ras_mm];
+}
+
+function samePoint(a, b) {
+  return a.every((v, i) => Math.abs(v - b[i]) <= 0.01);  // the record's rounding of a set-aside mark's centre
 }
 
 async function select(index) {
