@@ -67,6 +67,65 @@ def test_the_predictor_opens_as_nnunets_without_its_trainer_search(random_model,
     assert searched == ["nnUNetTrainer_250epochs"] * 2  # ours, then the reference's
 
 
+@pytest.mark.model
+def test_mirrored_passes_in_one_call_give_nnunets_logits_and_a_full_gpu_asks_smaller_calls(random_model):
+    """The GPU's sliding window (several tiles and each tile's mirrored passes in one network call),
+    run on the CPU: nnU-Net's mirrored passes to float32 rounding, and the sliding window with them
+    one pass per call to the rounding of its float16 sums; a call that runs out of memory is made
+    again smaller (fewer tiles, then one pass a call) until it fits."""
+    import torch
+
+    from mixmicrobleednet.nnunet_glue import PlansPreprocessing, open_predictor
+
+    plans = PlansPreprocessing(random_model)
+    ours = open_predictor(random_model, plans, torch.device("cpu"), 2, 0.5, True, mirror_in_batch=True)
+    assert ours.passes_per_tile() == 8
+    patch = np.array(ours.configuration_manager.patch_size)
+    shape = (len(plans.dataset_json["channel_names"]), *(patch * [3, 3, 2] // 2).tolist())  # 2 x 2 x 1 tiles
+    data = torch.from_numpy(np.random.default_rng(5).standard_normal(shape, np.float32))
+
+    class Watched(torch.nn.Module):
+        """The network, counting the tiles of each call; `room`: a GPU with room for that many a call."""
+
+        def __init__(self, network, room: int | None = None):
+            super().__init__()
+            self.network, self.room, self.calls = network, room, []
+
+        def forward(self, batch):
+            self.calls.append(len(batch))
+            if self.room is not None and len(batch) > self.room:
+                raise torch.OutOfMemoryError("CUDA out of memory (as a test)")
+            return self.network(batch)
+
+    network = ours.network
+    tiles = data[None, :, :patch[0], :patch[1], :patch[2]].repeat(2, 1, 1, 1, 1)
+    tiles[1] *= 0.5
+    with torch.inference_mode():
+        in_one_call = ours._internal_maybe_mirror_and_predict(tiles)
+        ours.mirror_in_batch = False  # nnU-Net's own: one pass per call
+        ours.network = watched = Watched(network)
+        np.testing.assert_allclose(in_one_call, ours._internal_maybe_mirror_and_predict(tiles), atol=1e-5)
+    assert watched.calls == [2] * 8
+    expected = ours.predict_sliding_window_return_logits(data).float()
+    assert ours.tiles_last_case == 4
+
+    def same_window(logits):  # float16 sums: a few units in the last place where a float32 term differs
+        difference = (logits.float() - expected).abs().numpy()
+        assert difference.max() < 2e-2 and (difference < 1e-3).mean() > 0.9999, (difference.max(), difference.mean())
+
+    ours.mirror_in_batch = True
+    ours.network = watched = Watched(network)
+    same_window(ours.predict_sliding_window_return_logits(data))
+    assert watched.calls == [2 * 8] * 2  # 2 tiles x 8 passes a call
+    ours.network = watched = Watched(network, room=8)
+    same_window(ours.predict_sliding_window_return_logits(data))
+    assert (ours.tiles_per_batch, ours.mirror_in_batch) == (1, True) and watched.calls == [16, 8, 8, 8, 8]
+    ours.network = Watched(network, room=0)
+    with pytest.raises(torch.OutOfMemoryError):
+        ours.predict_sliding_window_return_logits(data)
+    assert (ours.tiles_per_batch, ours.mirror_in_batch) == (1, False)  # one pass a call did not fit either
+
+
 @pytest.mark.shipped
 def test_batched_tiles_and_single_map_resampling_keep_nnunets_mask(tmp_path):
     stack = _crop_of_the_test_case(tmp_path)

@@ -23,9 +23,10 @@ class PredictionSettings:
 
     use_mirroring: bool = True
     tile_step_size: float = 0.5
-    #: Sliding-window tiles per network call; None: 4 on the CPU, 1 (as nnU-Net) on a GPU. On the
-    #: CPU PyTorch runs small 3D convolutions of a single tile on a slow path (no oneDNN), so 4
-    #: tiles at once take about the time of one (tests/test_model_speed.py keeps the masks equal).
+    #: Sliding-window tiles per network call; None: 4. On the CPU PyTorch runs small 3D convolutions
+    #: of a single tile on a slow path (no oneDNN), so 4 tiles at once take about the time of one
+    #: (tests/test_model_speed.py keeps the masks equal); a GPU, which nnU-Net feeds one tile per
+    #: call, also gets each tile's mirrored passes in the same call (fewer when its memory runs out).
     tiles_per_batch: int | None = None
     #: The network's arithmetic on the CPU: float32 (default; nnU-Net's logits to 1e-4) or bfloat16
     #: (torch.autocast: faster only where the CPU has bfloat16 instructions, AMX or AVX-512 BF16; it
@@ -111,10 +112,11 @@ class Model:
         #: What runs the network: openvino or torch on the CPU (cuda on a GPU).
         self.cpu_runtime = "cuda" if self.device.type == "cuda" else \
             "torch" if settings.precision == "bfloat16" else settings.cpu_runtime
-        tiles_per_batch = settings.tiles_per_batch or (1 if self.device.type == "cuda" else 4)
+        tiles_per_batch = settings.tiles_per_batch or 4
         self.preprocessing = preprocessing or Preprocessing(self.folder)  # its plans build the network
         self.predictor = open_predictor(self.folder.path, self.preprocessing.nnunet, self.device, tiles_per_batch,
-                                        settings.tile_step_size, settings.use_mirroring)
+                                        settings.tile_step_size, settings.use_mirroring,
+                                        mirror_in_batch=self.device.type == "cuda")
         if self.cpu_runtime.startswith("openvino"):
             tile_shape = (len(self.folder.channels), *self.predictor.configuration_manager.patch_size)
             self.predictor.network = openvino_network(self.predictor.network, tile_shape,

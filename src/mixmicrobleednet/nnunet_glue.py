@@ -6,7 +6,9 @@ package's other inference modules never import nnunetv2 (tests/test_architecture
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import json
+import logging
 import math
 from functools import partial
 from pathlib import Path
@@ -38,8 +40,11 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.preprocessing.resampling.default_resampling import (  # noqa: E402
     compute_new_shape, determine_do_sep_z_and_axis)
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: E402
+from nnunetv2.utilities.helpers import empty_cache  # noqa: E402
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels  # noqa: E402
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 #: The trainer whose network open_predictor builds itself (nnUNetTrainer.build_network_architecture);
 #: a checkpoint of another trainer is opened by nnU-Net's own search for its class.
@@ -131,14 +136,43 @@ def resample_to_shape(data: np.ndarray, new_shape, current_spacing, new_spacing,
 
 
 class BatchedTilePredictor(nnUNetPredictor):
-    """nnUNetPredictor whose sliding window sends several tiles through the network at once; the
-    tiles, Gaussian weights, float16 sums and their order are nnU-Net 2.8.1's own."""
+    """nnUNetPredictor whose sliding window sends several tiles through the network at once and
+    (mirror_in_batch) a tile's mirrored passes too; the tiles, Gaussian weights, float16 sums and
+    their order are nnU-Net 2.8.1's own. A GPU that runs out of memory for a call gets smaller calls
+    from then on (fewer tiles, then the mirrored passes one by one)."""
 
-    def __init__(self, tiles_per_batch: int, **kwargs):
+    def __init__(self, tiles_per_batch: int, mirror_in_batch: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.tiles_per_batch = tiles_per_batch
+        self.mirror_in_batch = mirror_in_batch
         self.tile_memory_format = torch.contiguous_format
         self.tiles_last_case = 0  # tiles of the last sliding window, for the log's GFLOP/s
+
+    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.mirror_in_batch and self.use_mirroring and self.allowed_mirroring_axes):
+            return super()._internal_maybe_mirror_and_predict(x)
+        # mirrors nnunetv2.inference.predict_from_raw_data.nnUNetPredictor._internal_maybe_mirror_and_predict:
+        # the same passes, summed in the same order, sent through the network as one batch
+        axes = [axis + 2 for axis in self.allowed_mirroring_axes]
+        combinations = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+        passes = self.network(torch.cat([x, *(torch.flip(x, c) for c in combinations)])).split(len(x))
+        prediction = passes[0]
+        for flipped, mirrored in zip(combinations, passes[1:]):
+            prediction += torch.flip(mirrored, flipped)
+        prediction /= len(combinations) + 1
+        return prediction
+
+    def _smaller_calls(self, error: torch.OutOfMemoryError) -> None:
+        """Fewer tiles per call, else the mirrored passes one by one; the error again when a call is one pass."""
+        if self.tiles_per_batch > 1:
+            self.tiles_per_batch //= 2
+        elif self.mirror_in_batch and self.use_mirroring:
+            self.mirror_in_batch = False
+        else:
+            raise error
+        log.warning("the GPU ran out of memory for a network call: %d tile(s) per call from now on, mirrored passes %s",
+                    self.tiles_per_batch, "in the same call" if self.mirror_in_batch else "one by one")
+        empty_cache(self.device)
 
     @torch.inference_mode()
     def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
@@ -150,15 +184,23 @@ class BatchedTilePredictor(nnUNetPredictor):
         weights = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
         gaussian = compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1. / 8,
                                     value_scaling_factor=10, device=results_device) if self.use_gaussian else 1
-        for start in range(0, len(slicers), self.tiles_per_batch):
+        start = 0
+        while start < len(slicers):
             batch = slicers[start:start + self.tiles_per_batch]
             tiles = torch.stack([data[tile] for tile in batch]).to(self.device)
             tiles = tiles.contiguous(memory_format=self.tile_memory_format)
-            for prediction, tile in zip(self._internal_maybe_mirror_and_predict(tiles).to(results_device), batch):
+            try:
+                predictions = self._internal_maybe_mirror_and_predict(tiles)
+            except torch.OutOfMemoryError as error:
+                del tiles
+                self._smaller_calls(error)
+                continue
+            for prediction, tile in zip(predictions.to(results_device), batch):
                 if self.use_gaussian:
                     prediction *= gaussian
                 logits[tile] += prediction
                 weights[tile[1:]] += gaussian
+            start += len(batch)
         self.tiles_last_case = len(slicers)
         torch.div(logits, weights, out=logits)
         if torch.any(torch.isinf(logits)):
@@ -198,7 +240,7 @@ class BatchedTilePredictor(nnUNetPredictor):
 
 
 def open_predictor(folder: Path, plans: PlansPreprocessing, device: torch.device, tiles_per_batch: int,
-                   tile_step_size: float, use_mirroring: bool) -> BatchedTilePredictor:
+                   tile_step_size: float, use_mirroring: bool, mirror_in_batch: bool = False) -> BatchedTilePredictor:
     """The predictor with fold `all`'s weights in its network, on `device`; `plans`: the folder's, as read
     for its preprocessing."""
     # mirrors nnunetv2.inference.predict_from_raw_data.predict_entry_point_modelfolder (predictor made,
@@ -206,7 +248,7 @@ def open_predictor(folder: Path, plans: PlansPreprocessing, device: torch.device
     # and the sliding window is called directly, so they are not loaded again for every case as in
     # nnUNetPredictor.predict_logits_from_preprocessed_data.
     predictor = BatchedTilePredictor(
-        tiles_per_batch, tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
+        tiles_per_batch, mirror_in_batch, tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
         perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
         verbose_preprocessing=False, allow_tqdm=False)
     checkpoint = torch.load(folder / layout.CHECKPOINT, map_location="cpu", weights_only=False)
