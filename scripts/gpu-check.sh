@@ -6,7 +6,7 @@
 set -euo pipefail
 site=$(mktemp -d)
 xz -dc .gpu/site-packages.tar.xz | tar -C "$site" -xf -
-export PYTHONPATH="$PWD/src:$site" MPLCONFIGDIR=/tmp/matplotlib
+export PYTHONPATH="$PWD/src:$site" MPLCONFIGDIR=/tmp/matplotlib MIXMICROBLEEDNET_ATLAS_DIR="$site/mricron-templates"
 out=${OUT:-/tmp}
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
