@@ -113,3 +113,25 @@ def test_a_killed_training_resumes_from_its_latest_checkpoint_on_the_data_alread
     assert len(epochs) == 4 and record["training_hours"] == round(sum(end - start for start, end in epochs) / 3600, 3)
     with pytest.raises(ValueError, match="no such checkpoint file"):
         training.train(data, tmp_path / "m2", "compact", device="cpu", work_dir=work, resume=tmp_path / "none.pth")
+
+
+@pytest.mark.model
+def test_a_time_limited_training_stops_at_an_epoch_end_and_resume_goes_on(tmp_path):
+    """--stop-after-minutes 0: the first epoch's checkpoint written, no model; --resume finishes it."""
+    import torch
+
+    from mixmicrobleednet.cli import main
+    from mixmicrobleednet.phantoms import generate
+
+    data, work, out = tmp_path / "data", tmp_path / "work", tmp_path / "model"
+    generate(data, 2, seed=9, cohorts=["lowres"])
+    command = ["train", "--data", str(data), "--out", str(out), "--work", str(work), "--epochs", "3",
+               "--iterations-per-epoch", "1", "--device", "cpu"]
+    assert main(command + ["--stop-after-minutes", "0"]) == 0
+    assert not out.exists()
+    latest = next(work.rglob("checkpoint_latest.pth"))
+    assert torch.load(latest, weights_only=False)["current_epoch"] == 1
+    assert main(command + ["--resume"]) == 0
+    assert json.loads((out / "training.json").read_text())["epochs"] == 3
+    final = torch.load(latest.parent / "checkpoint_final.pth", weights_only=False)
+    assert final["current_epoch"] == 3 and len(final["logging"]["train_losses"]) == 3

@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             train(data, args.out, args.config, device=args.device, work_dir=args.work, epochs=args.epochs,
                   iterations_per_epoch=args.iterations_per_epoch, initial_lr=args.initial_lr, channels=tuple(args.channels),
-                  init_from=args.init, resume=args.resume)
+                  init_from=args.init, resume=args.resume, stop_after_minutes=args.stop_after_minutes)
         except ValueError as exc:  # no labelled cases, channels, --init
             log.error("%s", exc)
             return 2

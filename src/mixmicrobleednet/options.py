@@ -262,6 +262,9 @@ OPTIONS: tuple[Option, ...] = (
            help="go on from the latest checkpoint in --work (written every epoch), or from CHECKPOINT (nnU-Net's "
                 "checkpoint_latest.pth carried from another machine); reuses the data already preprocessed in --work "
                 "for the same cases"),
+    Option(flag="--stop-after-minutes", type=float, commands=("train",),
+           help="stop at the end of the first epoch that ends after this many minutes, its checkpoint written and no "
+                "model exported; --resume goes on from it (a job with a time limit: a SLURM slot, a lent GPU)"),
 
     Option(flag="--plans", type=Path, required=True, commands=("import-v1",), help="the v1 plans.pkl"),
     Option(flag="--checkpoint", type=Path, required=True, commands=("import-v1",), help="model_final_checkpoint.model"),

@@ -284,13 +284,16 @@ def _set_nnunet_folders(work_dir: Path) -> dict[str, str]:
 def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: str = "auto",
           work_dir: Path | None = None, epochs: int | None = None, iterations_per_epoch: int | None = None,
           num_processes: int = 2, channels: tuple[str, ...] = layout.CHANNELS, init_from: Path | None = None,
-          initial_lr: float | None = None, resume: bool | Path = False) -> Path:
+          initial_lr: float | None = None, resume: bool | Path = False,
+          stop_after_minutes: float | None = None) -> Path | None:
     """Train fold `all` on every labelled case in `data_dir` with the network reading `channels`
     (in that order; the T2* among them); export the model folder to `out_dir`. `init_from`: a model
     folder of the same configuration and channels whose weights training starts from (fine-tuning).
     `resume`: go on from the work folder's latest checkpoint (True; from the start when there is none)
     or from a checkpoint file (one carried from another machine); the data already preprocessed in
-    the work folder for the same cases and channels is used as it is."""
+    the work folder for the same cases and channels is used as it is. `stop_after_minutes`: stop at
+    the end of the first epoch that ends later (its checkpoint written), export nothing and return
+    None: a time-limited job (a SLURM slot, a lent GPU) that --resume goes on from."""
     from .device import resolve_device
 
     config = CONFIGS[config_name]
@@ -341,13 +344,39 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
         log.info("resuming from %s at epoch %d", checkpoint, trainer.current_epoch)
     log.info("training %s: %d epochs x %d iterations on %s", config.name, trainer.num_epochs,
              trainer.num_iterations_per_epoch, torch_device)
-    trainer.run_training()
+    if stop_after_minutes is not None:
+        _stop_after(trainer, started + stop_after_minutes * 60)
+    try:
+        trainer.run_training()
+    except _TimeUp:
+        for loader in (trainer.dataloader_train, trainer.dataloader_val):  # as nnUNetTrainer.on_train_end
+            getattr(loader, "_finish", lambda: None)()
+        log.info("stopped after %.1f min at epoch %d of %d; --resume goes on from %s", stop_after_minutes,
+                 trainer.current_epoch, trainer.num_epochs, Path(trainer.output_folder) / "checkpoint_latest.pth")
+        return None
 
     export_model(Path(trainer.output_folder_base), out_dir)
     hours = (time.time() - started) / 3600
     _write_training_record(out_dir, config, trainer, data_dir, hours, torch_device, channels, init_from)
     log.info("model written to %s (%.2f h)", out_dir, hours)
     return out_dir
+
+
+class _TimeUp(Exception):
+    """A time-limited training's time ran out at the end of an epoch."""
+
+
+def _stop_after(trainer, deadline: float) -> None:
+    """Make the trainer stop at the end of the first epoch that ends after `deadline` (time.time()),
+    once that epoch's checkpoint is written (save_every is 1), unless it was the last epoch anyway."""
+    end_epoch = trainer.on_epoch_end
+
+    def on_epoch_end():
+        end_epoch()
+        if time.time() >= deadline and trainer.current_epoch < trainer.num_epochs:
+            raise _TimeUp
+
+    trainer.on_epoch_end = on_epoch_end
 
 
 def _prepare_dataset(pairs: list[tuple[Case, Path]], raw_dir: Path, preprocessed_dir: Path, config: TrainingConfig,
