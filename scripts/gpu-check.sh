@@ -4,10 +4,6 @@
 # Unpacks the bundle beside the machine's own CUDA PyTorch and runs benchmarks/gpu_check.py; the
 # log comes back as $OUT/gpu-check.log.
 set -euo pipefail
-site=$(mktemp -d)
-xz -dc .gpu/site-packages.tar.xz | tar -C "$site" -xf -
-export PYTHONPATH="$PWD/src:$site" MPLCONFIGDIR=/tmp/matplotlib MIXMICROBLEEDNET_ATLAS_DIR="$site/mricron-templates"
-out=${OUT:-/tmp}
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+source scripts/gpu-env.sh
+{ gpu_versions
   python3 benchmarks/gpu_check.py --case /tmp/gpu-check "$@"; } 2>&1 | tee "$out/gpu-check.log"

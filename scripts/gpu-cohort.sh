@@ -7,13 +7,10 @@
 # weights) without. Each step has its own time limit so that what finished comes back in
 # $OUT/gpu-cohort.log even when a later one runs out.
 set -uo pipefail
-site=$(mktemp -d)
-xz -dc .gpu/site-packages.tar.xz | tar -C "$site" -xf -
-export PYTHONPATH="$PWD/src:$site" MPLCONFIGDIR=/tmp/matplotlib MIXMICROBLEEDNET_ATLAS_DIR="$site/mricron-templates"
-out=${OUT:-/tmp} cases=${CASES:-20} work=/tmp/gpu-cohort
+source scripts/gpu-env.sh
+cases=${CASES:-20} work=/tmp/gpu-cohort
 bench=(python3 benchmarks/predict_speed.py --device cuda --cases "$cases" --work "$work" --skip-regions)
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.get_num_threads(), 'threads')"
+{ gpu_versions
   echo "== shipped compact model, mirroring off"; timeout 210 "${bench[@]}"
   echo "== shipped compact model, mirroring on"; timeout 200 "${bench[@]}" --mirroring
   python3 -c "import sys; from pathlib import Path; from mixmicrobleednet.train import write_random_model

@@ -6,11 +6,8 @@
 # there; the CPU's figure comes from the long training's log on our machines. The log comes back as
 # $OUT/gpu-train-speed.log.
 set -uo pipefail
-site=$(mktemp -d)
-xz -dc .gpu/site-packages.tar.xz | tar -C "$site" -xf -
-export PYTHONPATH="$PWD/src:$site" MPLCONFIGDIR=/tmp/matplotlib MIXMICROBLEEDNET_ATLAS_DIR="$site/mricron-templates"
-out=${OUT:-/tmp}
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source scripts/gpu-env.sh
+{ gpu_versions
   timeout 300 python3 benchmarks/train_speed.py --device cuda --config compact mixmicrobleednet-v1 \
     --iterations "${ITERATIONS:-50}" --work /tmp/train-speed
 } 2>&1 | tee "$out/gpu-train-speed.log"
