@@ -48,6 +48,12 @@ def big_phantom(case_dir: Path) -> Path:
     return input_dir
 
 
+def centre_crop(channels: np.ndarray, size_zyx) -> np.ndarray:
+    """A (channel, z, y, x) array cut to `size_zyx` around its centre, contiguous."""
+    box = tuple(slice((n - c) // 2, (n - c) // 2 + c) for n, c in zip(channels.shape[1:], size_zyx))
+    return np.ascontiguousarray(channels[(slice(None), *box)])
+
+
 def _mask(probabilities: np.ndarray) -> np.ndarray:
     from mixmicrobleednet.lesions import DEFAULT_THRESHOLD
 
@@ -91,8 +97,7 @@ def main() -> int:
     stack = load_case(seed_cases(input_dir)[0])
     channels = stack.array
     if args.crop:
-        box = tuple(slice((n - c) // 2, (n - c) // 2 + c) for n, c in zip(channels.shape[1:], args.crop))
-        channels = np.ascontiguousarray(channels[(slice(None), *box)])
+        channels = centre_crop(channels, args.crop)
     cuda = args.device == "cuda"
     device = torch.cuda.get_device_name(0) if cuda else "CPU"
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; case "

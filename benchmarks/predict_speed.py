@@ -181,8 +181,9 @@ def main() -> int:
     env = {**os.environ, **{k: str(args.work / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}}
     theirs_seconds, theirs_gb = run_timed(theirs, args.work / "nnunetv2.log", env, gpu_memory["nnunetv2"])
 
-    stages = _stages_from_records(ours_out)
-    runtimes = {r["settings"]["prediction"].get("cpu_runtime", "torch") for r in records.read_records(ours_out)}
+    ours_records = {r["case_id"]: r for r in records.read_records(ours_out)}
+    stages = _stages(ours_records.values())
+    runtimes = {r["settings"]["prediction"].get("cpu_runtime", "torch") for r in ours_records.values()}
     print(f"device {args.device}, mirroring {'on' if args.mirroring else 'off'}, model {args.model}, "
           f"ours on the CPU runtime {', '.join(sorted(runtimes))}, "
           f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}, {os.cpu_count()} CPUs")
@@ -190,7 +191,7 @@ def main() -> int:
           "(the others)")
     print(f"{'case':20} {'grid (x,y,z)':>16} {'read':>6} {'preproc':>8} {'network':>8} {'resample':>9} "
           f"{'lesions':>8} {'write':>6}  masks")
-    identical, ours_records = True, {r["case_id"]: r for r in records.read_records(ours_out)}
+    identical = True
     for subject in subjects:
         ours_mask = sitk.ReadImage(str(layout.prediction_path(ours_out, subject)))
         theirs_mask = sitk.ReadImage(str(theirs_out / f"{subject}{layout.NIFTI}"))
@@ -206,7 +207,7 @@ def main() -> int:
           f"network-only sliding window {network:.1f} s; outside the network {ours_seconds - network:.1f} s "
           f"({(ours_seconds - network) / ours_seconds:.0%})")
     if len(subjects) > 2:
-        finished = sorted(datetime.fromisoformat(r["finished"]) for r in records.read_records(ours_out))
+        finished = sorted(datetime.fromisoformat(r["finished"]) for r in ours_records.values())
         print(f"ours, steady state: {(finished[-1] - finished[0]).total_seconds() / (len(finished) - 1):.2f} s per "
               f"case (first to last record finished, 1 s resolution)")
     import torch
@@ -230,7 +231,7 @@ def main() -> int:
         print("peak GPU memory in use (nvidia-smi, MiB): " + ", ".join(
             f"{name} {max(samples, default=0)}" for name, samples in gpu_memory.items()))
     if not args.skip_regions:
-        located = [s["regions"] for s in _stages_from_records(regions_out).values() if "regions" in s]
+        located = [s["regions"] for s in _stages(records.read_records(regions_out)).values() if "regions" in s]
         print(f"ours with microbleed regions (default; atlas registered on each case with microbleeds: "
               f"{', '.join(f'{s:.1f}' for s in located)} s): {regions_seconds:.1f} s, "
               f"{theirs_seconds / regions_seconds:.2f}x nnUNetv2_predict's time")
@@ -332,10 +333,10 @@ def _masks_differ(ours: sitk.Image, theirs: sitk.Image, record: dict) -> tuple[i
     return int(np.count_nonzero(differ)), explained
 
 
-def _stages_from_records(output_dir: Path) -> dict[str, dict[str, float]]:
+def _stages(case_records) -> dict[str, dict[str, float]]:
     """Per-case stage seconds (read, preprocess, network, resample, lesions, write, regions) and the
     network's tiles, passes per tile and whether the case was preprocessed ahead, from the records."""
-    return {r["case_id"]: {**r["stage_seconds"], **r["network"]} for r in records.read_records(output_dir)}
+    return {r["case_id"]: {**r["stage_seconds"], **r["network"]} for r in case_records}
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("--crop", type=int, nargs=3, default=(96, 192, 128), metavar=("Z", "Y", "X"))
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from gpu_check import big_phantom
+    from gpu_check import big_phantom, centre_crop
 
     from mixmicrobleednet.cases import seed_cases
     from mixmicrobleednet.imaging import load_case
@@ -37,8 +37,7 @@ def main() -> int:
     from mixmicrobleednet.train import write_random_model
 
     stack = load_case(seed_cases(big_phantom(args.case))[0])
-    box = tuple(slice((n - c) // 2, (n - c) // 2 + c) for n, c in zip(stack.array.shape[1:], args.crop))
-    channels = np.ascontiguousarray(stack.array[(slice(None), *box)])
+    channels = centre_crop(stack.array, args.crop)
     paper_dir = args.case / "paper-network"
     if not (paper_dir / "fold_all" / "checkpoint_final.pth").is_file():
         write_random_model(paper_dir, "mixmicrobleednet-v1")
