@@ -253,13 +253,15 @@ def test_records_hold_each_stage_with_its_time_as_the_benchmark_reads_it(cohort,
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from predict_speed import _stages_from_records
+    from predict_speed import _stages
+
+    from mixmicrobleednet import records
 
     run = subprocess.run([str(Path(sys.executable).parent / "mixmicrobleednet"), "predict", "-i", str(cohort),
                           "-o", str(tmp_path / "out"), "--model", str(random_model), "--device", "cpu", "--fast"],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
-    stages = _stages_from_records(tmp_path / "out")
+    stages = _stages(records.read_records(tmp_path / "out"))
     assert list(stages) == [stem(s) for s in ("hr1", "lr3", "ts2")]
     for seconds in stages.values():
         assert {"read", "preprocess", "prediction", "network", "resample", "lesions", "write", "regions",
