@@ -8,7 +8,8 @@
 #                                       the logs into training/NAME/, with the command that resumes
 # NAME: compact-t1-t2-t2s (default), from scratch; compact-t1-t2-t2s-cortex, fine-tuned from
 # training/compact-t1-t2-t2s/model on phantoms with superficial cortical microbleeds too;
-# compact-t2s (T2* only), from scratch on both sets.
+# compact-t2s (T2* only), from scratch on both sets; compact-t1-t2-t2s-all, fine-tuned from
+# training/compact-t1-t2-t2s/model on both sets (the cortex-only fine-tune unlearned the rest).
 # Data and nnU-Net folders: work/train-long/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,8 +30,14 @@ case $name in
   compact-t2s)
     # Both sets: the T2*-only model learns superficial cortex from the start (124 phantoms).
     channels=(T2S)
-    data=work/train-long/t2s-data
+    data=work/train-long/all-data
     specs+=("${cortex_specs[@]}") ;;
+  compact-t1-t2-t2s-all)
+    channels=(T1 T2 T2S)
+    data=work/train-long/all-data
+    specs+=("${cortex_specs[@]}")
+    epochs=100
+    tuning=(--init training/compact-t1-t2-t2s/model --initial-lr 1e-3) ;;
   compact-t1-t2-t2s-cortex)
     channels=(T1 T2 T2S)
     data=work/train-long/cortex-data
