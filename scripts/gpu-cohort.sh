@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run on a lent GPU machine, from the repository root, with .gpu/ carried (scripts/gpu-bundle.sh):
-#   device run: bash scripts/gpu-cohort.sh    (carry: [".gpu/site-packages.tar.xz"]; not yet run on a GPU)
+#   device run: bash scripts/gpu-cohort.sh    (carry: [".gpu/site-packages-2.tar.xz"], after a call that unpacked part 1; not yet run on a GPU)
 # The cohort benchmark of #37 in one go: benchmarks/predict_speed.py on CASES phantoms (default 20,
 # made there from the carried atlases) against nnUNetv2_predict_from_modelfolder on the same GPU:
 # the shipped model without and with mirroring, then the 2021 plans' 30.8 M network (random

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run on a lent GPU machine, from the repository root, with .gpu/ carried (scripts/gpu-bundle.sh):
-#   device run: bash scripts/gpu-train-speed.sh    (carry: [".gpu/site-packages.tar.xz"]; not yet run on a GPU)
+#   device run: bash scripts/gpu-train-speed.sh    (carry: [".gpu/site-packages-2.tar.xz"], after a call that unpacked part 1; not yet run on a GPU)
 # Training iterations per second on the GPU (#32): benchmarks/train_speed.py for the compact network
 # and the 2021 plans' 3d_fullres, two epochs of ITERATIONS (default 50) each, on 4 phantoms made
 # there; the CPU's figure comes from the long training's log on our machines. The log comes back as

@@ -10,9 +10,13 @@
 # training/compact-t1-t2-t2s/model on phantoms with superficial cortical microbleeds too;
 # compact-t2s (T2* only), from scratch on both sets; compact-t1-t2-t2s-all, fine-tuned from
 # training/compact-t1-t2-t2s/model on both sets (the cortex-only fine-tune unlearned the rest).
-# Data and nnU-Net folders: work/train-long/.
+# Data and nnU-Net folders: work/train-long/. Environment: PYTHON (default .venv/bin/python),
+# PROCESSES (phantoms and train --processes; default 1 and 2), STOP_AFTER_MINUTES (train
+# --stop-after-minutes: a lent GPU's time; scripts/gpu-train.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+python=${PYTHON:-.venv/bin/python}
+tool=("$python" -c 'import sys; from mixmicrobleednet.cli import main; sys.exit(main())')
 action=${1:?run or save}
 name=${2:-compact-t1-t2-t2s}
 # The training data, fixed seeds, so any machine makes the same set (case i of a seed is the same
@@ -53,7 +57,7 @@ if [ "$action" = save ]; then
   latest=$(find "$work" -name checkpoint_latest.pth | head -1)
   [ -n "$latest" ] || { echo "no checkpoint in $work" >&2; exit 1; }
   mkdir -p "$kept"
-  .venv/bin/python -c "import sys; from pathlib import Path; from mixmicrobleednet.train import weights_only_checkpoint
+  "$python" -c "import sys; from pathlib import Path; from mixmicrobleednet.train import weights_only_checkpoint
 weights_only_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]))" "$latest" "$kept/checkpoint_latest.pth"
   printf 'resume (any machine, from the checkout):\n  nohup scripts/train-long.sh run %s > work/train-long/%s.log 2>&1 &\n' \
     "$name" "$name" > "$kept/RESUME.txt"
@@ -68,7 +72,8 @@ for spec in "${specs[@]}"; do
   read -r kind seed count flags <<< "$spec"
   # shellcheck disable=SC2086
   [ -f "work/train-long/$kind/phantoms.csv" ] \
-    || .venv/bin/mixmicrobleednet phantoms --out "work/train-long/$kind" --n "$count" --seed "$seed" $flags
+    || "${tool[@]}" phantoms --out "work/train-long/$kind" --n "$count" --seed "$seed" $flags \
+         --processes "${PROCESSES:-1}"
   for i in $(seq 0 $((count - 1))); do
     for f in work/train-long/"$kind"/sub-s"${seed}"c"$(printf %03d "$i")"_*; do
       case $f in *_mimics.nii.gz|*_brainmask.nii.gz) continue ;; esac
@@ -81,6 +86,8 @@ resume=(--resume)
 if [ -f "$kept/checkpoint_latest.pth" ] && [ -z "$(find "$work" -name checkpoint_latest.pth 2>/dev/null)" ]; then
   resume=(--resume "$kept/checkpoint_latest.pth")  # a new machine: go on from the committed one
 fi
-exec .venv/bin/mixmicrobleednet train --data "$data" --out "work/train-long/$name-model" --work "$work" \
+limit=()
+[ -z "${STOP_AFTER_MINUTES:-}" ] || limit=(--stop-after-minutes "$STOP_AFTER_MINUTES")
+exec "${tool[@]}" train --data "$data" --out "work/train-long/$name-model" --work "$work" \
   --config compact --channels "${channels[@]}" --epochs "$epochs" --iterations-per-epoch "$iterations" \
-  --device auto "${tuning[@]}" "${resume[@]}"
+  --device auto --processes "${PROCESSES:-2}" "${tuning[@]}" "${resume[@]}" "${limit[@]}"

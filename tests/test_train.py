@@ -3,7 +3,9 @@ import pickle
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
+from mixmicrobleednet import layout
 from mixmicrobleednet.train import CONFIGS, build_network, make_plans
 
 from conftest import REFERENCE_PLANS
@@ -135,3 +137,28 @@ def test_a_time_limited_training_stops_at_an_epoch_end_and_resume_goes_on(tmp_pa
     assert json.loads((out / "training.json").read_text())["epochs"] == 3
     final = torch.load(latest.parent / "checkpoint_final.pth", weights_only=False)
     assert final["current_epoch"] == 3 and len(final["logging"]["train_losses"]) == 3
+
+
+def test_phantoms_and_training_cases_made_in_several_processes_are_those_made_in_one(tmp_path):
+    """`phantoms --processes` and `train --processes` (a GPU machine's cores) give the same files as one process."""
+    from mixmicrobleednet.cases import seed_cases
+    from mixmicrobleednet.phantoms import generate
+    from mixmicrobleednet.train import write_raw_dataset
+
+    made = {n: generate(tmp_path / f"phantoms-{n}", 2, seed=9, cohorts=["lowres"], processes=n) for n in (1, 2)}
+    assert made[1] == made[2] and len(made[1]) == 2
+    one, two = tmp_path / "phantoms-1", tmp_path / "phantoms-2"
+    assert (one / "microbleeds.csv").read_text() == (two / "microbleeds.csv").read_text()
+    names = sorted(p.name for p in one.glob("*.nii.gz"))
+    assert names == sorted(p.name for p in two.glob("*.nii.gz")) and len(names) == 2 * 5  # 3 channels, label, mimics
+
+    def array(path):
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+    assert all(np.array_equal(array(one / name), array(two / name)) for name in names)
+    pairs = [(case, one / layout.label_name(case.case_id)) for case in seed_cases(one)]
+    grids = {n: write_raw_dataset(pairs, tmp_path / f"raw-{n}", processes=n) for n in (1, 2)}
+    assert grids[1] == grids[2] and len(grids[1]["spacings"]) == 2
+    written = sorted(p.relative_to(tmp_path / "raw-1") for p in (tmp_path / "raw-1").rglob("*.nii.gz"))
+    assert len(written) == 2 * 4  # 3 channels and a label per case
+    assert all(np.array_equal(array(tmp_path / "raw-1" / p), array(tmp_path / "raw-2" / p)) for p in written)

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             generate(args.out, args.n, args.seed, args.cohort, args.raw, args.varied, args.loose_masks,
-                     args.superficial)
+                     args.superficial, args.processes or 1)
         except ValueError as exc:
             log.error("%s", exc)
             return 2
@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         try:
             train(data, args.out, args.config, device=args.device, work_dir=args.work, epochs=args.epochs,
+                  num_processes=args.processes or 2,
                   iterations_per_epoch=args.iterations_per_epoch, initial_lr=args.initial_lr, channels=tuple(args.channels),
                   init_from=args.init, resume=args.resume, stop_after_minutes=args.stop_after_minutes)
         except ValueError as exc:  # no labelled cases, channels, --init

@@ -48,6 +48,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {text}")
+    return value
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(part) for part in text.split("/"))
@@ -235,6 +242,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(flag="--raw", action="store_true", commands=("phantoms",),
            help="the raw twins of the phantoms this seed gives: not skull-stripped (the Colin27 head of mricron-data), "
                 "T1/T2 on grids of their own, moved between scans"),
+
+    Option(flag="--processes", type=_at_least_one, commands=("phantoms", "train"),
+           help="processes that make phantoms (default 1) or, in train, prepare the cases, preprocess them and feed "
+                "the network (default 2): on a machine with many cores, its count"),
 
     Option(flag="--data", type=Path, commands=("train",), exclusive="training data",
            help=f"seed-layout folder with {layout.label_name(layout.case_stem('<id>'))} labels"),

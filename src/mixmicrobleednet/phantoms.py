@@ -596,11 +596,13 @@ def draw_microbleed_count(rng: np.random.Generator) -> int:
 
 
 def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None, raw: bool = False,
-             varied: bool = False, loose_masks: bool = False, superficial: bool = False) -> list[dict]:
+             varied: bool = False, loose_masks: bool = False, superficial: bool = False,
+             processes: int = 1) -> list[dict]:
     """Write `n` phantoms (cohorts in turn) with their labels, phantoms.csv and microbleeds.csv;
     `raw`: the raw twins of the phantoms the same seed gives; `varied`: wide mimic and contrast
     distributions; `loose_masks`: every case masked as a brain extraction leaves it; `superficial`:
-    superficial cortical microbleeds too (make_case)."""
+    superficial cortical microbleeds too (make_case). `processes` > 1 makes cases in that many
+    processes: each case has its own random generator, so the phantoms are the same."""
     if raw and loose_masks:
         raise ValueError("raw phantoms are not masked: --raw and --loose-masks exclude each other")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -608,26 +610,55 @@ def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None,
     unknown = sorted(set(cohorts) - set(COHORTS))
     if unknown:
         raise ValueError(f"unknown acquisition(s) {', '.join(unknown)}: choose from {', '.join(COHORTS)}")
-    template = _Template()
-    cases, lesion_rows = [], []
-    for rng, acquisition, subject in _draws(n, seed, cohorts, "s"):
-        stem = layout.case_stem(subject)
-        channels, label, bleeds, brain, mimics = make_case(subject, acquisition, draw_microbleed_count(rng), rng,
-                                                           template, raw, varied, loose_masks, superficial)
-        _write_phantom(out_dir, stem, channels, label, mimics)
-        if raw:  # the truth for brain extraction, and a --brain-mask folder
-            write_image_atomic(brain, out_dir / layout.brain_mask_name(stem))
-        cases.append({"subject": subject, "cohort": acquisition.name, "n_microbleeds": len(bleeds),
-                      "size_xyz": "x".join(map(str, label.GetSize())),
-                      "spacing_xyz": "x".join(f"{s:.3f}" for s in label.GetSpacing())})
-        lesion_rows += [{"subject": subject, "x_lps": b.centre_lps[0], "y_lps": b.centre_lps[1], "z_lps": b.centre_lps[2],
-                         "diameter_mm": round(b.diameter_mm, 3), "location": b.location, "region": b.region,
-                         "drawn_from": b.drawn_from} for b in bleeds]
-        log.info("phantom %s (%s): %d microbleeds, grid %s", subject, acquisition.name, len(bleeds), cases[-1]["size_xyz"])
+    settings = {"raw": raw, "varied": varied, "loose_masks": loose_masks, "superficial": superficial}
+    draws = _draws(n, seed, cohorts, "s")
+    if processes > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawned, not forked: a fork would copy ITK's and torch's thread pools without their threads
+        with ProcessPoolExecutor(processes, multiprocessing.get_context("spawn"),
+                                 initializer=_load_worker_template) as pool:
+            written = list(pool.map(functools.partial(_write_case, out_dir, None, **settings), draws))
+    else:
+        template = _Template()
+        written = [_write_case(out_dir, template, draw, **settings) for draw in draws]
+    cases = [case for case, _ in written]
     _write_csv(out_dir / "phantoms.csv", cases)
-    _write_csv(out_dir / "microbleeds.csv", lesion_rows,
+    _write_csv(out_dir / "microbleeds.csv", [row for _, rows in written for row in rows],
                ["subject", "x_lps", "y_lps", "z_lps", "diameter_mm", "location", "region", "drawn_from"])
     return cases
+
+
+#: The template of a generate worker process (read once per process, not once per case).
+_worker_template: _Template | None = None
+
+
+def _load_worker_template() -> None:
+    global _worker_template
+    _worker_template = _Template()
+
+
+def _write_case(out_dir: Path, template: _Template | None, draw: tuple[np.random.Generator, Acquisition, str],
+                raw: bool, varied: bool, loose_masks: bool, superficial: bool) -> tuple[dict, list[dict]]:
+    """One phantom of generate written (template None: the worker's); its phantoms.csv row and
+    microbleeds.csv rows."""
+    rng, acquisition, subject = draw
+    stem = layout.case_stem(subject)
+    channels, label, bleeds, brain, mimics = make_case(subject, acquisition, draw_microbleed_count(rng), rng,
+                                                       template or _worker_template, raw, varied, loose_masks,
+                                                       superficial)
+    _write_phantom(out_dir, stem, channels, label, mimics)
+    if raw:  # the truth for brain extraction, and a --brain-mask folder
+        write_image_atomic(brain, out_dir / layout.brain_mask_name(stem))
+    case = {"subject": subject, "cohort": acquisition.name, "n_microbleeds": len(bleeds),
+            "size_xyz": "x".join(map(str, label.GetSize())),
+            "spacing_xyz": "x".join(f"{s:.3f}" for s in label.GetSpacing())}
+    rows = [{"subject": subject, "x_lps": b.centre_lps[0], "y_lps": b.centre_lps[1], "z_lps": b.centre_lps[2],
+             "diameter_mm": round(b.diameter_mm, 3), "location": b.location, "region": b.region,
+             "drawn_from": b.drawn_from} for b in bleeds]
+    log.info("phantom %s (%s): %d microbleeds, grid %s", subject, acquisition.name, len(bleeds), case["size_xyz"])
+    return case, rows
 
 
 #: A visit pair's two sessions (seed layout): session order makes the first the baseline.

@@ -11,6 +11,7 @@ module points them at a work folder for the duration of the run.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -243,31 +244,61 @@ def reviewed_training_data(output_dir: Path, input_dir: Path | None, data_dir: P
 
 
 def write_raw_dataset(pairs: list[tuple[Case, Path]], raw_dir: Path,
-                      channels: tuple[str, ...] = layout.CHANNELS) -> dict:
+                      channels: tuple[str, ...] = layout.CHANNELS, processes: int = 1) -> dict:
     """nnU-Net raw layout of `channels` (in network order), T1/T2 on the T2* grid exactly as
-    `predict` aligns them."""
+    `predict` aligns them (registration and brain extraction where a case needs them), the cases
+    in `processes` processes."""
     images_dir, labels_dir = raw_dir / "imagesTr", raw_dir / "labelsTr"
     images_dir.mkdir(parents=True, exist_ok=True)
     labels_dir.mkdir(parents=True, exist_ok=True)
-    spacings, shapes = [], []
-    for case, label_path in pairs:
-        stack = load_case(case, channels)
-        for index in range(len(channels)):
-            sitk.WriteImage(image_like(stack.array[index], stack.reference),
-                            str(images_dir / f"{case.case_id}_{index:04d}{layout.NIFTI}"), True, 1)
-        label = sitk.ReadImage(str(label_path), sitk.sitkUInt8)
-        label.CopyInformation(stack.reference)
-        sitk.WriteImage(label, str(labels_dir / f"{case.case_id}{layout.NIFTI}"), True, 1)
-        spacings.append(stack.spacing_zyx)
-        shapes.append(stack.array.shape[1:])
-        log.info("raw dataset: %s (%s)", case.case_id, "; ".join(f"{k}: {v}" for k, v in stack.alignment.items()))
+    write_case = functools.partial(_write_raw_case, images_dir, labels_dir, channels)
+    pool, results = None, map(write_case, pairs)
+    if processes > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawned, one thread each: the processes share the cores (a fork would copy torch's thread pool)
+        pool = ProcessPoolExecutor(min(processes, len(pairs)), multiprocessing.get_context("spawn"),
+                                   initializer=_one_thread)
+        results = pool.map(write_case, pairs)
+    written = []
+    try:
+        for (case, _), result in zip(pairs, results):  # in order, as each case is done
+            log.info("raw dataset: %s (%s)", case.case_id, result[2])
+            written.append(result)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
     dataset = dataset_json(channels, LABELS, numTraining=len(pairs), name="MixMicrobleedNet",
                            description=f"Cerebral microbleeds on {', '.join(channels)} (seed layout converted by "
                                        "mixmicrobleednet train)")
     (raw_dir / layout.DATASET_JSON).write_text(json.dumps(dataset, indent=2))
     # The part of nnU-Net's dataset fingerprint that the trainer copies; our plans are written
     # from the configuration, not derived from intensity statistics.
-    return {"spacings": [list(s) for s in spacings], "shapes_before_crop": [list(map(int, s)) for s in shapes]}
+    return {"spacings": [list(spacing) for spacing, _, _ in written],
+            "shapes_before_crop": [list(map(int, shape)) for _, shape, _ in written]}
+
+
+def _write_raw_case(images_dir: Path, labels_dir: Path, channels: tuple[str, ...],
+                    pair: tuple[Case, Path]) -> tuple[tuple[float, ...], tuple[int, ...], str]:
+    """One case of write_raw_dataset; its spacing and shape (z, y, x) and how its channels were aligned."""
+    case, label_path = pair
+    stack = load_case(case, channels)
+    for index in range(len(channels)):
+        sitk.WriteImage(image_like(stack.array[index], stack.reference),
+                        str(images_dir / f"{case.case_id}_{index:04d}{layout.NIFTI}"), True, 1)
+    label = sitk.ReadImage(str(label_path), sitk.sitkUInt8)
+    label.CopyInformation(stack.reference)
+    sitk.WriteImage(label, str(labels_dir / f"{case.case_id}{layout.NIFTI}"), True, 1)
+    return (tuple(stack.spacing_zyx), tuple(stack.array.shape[1:]),
+            "; ".join(f"{k}: {v}" for k, v in stack.alignment.items()))
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
 def _set_nnunet_folders(work_dir: Path) -> dict[str, str]:
@@ -384,7 +415,7 @@ def _prepare_dataset(pairs: list[tuple[Case, Path]], raw_dir: Path, preprocessed
     """nnU-Net's raw dataset, plans and preprocessed data for `config`; returns the plans."""
     if raw_dir.exists():
         shutil.rmtree(raw_dir)
-    fingerprint = write_raw_dataset(pairs, raw_dir, channels)
+    fingerprint = write_raw_dataset(pairs, raw_dir, channels, num_processes)
     preprocessed_dir.mkdir(parents=True, exist_ok=True)
     (preprocessed_dir / "dataset_fingerprint.json").write_text(json.dumps(fingerprint, indent=2))
     plans = make_plans(config, [float(v) for v in np.median(fingerprint["spacings"], 0)],
