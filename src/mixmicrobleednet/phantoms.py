@@ -612,17 +612,25 @@ def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None,
         raise ValueError(f"unknown acquisition(s) {', '.join(unknown)}: choose from {', '.join(COHORTS)}")
     settings = {"raw": raw, "varied": varied, "loose_masks": loose_masks, "superficial": superficial}
     draws = _draws(n, seed, cohorts, "s")
+    pool = None
     if processes > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         # spawned, not forked: a fork would copy ITK's and torch's thread pools without their threads
-        with ProcessPoolExecutor(processes, multiprocessing.get_context("spawn"),
-                                 initializer=_load_worker_template) as pool:
-            written = list(pool.map(functools.partial(_write_case, out_dir, None, **settings), draws))
+        pool = ProcessPoolExecutor(processes, multiprocessing.get_context("spawn"), initializer=_load_worker_template)
+        results = pool.map(functools.partial(_write_case, out_dir, None, **settings), draws)
     else:
-        template = _Template()
-        written = [_write_case(out_dir, template, draw, **settings) for draw in draws]
+        results = map(functools.partial(_write_case, out_dir, _Template(), **settings), draws)
+    written = []
+    try:
+        for case, rows in results:  # in order, as each case is written
+            log.info("phantom %s (%s): %d microbleeds, grid %s", case["subject"], case["cohort"], len(rows),
+                     case["size_xyz"])
+            written.append((case, rows))
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
     cases = [case for case, _ in written]
     _write_csv(out_dir / "phantoms.csv", cases)
     _write_csv(out_dir / "microbleeds.csv", [row for _, rows in written for row in rows],
@@ -657,7 +665,6 @@ def _write_case(out_dir: Path, template: _Template | None, draw: tuple[np.random
     rows = [{"subject": subject, "x_lps": b.centre_lps[0], "y_lps": b.centre_lps[1], "z_lps": b.centre_lps[2],
              "diameter_mm": round(b.diameter_mm, 3), "location": b.location, "region": b.region,
              "drawn_from": b.drawn_from} for b in bleeds]
-    log.info("phantom %s (%s): %d microbleeds, grid %s", subject, acquisition.name, len(bleeds), case["size_xyz"])
     return case, rows
 
 
