@@ -11,8 +11,8 @@
 # compact-t2s (T2* only), from scratch on both sets; compact-t1-t2-t2s-all, fine-tuned from
 # training/compact-t1-t2-t2s/model on both sets (the cortex-only fine-tune unlearned the rest).
 # Data and nnU-Net folders: work/train-long/. Environment: PYTHON (default .venv/bin/python),
-# PROCESSES (phantoms and train --processes; default 1 and 2), STOP_AFTER_MINUTES (train
-# --stop-after-minutes: a lent GPU's time; scripts/gpu-train.sh).
+# PROCESSES (phantoms and train --processes; default 1 and 2), DEADLINE (epoch seconds: train
+# stops at the first epoch end after it, --stop-after-minutes; a lent GPU's time, scripts/gpu-train.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
@@ -87,7 +87,7 @@ if [ -f "$kept/checkpoint_latest.pth" ] && [ -z "$(find "$work" -name checkpoint
   resume=(--resume "$kept/checkpoint_latest.pth")  # a new machine: go on from the committed one
 fi
 limit=()
-[ -z "${STOP_AFTER_MINUTES:-}" ] || limit=(--stop-after-minutes "$STOP_AFTER_MINUTES")
+[ -z "${DEADLINE:-}" ] || limit=(--stop-after-minutes "$(( (DEADLINE - $(date +%s)) / 60 ))")
 exec "${tool[@]}" train --data "$data" --out "work/train-long/$name-model" --work "$work" \
   --config compact --channels "${channels[@]}" --epochs "$epochs" --iterations-per-epoch "$iterations" \
   --device auto --processes "${PROCESSES:-2}" "${tuning[@]}" "${resume[@]}" "${limit[@]}"
