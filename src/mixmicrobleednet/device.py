@@ -1,12 +1,14 @@
-"""The device a model runs on: CUDA or the CPU, the CPUs this process may use, and whether the CPU
-has bfloat16 arithmetic."""
+"""The device a model runs on: CUDA or the CPU, the CPUs this process may use (and work spread over
+processes), and whether the CPU has bfloat16 arithmetic."""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from .modelfolder import ModelError
 
@@ -24,6 +26,26 @@ def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     except (OSError, ValueError):
         pass  # no cgroup v2 quota to read
     return cpus
+
+
+def in_processes(function: Callable[[Any], Any], items: Sequence, processes: int,
+                 initializer: Callable[[], None] | None = None) -> Iterator:
+    """function(item) for each of `items`, yielded in order as each is done: in this process, or with
+    `processes` > 1 in that many spawned ones, each started by `initializer` (spawned, not forked: a
+    fork would copy ITK's and torch's thread pools without their threads); work not yet started is
+    cancelled when the caller stops early."""
+    if processes <= 1:
+        yield from map(function, items)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max(1, min(processes, len(items))), multiprocessing.get_context("spawn"),
+                               initializer=initializer)
+    try:
+        yield from pool.map(function, items)
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def resolve_device(requested: str):

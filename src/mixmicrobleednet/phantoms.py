@@ -44,6 +44,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from . import layout, regions
+from .device import in_processes
 from .files import write_image_atomic
 
 log = logging.getLogger(__name__)
@@ -611,26 +612,13 @@ def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None,
     if unknown:
         raise ValueError(f"unknown acquisition(s) {', '.join(unknown)}: choose from {', '.join(COHORTS)}")
     settings = {"raw": raw, "varied": varied, "loose_masks": loose_masks, "superficial": superficial}
-    draws = _draws(n, seed, cohorts, "s")
-    pool = None
-    if processes > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawned, not forked: a fork would copy ITK's and torch's thread pools without their threads
-        pool = ProcessPoolExecutor(processes, multiprocessing.get_context("spawn"), initializer=_load_worker_template)
-        results = pool.map(functools.partial(_write_case, out_dir, None, **settings), draws)
-    else:
-        results = map(functools.partial(_write_case, out_dir, _Template(), **settings), draws)
+    template = None if processes > 1 else _Template()  # workers read their own (_load_worker_template)
     written = []
-    try:
-        for case, rows in results:  # in order, as each case is written
-            log.info("phantom %s (%s): %d microbleeds, grid %s", case["subject"], case["cohort"], len(rows),
-                     case["size_xyz"])
-            written.append((case, rows))
-    finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
+    for case, rows in in_processes(functools.partial(_write_case, out_dir, template, **settings),
+                                   list(_draws(n, seed, cohorts, "s")), processes, _load_worker_template):
+        log.info("phantom %s (%s): %d microbleeds, grid %s", case["subject"], case["cohort"], len(rows),
+                 case["size_xyz"])
+        written.append((case, rows))
     cases = [case for case, _ in written]
     _write_csv(out_dir / "phantoms.csv", cases)
     _write_csv(out_dir / "microbleeds.csv", [row for _, rows in written for row in rows],

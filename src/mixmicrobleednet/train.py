@@ -25,6 +25,7 @@ import SimpleITK as sitk
 
 from . import layout
 from .cases import Case, seed_cases
+from .device import in_processes
 from .files import atomic_output, write_json_value
 from .imaging import image_like, load_case
 from .modelfolder import MIMIC_CHECK, MimicCheck, ModelFolder, read_model_folder
@@ -251,24 +252,12 @@ def write_raw_dataset(pairs: list[tuple[Case, Path]], raw_dir: Path,
     images_dir, labels_dir = raw_dir / "imagesTr", raw_dir / "labelsTr"
     images_dir.mkdir(parents=True, exist_ok=True)
     labels_dir.mkdir(parents=True, exist_ok=True)
-    write_case = functools.partial(_write_raw_case, images_dir, labels_dir, channels)
-    pool, results = None, map(write_case, pairs)
-    if processes > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawned, one thread each: the processes share the cores (a fork would copy torch's thread pool)
-        pool = ProcessPoolExecutor(min(processes, len(pairs)), multiprocessing.get_context("spawn"),
-                                   initializer=_one_thread)
-        results = pool.map(write_case, pairs)
     written = []
-    try:
-        for (case, _), result in zip(pairs, results):  # in order, as each case is done
-            log.info("raw dataset: %s (%s)", case.case_id, result[2])
-            written.append(result)
-    finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
+    # one thread per process: the processes share the cores
+    for (case, _), result in zip(pairs, in_processes(functools.partial(_write_raw_case, images_dir, labels_dir,
+                                                                       channels), pairs, processes, _one_thread)):
+        log.info("raw dataset: %s (%s)", case.case_id, result[2])
+        written.append(result)
     dataset = dataset_json(channels, LABELS, numTraining=len(pairs), name="MixMicrobleedNet",
                            description=f"Cerebral microbleeds on {', '.join(channels)} (seed layout converted by "
                                        "mixmicrobleednet train)")
