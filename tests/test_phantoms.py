@@ -6,8 +6,8 @@ from scipy import ndimage
 from mixmicrobleednet import layout
 from mixmicrobleednet.layout import case_stem as stem
 from mixmicrobleednet.imaging import same_grid
-from mixmicrobleednet.phantoms import (COHORTS, SUPERFICIAL_DEPTH_MM, Microbleed, _add_tube, _choose_microbleeds,
-                                      _render_bleeds, _Template, make_case)
+from mixmicrobleednet.phantoms import (COHORTS, SMALL_DIAMETER_MM, SUPERFICIAL_DEPTH_MM, Microbleed, _add_tube,
+                                      _choose_microbleeds, _render_bleeds, _Template, make_case)
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +120,14 @@ def test_superficial_microbleeds_lie_in_the_outermost_lobar_cortex_and_are_label
     for bleed in superficial:  # annotated where it lies, inside the brain mask
         centre = np.round(label.TransformPhysicalPointToContinuousIndex(bleed.centre_lps)).astype(int)[::-1]
         assert labels[tuple(slice(c - 2, c + 3) for c in centre)].any()
+
+
+def test_small_microbleeds_are_all_under_4_mm_in_every_place(template):
+    sizes = {small: _choose_microbleeds(template, np.random.default_rng(5), 30, superficial=True, small=small)
+             for small in (False, True)}
+    assert max(d for _, d, _ in sizes[False]) > SMALL_DIAMETER_MM  # the default draws reach 10 mm
+    assert all(2 <= d <= SMALL_DIAMETER_MM for _, d, _ in sizes[True])
+    assert {p for _, _, p in sizes[True]} == {"lobar", "superficial", "deep", "infratentorial"}
 
 
 def test_a_vessel_that_wanders_out_of_the_template_adds_nothing(template):

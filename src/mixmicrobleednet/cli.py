@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             generate(args.out, args.n, args.seed, args.cohort, args.raw, args.varied, args.loose_masks,
-                     args.superficial, args.processes or 1)
+                     args.superficial, args.small, args.processes or 1)
         except ValueError as exc:
             log.error("%s", exc)
             return 2

@@ -239,6 +239,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(flag="--superficial", action="store_true", commands=("phantoms",),
            help="superficial cortical microbleeds too (centre 1-3 mm under the brain's surface, lobar, 2-6 mm): "
                 "a quarter of the microbleeds"),
+    Option(flag="--small", action="store_true", commands=("phantoms",),
+           help="small microbleeds only (2-4 mm, log-uniform): the ones thick slices hide"),
     Option(flag="--raw", action="store_true", commands=("phantoms",),
            help="the raw twins of the phantoms this seed gives: not skull-stripped (the Colin27 head of mricron-data), "
                 "T1/T2 on grids of their own, moved between scans"),

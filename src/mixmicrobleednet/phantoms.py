@@ -104,6 +104,7 @@ _LOCATION_WEIGHTS = {"lobar": 0.6, "deep": 0.25, "infratentorial": 0.15}
 _SUPERFICIAL_LOCATION_WEIGHTS = {"lobar": 0.35, "superficial": 0.25, "deep": 0.25, "infratentorial": 0.15}
 SUPERFICIAL_DEPTH_MM = (1.0, 3.0)  # centre under the brain's surface
 _SUPERFICIAL_DIAMETER_MM = (2.0, 6.0)  # larger ones there would reach past the cortex
+SMALL_DIAMETER_MM = 4.0  # small=True: every microbleed under this, the ones thick slices hide
 # How far beyond the brain a loose (extraction-like) mask reaches, mm: CSF up to a rim of head.
 _LOOSE_MASK_REACH_MM = (0.5, 6.0)
 
@@ -275,9 +276,10 @@ def _draw_varied_mimics(template: _Template, rng: np.random.Generator) -> dict[s
     return maps
 
 
-def _choose_microbleeds(template: _Template, rng: np.random.Generator, count: int, superficial: bool = False
-                        ) -> list[tuple[np.ndarray, float, str]]:
-    """Centres (template index), T2* diameters and location classes, not touching each other."""
+def _choose_microbleeds(template: _Template, rng: np.random.Generator, count: int, superficial: bool = False,
+                        small: bool = False) -> list[tuple[np.ndarray, float, str]]:
+    """Centres (template index), T2* diameters and location classes, not touching each other;
+    `small`: diameters up to SMALL_DIAMETER_MM only."""
     chosen: list[tuple[np.ndarray, float, str]] = []
     deep_idx = np.argwhere(template.tissue_core)
     deep_pts = template.index_to_lps(deep_idx[rng.choice(len(deep_idx), size=min(20000, len(deep_idx)), replace=False)])
@@ -299,6 +301,7 @@ def _choose_microbleeds(template: _Template, rng: np.random.Generator, count: in
         centre = pool[rng.integers(len(pool))].astype(float) + rng.uniform(-0.5, 0.5, 3)
         # Most microbleeds are small: log-uniform 2-10 mm.
         low, high = _SUPERFICIAL_DIAMETER_MM if location == "superficial" else (2.0, 10.0)
+        high = min(high, SMALL_DIAMETER_MM) if small else high
         diameter = float(np.exp(rng.uniform(np.log(low), np.log(high))))
         if any(np.linalg.norm(centre - c) < (diameter + d) / 2 + 3 for c, d, _ in chosen):
             continue
@@ -454,7 +457,7 @@ class _Subject:
 
 
 def _draw_subject(template: _Template, rng: np.random.Generator, n_microbleeds: int, varied: bool,
-                  loose_mask: bool, superficial: bool = False) -> _Subject:
+                  loose_mask: bool, superficial: bool = False, small: bool = False) -> _Subject:
     transform = _random_transform(template, rng)
     inverse = transform.GetInverse()
     look = _draw_look(rng) if varied else _FIXED_LOOK
@@ -462,7 +465,7 @@ def _draw_subject(template: _Template, rng: np.random.Generator, n_microbleeds: 
         look = replace(look, loose_mask_mm=float(rng.uniform(*_LOOSE_MASK_REACH_MM)))
     spacing_factor = rng.uniform(0.97, 1.03)
     mimic_maps = _draw_varied_mimics(template, rng) if varied else _draw_mimics(template, rng)
-    chosen = _choose_microbleeds(template, rng, n_microbleeds, superficial)
+    chosen = _choose_microbleeds(template, rng, n_microbleeds, superficial, small)
     in_template = [template.index_to_lps(c[None])[0] for c, _, _ in chosen]  # MNI, LPS
     # The truth is where each microbleed landed, not the pool it came from: the cortical grey matter
     # pool also reaches the cerebellar cortex and the deep nuclei (a quarter of its draws).
@@ -474,16 +477,17 @@ def _draw_subject(template: _Template, rng: np.random.Generator, n_microbleeds: 
 
 def make_case(subject: str, acquisition: Acquisition, n_microbleeds: int, rng: np.random.Generator,
               template: _Template | None = None, raw: bool = False, varied: bool = False,
-              loose_mask: bool = False, superficial: bool = False
+              loose_mask: bool = False, superficial: bool = False, small: bool = False
               ) -> tuple[dict[str, sitk.Image], sitk.Image, list[Microbleed], sitk.Image, sitk.Image]:
     """One phantom: channel images on their grids, the T2* label, the microbleeds drawn, the
     brain mask and the mimic map (layout.MIMIC_LABELS) on the T2* grid; `raw`: its raw twin
     (module docstring; the same draws first, so the same subject and microbleeds); `varied`: mimics,
     contrast and masks drawn from wide distributions (_draw_varied_mimics, _draw_look); `loose_mask`:
     masked as a brain extraction leaves a scan (_loose_mask), whatever the look; `superficial`: some
-    microbleeds in the outermost cortex (_choose_microbleeds)."""
+    microbleeds in the outermost cortex; `small`: microbleeds under SMALL_DIAMETER_MM only
+    (_choose_microbleeds)."""
     template = template or _Template()
-    drawn = _draw_subject(template, rng, n_microbleeds, varied, loose_mask, superficial)
+    drawn = _draw_subject(template, rng, n_microbleeds, varied, loose_mask, superficial, small)
     return _render_visit(drawn, acquisition, drawn.spacing_factor, rng, template, raw)
 
 
@@ -598,11 +602,11 @@ def draw_microbleed_count(rng: np.random.Generator) -> int:
 
 def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None, raw: bool = False,
              varied: bool = False, loose_masks: bool = False, superficial: bool = False,
-             processes: int = 1) -> list[dict]:
+             small: bool = False, processes: int = 1) -> list[dict]:
     """Write `n` phantoms (cohorts in turn) with their labels, phantoms.csv and microbleeds.csv;
     `raw`: the raw twins of the phantoms the same seed gives; `varied`: wide mimic and contrast
     distributions; `loose_masks`: every case masked as a brain extraction leaves it; `superficial`:
-    superficial cortical microbleeds too (make_case). `processes` > 1 makes cases in that many
+    superficial cortical microbleeds too; `small`: small microbleeds only (make_case). `processes` > 1 makes cases in that many
     processes: each case has its own random generator, so the phantoms are the same."""
     if raw and loose_masks:
         raise ValueError("raw phantoms are not masked: --raw and --loose-masks exclude each other")
@@ -611,7 +615,7 @@ def generate(out_dir: Path, n: int, seed: int, cohorts: list[str] | None = None,
     unknown = sorted(set(cohorts) - set(COHORTS))
     if unknown:
         raise ValueError(f"unknown acquisition(s) {', '.join(unknown)}: choose from {', '.join(COHORTS)}")
-    settings = {"raw": raw, "varied": varied, "loose_masks": loose_masks, "superficial": superficial}
+    settings = {"raw": raw, "varied": varied, "loose_masks": loose_masks, "superficial": superficial, "small": small}
     template = None if processes > 1 else _Template()  # workers read their own (_load_worker_template)
     written = []
     for case, rows in in_processes(functools.partial(_write_case, out_dir, template, **settings),
@@ -636,14 +640,15 @@ def _load_worker_template() -> None:
 
 
 def _write_case(out_dir: Path, template: _Template | None, draw: tuple[np.random.Generator, Acquisition, str],
-                raw: bool, varied: bool, loose_masks: bool, superficial: bool) -> tuple[dict, list[dict]]:
+                raw: bool, varied: bool, loose_masks: bool, superficial: bool, small: bool
+                ) -> tuple[dict, list[dict]]:
     """One phantom of generate written (template None: the worker's); its phantoms.csv row and
     microbleeds.csv rows."""
     rng, acquisition, subject = draw
     stem = layout.case_stem(subject)
     channels, label, bleeds, brain, mimics = make_case(subject, acquisition, draw_microbleed_count(rng), rng,
                                                        template or _worker_template, raw, varied, loose_masks,
-                                                       superficial)
+                                                       superficial, small)
     _write_phantom(out_dir, stem, channels, label, mimics)
     if raw:  # the truth for brain extraction, and a --brain-mask folder
         write_image_atomic(brain, out_dir / layout.brain_mask_name(stem))
