@@ -39,7 +39,7 @@ from mixmicrobleednet.modelfolder import read_model_folder
 from mixmicrobleednet.phantoms import generate
 
 REPO = Path(__file__).resolve().parents[1]
-#: name: phantoms.generate keywords. Seeds used by no training (scripts/train-long.sh: 301-303, 311-313).
+#: name: phantoms.generate keywords. Seeds used by no training (scripts/train-long.sh: 301-303, 311-313, 321-322).
 SETS = {
     # the validation draws the T2*-only card chose its edge margin on
     "default-validation": {"n": 6, "seed": 3},
@@ -50,6 +50,11 @@ SETS = {
     "raw-cortex-validation": {"n": 9, "seed": 40, "raw": True, "varied": True, "superficial": True,
                               "cohorts": ["lowres"]},
     "raw-cortex": {"n": 9, "seed": 41, "raw": True, "varied": True, "superficial": True, "cohorts": ["lowres"]},
+    # small microbleeds (2-4 mm) on thick slices and coarse grids, where every model misses most
+    "small-validation": {"n": 8, "seed": 50, "varied": True, "small": True, "superficial": True,
+                         "cohorts": ["thickslice", "lowres"]},
+    "small": {"n": 12, "seed": 51, "varied": True, "small": True, "superficial": True,
+              "cohorts": ["thickslice", "lowres", "midslice"]},
 }
 SIZES_MM = (0, 3, 5, 11)  # diameter bins: the smallest are the ones missed
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)

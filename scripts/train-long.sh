@@ -9,7 +9,9 @@
 # NAME: compact-t1-t2-t2s (default), from scratch; compact-t1-t2-t2s-cortex, fine-tuned from
 # training/compact-t1-t2-t2s/model on phantoms with superficial cortical microbleeds too;
 # compact-t2s (T2* only), from scratch on both sets; compact-t1-t2-t2s-all, fine-tuned from
-# training/compact-t1-t2-t2s/model on both sets (the cortex-only fine-tune unlearned the rest).
+# training/compact-t1-t2-t2s/model on both sets (the cortex-only fine-tune unlearned the rest);
+# compact-t1-t2-t2s-small, the same with 60 phantoms of small microbleeds on thick slices too and
+# patches centred on each microbleed as often (train --foreground-sampling lesion).
 # Data and nnU-Net folders: work/train-long/. Environment: PYTHON (default .venv/bin/python),
 # PROCESSES (phantoms and train --processes; default 1 and 2), DEADLINE (epoch seconds: train
 # stops at the first epoch end after it, --stop-after-minutes; a lent GPU's time, scripts/gpu-train.sh).
@@ -26,6 +28,9 @@ data=work/train-long/data
 specs=("varied 301 30 --varied" "raw 302 10 --raw --varied" "loose 303 30 --loose-masks --varied")
 cortex_specs=("cortex-varied 311 24 --varied --superficial" "cortex-raw 312 6 --raw --varied --superficial"
               "cortex-loose 313 24 --loose-masks --varied --superficial")
+# Small microbleeds (2-4 mm) on thick slices and coarse grids: the ones every model missed (#32).
+small_specs=("small-varied 321 36 --varied --small --superficial --cohort thickslice --cohort lowres"
+             "small-loose 322 24 --loose-masks --varied --small --superficial --cohort thickslice --cohort lowres")
 epochs=300
 iterations=100
 tuning=()
@@ -42,6 +47,12 @@ case $name in
     specs+=("${cortex_specs[@]}")
     epochs=100
     tuning=(--init training/compact-t1-t2-t2s/model --initial-lr 1e-3) ;;
+  compact-t1-t2-t2s-small)
+    channels=(T1 T2 T2S)
+    data=work/train-long/small-data
+    specs+=("${cortex_specs[@]}" "${small_specs[@]}")
+    epochs=100
+    tuning=(--init training/compact-t1-t2-t2s/model --initial-lr 1e-3 --foreground-sampling lesion) ;;
   compact-t1-t2-t2s-cortex)
     channels=(T1 T2 T2S)
     data=work/train-long/cortex-data

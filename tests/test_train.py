@@ -1,5 +1,6 @@
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +163,37 @@ def test_phantoms_and_training_cases_made_in_several_processes_are_those_made_in
     written = sorted(p.relative_to(tmp_path / "raw-1") for p in (tmp_path / "raw-1").rglob("*.nii.gz"))
     assert len(written) == 2 * 4  # 3 channels and a label per case
     assert all(np.array_equal(array(tmp_path / "raw-1" / p), array(tmp_path / "raw-2" / p)) for p in written)
+
+
+@pytest.mark.model
+def test_lesion_sampling_lists_each_microbleed_as_often_where_nnunet_lists_its_voxels(tmp_path):
+    """train --foreground-sampling lesion: nnU-Net's loader centres patches on a listed voxel, so each
+    microbleed must be listed as often (nnU-Net's own preprocessing lists large ones far more)."""
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+    from scipy import ndimage
+
+    from mixmicrobleednet import train as training
+    from mixmicrobleednet.cases import seed_cases
+    from mixmicrobleednet.phantoms import generate
+
+    generate(tmp_path / "data", 2, seed=9, cohorts=["lowres"])
+    pairs = [(case, tmp_path / "data" / layout.label_name(case.case_id)) for case in seed_cases(tmp_path / "data")]
+    listed = {}
+    for sampling in ("voxel", "lesion"):
+        folders = training._set_nnunet_folders(tmp_path / sampling)
+        preprocessed = tmp_path / sampling / "nnUNet_preprocessed" / training.DATASET_NAME
+        assert folders["nnUNet_preprocessed"] == str(preprocessed.parent)
+        training._prepare_dataset(pairs, Path(folders["nnUNet_raw"]) / training.DATASET_NAME, preprocessed,
+                                  CONFIGS["compact"], layout.CHANNELS, 1, sampling)
+        dataset = nnUNetDatasetBlosc2(str(preprocessed / f"{training.PLANS_NAME}_{CONFIGS['compact'].configuration}"))
+        per_lesion = []
+        for identifier in dataset.identifiers:
+            _, seg, _, properties = dataset.load_case(identifier)
+            lesions, count = ndimage.label(np.asarray(seg[0]) == 1)
+            rows = np.asarray(properties["class_locations"][1]).reshape(-1, 4)
+            assert (rows[:, 0] == 0).all() and (lesions[tuple(rows[:, 1:].T)] > 0).all()  # every row on a microbleed
+            per_lesion += np.bincount(lesions[tuple(rows[:, 1:].T)], minlength=count + 1)[1:].tolist()
+        listed[sampling] = per_lesion
+    assert len(listed["lesion"]) == len(listed["voxel"]) >= 4
+    assert set(listed["lesion"]) == {training.LOCATIONS_PER_LESION}
+    assert max(listed["voxel"]) > 5 * min(listed["voxel"])  # nnU-Net's: by size

@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             train(data, args.out, args.config, device=args.device, work_dir=args.work, epochs=args.epochs,
                   num_processes=args.processes or 2,
                   iterations_per_epoch=args.iterations_per_epoch, initial_lr=args.initial_lr, channels=tuple(args.channels),
-                  init_from=args.init, resume=args.resume, stop_after_minutes=args.stop_after_minutes)
+                  init_from=args.init, resume=args.resume, stop_after_minutes=args.stop_after_minutes,
+                  foreground_sampling=args.foreground_sampling)
         except ValueError as exc:  # no labelled cases, channels, --init
             log.error("%s", exc)
             return 2

@@ -27,6 +27,10 @@ DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("float32", "bfloat16")
 #: The values PredictionSettings.cpu_runtime takes: what runs the network on the CPU, default first.
 CPU_RUNTIMES = ("openvino-accurate", "openvino", "torch")
+#: How train's foreground-centred patches pick their centre: "voxel" (nnU-Net's: any labelled voxel,
+#: so a 10 mm microbleed is centred 125 times as often as a 2 mm one) or "lesion" (each microbleed of
+#: a case as often: the small ones, which every model missed, as often as the large).
+FOREGROUND_SAMPLING = ("voxel", "lesion")
 VARIABLE_PREFIX = "MIXMICROBLEEDNET_"
 
 #: The commands that run the pipeline: their options fill RunOptions, and the container's also come
@@ -275,6 +279,9 @@ OPTIONS: tuple[Option, ...] = (
            help="go on from the latest checkpoint in --work (written every epoch), or from CHECKPOINT (nnU-Net's "
                 "checkpoint_latest.pth carried from another machine); reuses the data already preprocessed in --work "
                 "for the same cases"),
+    Option(flag="--foreground-sampling", choices=FOREGROUND_SAMPLING, default=FOREGROUND_SAMPLING[0], commands=("train",),
+           help="how the patches centred on a microbleed pick it: voxel (nnU-Net's: large microbleeds far more often) "
+                "or lesion (each microbleed of a case as often: the small ones too)"),
     Option(flag="--stop-after-minutes", type=float, commands=("train",),
            help="stop at the end of the first epoch that ends after this many minutes, its checkpoint written and no "
                 "model exported; --resume goes on from it (a job with a time limit: a SLURM slot, a lent GPU)"),

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from scipy import ndimage
 
 from . import layout
 from .cases import Case, seed_cases
@@ -29,6 +31,7 @@ from .device import in_processes
 from .files import atomic_output, write_json_value
 from .imaging import image_like, load_case
 from .modelfolder import MIMIC_CHECK, MimicCheck, ModelFolder, read_model_folder
+from .options import FOREGROUND_SAMPLING
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ DATASET_ID = 501
 DATASET_NAME = f"Dataset{DATASET_ID:03d}_MixMicrobleedNet"
 PLANS_NAME = "nnUNetPlans"
 LABELS = {"background": 0, "CMB": 1}
+LOCATIONS_PER_LESION = 64  # voxels kept per microbleed: the sampler then picks microbleeds evenly
 
 
 @dataclass(frozen=True)
@@ -305,7 +309,7 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
           work_dir: Path | None = None, epochs: int | None = None, iterations_per_epoch: int | None = None,
           num_processes: int = 2, channels: tuple[str, ...] = layout.CHANNELS, init_from: Path | None = None,
           initial_lr: float | None = None, resume: bool | Path = False,
-          stop_after_minutes: float | None = None) -> Path | None:
+          stop_after_minutes: float | None = None, foreground_sampling: str = "voxel") -> Path | None:
     """Train fold `all` on every labelled case in `data_dir` with the network reading `channels`
     (in that order; the T2* among them); export the model folder to `out_dir`. `init_from`: a model
     folder of the same configuration and channels whose weights training starts from (fine-tuning).
@@ -313,7 +317,8 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
     or from a checkpoint file (one carried from another machine); the data already preprocessed in
     the work folder for the same cases and channels is used as it is. `stop_after_minutes`: stop at
     the end of the first epoch that ends later (its checkpoint written), export nothing and return
-    None: a time-limited job (a SLURM slot, a lent GPU) that --resume goes on from."""
+    None: a time-limited job (a SLURM slot, a lent GPU) that --resume goes on from.
+    `foreground_sampling`: one of FOREGROUND_SAMPLING (options.py says what each does)."""
     from .device import resolve_device
 
     config = CONFIGS[config_name]
@@ -321,6 +326,8 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
     if unknown or layout.REFERENCE_CHANNEL not in channels or len(set(channels)) != len(channels):
         raise ValueError(f"channels {list(channels)}: distinct channels among {', '.join(layout.CHANNELS)}, "
                          f"{layout.REFERENCE_CHANNEL} included")
+    if foreground_sampling not in FOREGROUND_SAMPLING:
+        raise ValueError(f"foreground sampling {foreground_sampling!r}: one of {', '.join(FOREGROUND_SAMPLING)}")
     initial = read_model_folder(Path(init_from)) if init_from else None
     if initial and initial.channels != channels:
         raise ValueError(f"--init {init_from}: its channels {', '.join(initial.channels)} are not the training's "
@@ -336,14 +343,15 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
     pairs = training_cases(data_dir)
     # What the preprocessed data was made from: a resumed training reuses it only for the same cases.
     made_from = {"cases": sorted(case.case_id for case, _ in pairs), "channels": list(channels),
-                 "configuration": config.configuration}
+                 "configuration": config.configuration, "foreground_sampling": foreground_sampling}
     made_from_file = preprocessed_dir / "made_from.json"
     reuse = bool(resume) and made_from_file.is_file() and json.loads(made_from_file.read_text()) == made_from
     if reuse:
         log.info("resuming: the data preprocessed in %s is reused", preprocessed_dir)
         plans = json.loads((preprocessed_dir / f"{PLANS_NAME}.json").read_text())
     else:
-        plans = _prepare_dataset(pairs, raw_dir, preprocessed_dir, config, channels, num_processes)
+        plans = _prepare_dataset(pairs, raw_dir, preprocessed_dir, config, channels, num_processes,
+                                 foreground_sampling)
         made_from_file.write_text(json.dumps(made_from, indent=2))
 
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -377,7 +385,8 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
 
     export_model(Path(trainer.output_folder_base), out_dir)
     hours = (time.time() - started) / 3600
-    _write_training_record(out_dir, config, trainer, data_dir, hours, torch_device, channels, init_from)
+    _write_training_record(out_dir, config, trainer, data_dir, hours, torch_device, channels, init_from,
+                           foreground_sampling)
     log.info("model written to %s (%.2f h)", out_dir, hours)
     return out_dir
 
@@ -400,7 +409,7 @@ def _stop_after(trainer, deadline: float) -> None:
 
 
 def _prepare_dataset(pairs: list[tuple[Case, Path]], raw_dir: Path, preprocessed_dir: Path, config: TrainingConfig,
-                     channels: tuple[str, ...], num_processes: int) -> dict:
+                     channels: tuple[str, ...], num_processes: int, foreground_sampling: str = "voxel") -> dict:
     """nnU-Net's raw dataset, plans and preprocessed data for `config`; returns the plans."""
     if raw_dir.exists():
         shutil.rmtree(raw_dir)
@@ -412,11 +421,39 @@ def _prepare_dataset(pairs: list[tuple[Case, Path]], raw_dir: Path, preprocessed
     (preprocessed_dir / f"{PLANS_NAME}.json").write_text(json.dumps(plans, indent=2))
     shutil.copy(raw_dir / "dataset.json", preprocessed_dir / "dataset.json")
 
-    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
-
-    log.info("preprocessing %s to %s mm", config.configuration, config.spacing)
-    DefaultPreprocessor(verbose=False).run(DATASET_NAME, config.configuration, PLANS_NAME, num_processes)
+    log.info("preprocessing %s to %s mm, foreground sampled per %s", config.configuration, config.spacing,
+             foreground_sampling)
+    preprocessor = LesionBalancedPreprocessor if foreground_sampling == "lesion" else DefaultPreprocessor
+    preprocessor(verbose=False).run(DATASET_NAME, config.configuration, PLANS_NAME, num_processes)
     return plans
+
+
+def lesion_balanced_locations(seg: np.ndarray, seed: int = 1234) -> np.ndarray | list:
+    """Foreground locations as nnU-Net's preprocessing keeps them (rows of channel, z, y, x of the
+    (1, z, y, x) label) with LOCATIONS_PER_LESION voxels of each microbleed (a connected component),
+    drawn with replacement; [] without one, as nnU-Net writes it."""
+    lesions, count = ndimage.label(seg[0] == LABELS["CMB"])
+    if not count:
+        return []
+    rng = np.random.RandomState(seed)
+    picked = []
+    for number, box in enumerate(ndimage.find_objects(lesions), start=1):
+        voxels = np.argwhere(lesions[box] == number) + [s.start for s in box]
+        picked.append(voxels[rng.randint(len(voxels), size=LOCATIONS_PER_LESION)])
+    rows = np.concatenate(picked)
+    return np.column_stack([np.zeros(len(rows), rows.dtype), rows])
+
+
+class LesionBalancedPreprocessor(DefaultPreprocessor):
+    """nnU-Net 2.8.1's preprocessing with the microbleed locations of lesion_balanced_locations
+    (foreground_sampling "lesion"): its data loader picks a listed voxel, so each microbleed is then
+    a patch's centre as often as any other. At module level: nnU-Net's spawned workers unpickle it."""
+
+    @staticmethod
+    def _sample_foreground_locations(seg, classes_or_regions, seed=1234, verbose=False, **kwargs):
+        locations = DefaultPreprocessor._sample_foreground_locations(seg, classes_or_regions, seed, verbose, **kwargs)
+        locations[LABELS["CMB"]] = lesion_balanced_locations(seg, seed)
+        return locations
 
 
 def _resume_checkpoint(resume: bool | Path, fold_dir: Path) -> Path | None:
@@ -510,7 +547,7 @@ def write_random_model(out_dir: Path, config_name: str = "compact", seed: int = 
 
 
 def _write_training_record(out_dir: Path, config: TrainingConfig, trainer, data_dir: Path, hours: float, device,
-                           channels: tuple[str, ...], init_from: Path | None) -> None:
+                           channels: tuple[str, ...], init_from: Path | None, foreground_sampling: str) -> None:
     import platform
 
     import torch
@@ -533,6 +570,7 @@ def _write_training_record(out_dir: Path, config: TrainingConfig, trainer, data_
         "torch": torch.__version__,
         "training_data": str(data_dir),
         "initialised_from": str(init_from) if init_from else None,
+        "foreground_sampling": foreground_sampling,
         "final_train_loss": float(logged["train_losses"][-1]),
         "final_val_loss": float(logged["val_losses"][-1]),
         "final_pseudo_dice": float(logged["mean_fg_dice"][-1]),
