@@ -5,7 +5,8 @@
 # committed in training/NAME/, so that it goes on from session to session and machine to machine.
 #   scripts/train-long.sh run [NAME]    generate the data when missing, then train (nohup it: hours)
 #   scripts/train-long.sh save [NAME]   the latest checkpoint (weights and progress, no optimizer state) and
-#                                       the logs into training/NAME/, with the command that resumes
+#                                       the logs into training/NAME/, with the command that resumes; once
+#                                       finished, the exported model (training/NAME/model) instead
 # NAME: compact-t1-t2-t2s (default), from scratch; compact-t1-t2-t2s-cortex, fine-tuned from
 # training/compact-t1-t2-t2s/model on phantoms with superficial cortical microbleeds too;
 # compact-t2s (T2* only), from scratch on both sets; compact-t1-t2-t2s-all, fine-tuned from
@@ -66,10 +67,18 @@ kept=training/$name
 
 if [ "$action" = save ]; then
   latest=$(find "$work" -name checkpoint_latest.pth | head -1)
-  [ -n "$latest" ] || { echo "no checkpoint in $work" >&2; exit 1; }
   mkdir -p "$kept"
-  "$python" -c "import sys; from pathlib import Path; from mixmicrobleednet.train import weights_only_checkpoint
+  if [ -z "$latest" ] && [ -f "$work-model/training.json" ]; then
+    # Finished (nnU-Net replaced its latest checkpoint by the final one): keep the exported model.
+    latest=$(find "$work" -name checkpoint_final.pth | head -1)
+    rm -rf "$kept/model" "$kept/checkpoint_latest.pth"
+    cp -r "$work-model" "$kept/model"
+  elif [ -n "$latest" ]; then
+    "$python" -c "import sys; from pathlib import Path; from mixmicrobleednet.train import weights_only_checkpoint
 weights_only_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]))" "$latest" "$kept/checkpoint_latest.pth"
+  else
+    echo "no checkpoint in $work" >&2; exit 1
+  fi
   printf 'resume (any machine, from the checkout):\n  nohup scripts/train-long.sh run %s > work/train-long/%s.log 2>&1 &\n' \
     "$name" "$name" > "$kept/RESUME.txt"
   cp "$(ls -t "$(dirname "$latest")"/training_log_*.txt | head -1)" "$kept/training_log.txt"
