@@ -12,7 +12,8 @@
 # compact-t2s (T2* only), from scratch on both sets; compact-t1-t2-t2s-all, fine-tuned from
 # training/compact-t1-t2-t2s/model on both sets (the cortex-only fine-tune unlearned the rest);
 # compact-t1-t2-t2s-small, the same with 60 phantoms of small microbleeds on thick slices too and
-# patches centred on each microbleed as often (train --foreground-sampling lesion).
+# patches centred on each microbleed as often (train --foreground-sampling lesion); compact-t2s-small,
+# the same fine-tune of training/compact-t2s/model (T2* only).
 # Data and nnU-Net folders: work/train-long/. Environment: PYTHON (default .venv/bin/python),
 # PROCESSES (phantoms and train --processes; default 1 and 2), DEADLINE (epoch seconds: train
 # stops at the first epoch end after it, --stop-after-minutes; a lent GPU's time, scripts/gpu-train.sh).
@@ -54,6 +55,12 @@ case $name in
     specs+=("${cortex_specs[@]}" "${small_specs[@]}")
     epochs=100
     tuning=(--init training/compact-t1-t2-t2s/model --initial-lr 1e-3 --foreground-sampling lesion) ;;
+  compact-t2s-small)
+    channels=(T2S)
+    data=work/train-long/small-data
+    specs+=("${cortex_specs[@]}" "${small_specs[@]}")
+    epochs=100
+    tuning=(--init training/compact-t2s/model --initial-lr 1e-3 --foreground-sampling lesion) ;;
   compact-t1-t2-t2s-cortex)
     channels=(T1 T2 T2S)
     data=work/train-long/cortex-data
