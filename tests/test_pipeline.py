@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from mixmicrobleednet import layout
+from mixmicrobleednet import layout, records
 from mixmicrobleednet.layout import case_stem as stem
 from mixmicrobleednet.cli import main
 from mixmicrobleednet.lesions import LesionSettings
@@ -219,6 +219,44 @@ def test_the_next_case_is_read_while_the_current_one_is_predicted(tmp_path, rand
         pipeline.load_case = original
     assert seen == [(stem(f"c{n}"), (3, 6 + n, 20, 22)) for n in range(3)]
     assert readers and all(name.startswith("reader") for name in readers)  # every case read in the reader thread
+
+
+def test_a_case_is_finished_while_the_network_works_on_the_next(tmp_path, random_model, monkeypatch):
+    """Lesions, outputs and the record of a case are made in a thread of their own while the next
+    case is predicted: a case whose outputs wait for the next call would wait in vain if the two ran
+    one after the other. Records still come out one per case, each with its own count."""
+    import threading
+
+    import mixmicrobleednet.pipeline as pipeline
+
+    folder = tmp_path / "input"
+    for number in range(3):
+        write_case(folder, f"c{number}", shape=(6, 20, 22), seed=number)
+    calls, writers = [], set()
+    second_call = threading.Event()
+    original = pipeline.write_case_outputs
+
+    def predict(stack, model):
+        calls.append(stack.case_id)
+        if len(calls) == 2:
+            second_call.set()
+        probabilities = np.zeros(stack.array.shape[1:], np.float32)
+        probabilities[3, 5:5 + len(calls), 5:8] = 0.9  # one microbleed per case, of its own size
+        return probabilities
+
+    def writing_after_the_next_call(case, *args):
+        writers.add(threading.current_thread().name)
+        if case.case_id == stem("c0"):
+            assert second_call.wait(timeout=20), "the first case's outputs waited for nothing: no overlap"
+        return original(case, *args)
+
+    monkeypatch.setattr(pipeline, "write_case_outputs", writing_after_the_next_call)
+    out = tmp_path / "out"
+    results = run_cases(cases_for(folder, random_model), CaseRun(FunctionPredictor(predict), out))
+    assert [r.error_messages for r in results] == [[], [], []]
+    assert writers and all(name.startswith("finisher") for name in writers)
+    volumes = {r["case_id"]: r["total_volume_mm3"] for r in records.read_records(out)}
+    assert list(volumes) == [stem(f"c{n}") for n in range(3)] and len(set(volumes.values())) == 3
 
 
 def test_the_first_case_is_read_while_the_model_loads(cohort, tmp_path, random_model, monkeypatch):

@@ -1,8 +1,9 @@
 """Run cases through the stages: load and align → predict → lesions → regions → write outputs → record.
 
 Nothing below this module prints or exits: stages raise, and this module turns each case's error
-into that case's result (and record) while the other cases go on. The next case is read and
-aligned in a background thread while the network works on the current one.
+into that case's result (and record) while the other cases go on. While the network works on a
+case, the next one is read and aligned in one background thread and the previous one's lesions,
+outputs and record are made in another.
 """
 
 from __future__ import annotations
@@ -250,11 +251,37 @@ def _load_timed(case: Case, run: CaseRun) -> tuple[ChannelStack, dict[str, float
     return stack, seconds
 
 
-def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
-    """Predict one case; an input problem becomes the result's error message, not an exception."""
-    result = CaseResult(case.case_id, case.subject)
-    started = time.perf_counter()
+@contextmanager
+def _case_errors(case: Case, result: CaseResult) -> Iterator[None]:
+    """An input problem becomes the result's error message, not an exception; what stops every
+    case (the model, the atlas) goes on up."""
     try:
+        yield
+    except CaseError as exc:
+        result.error_messages.append(str(exc))
+    except (ModelError, regions.AtlasError):
+        raise  # no case can be predicted: not this case's error
+    except Exception as exc:  # one case's unexpected failure must not stop the cohort
+        log.exception("%s: unexpected error", case.case_id)
+        result.error_messages.append(f"{type(exc).__name__}: {exc}")
+
+
+@dataclass
+class _Predicted:
+    """A case between its network call (the main thread) and its outputs (the finisher thread)."""
+
+    result: CaseResult
+    started: float
+    fingerprint: list[dict]  # the inputs as they were when the case began
+    stack: ChannelStack | None = None
+    probabilities: np.ndarray | None = None
+
+
+def _predict_case(case: Case, loaded: Future, run: CaseRun) -> _Predicted:
+    """The network's part of a case: its channels as the reader left them, then its probabilities."""
+    predicted = _Predicted(CaseResult(case.case_id, case.subject), time.perf_counter(), records.input_fingerprint(case))
+    result = predicted.result
+    with _case_errors(case, result):
         stack, seconds = loaded.result()
         result.stage_seconds.update(seconds)
         result.registrations = {channel: r.as_record() for channel, r in stack.registrations.items()}
@@ -276,47 +303,59 @@ def _run_case(case: Case, loaded: Future, run: CaseRun) -> CaseResult:
             result.stage_seconds |= {"preprocess": network["preprocess_s"], "network": network["network_s"],
                                      "resample": network["resample_s"]}
             result.network = {key: network[key] for key in ("preprocessed_ahead", "tiles", "passes_per_tile")}
-        rule = run.settings.lesions.for_brain(stack.brain.extracted, case.model.extracted_brain_edge_margin_mm)
-        check = case.model.mimic_check
-        with _stage(result, "lesions"):
-            brain = stack.brain_region() if rule.margin_mm or check else None
-            judge = check and MarkJudge.on_scan(check, stack.reference, brain)
-            lesions = extract_lesions(probabilities, stack.reference, rule, brain, judge)
-        # What the edge rule and the mimic check set aside stays on record, where a reader can look at it.
-        result.edge_rule = {"edge_margin_mm": rule.margin_mm, "near_edge": lesions.with_world(lesions.near_edge)[
-            NEAR_EDGE_COLUMNS].round(2).to_dict("records")}
-        result.mimic_check = {"cut": check and check.cut, "mimics": lesions.with_world(lesions.mimics)[
-            MIMIC_COLUMNS].round(2).to_dict("records")}
-        if len(lesions.near_edge):
-            log.info("%s: %d component(s) set aside, centre within %g mm of the brain mask's edge (in the record)",
-                     case.case_id, len(lesions.near_edge), rule.margin_mm)
-        if len(lesions.mimics):
-            log.info("%s: %d component(s) set aside as mimics, calibrated probability under %g (in the record)",
-                     case.case_id, len(lesions.mimics), check.cut)
-        if run.settings.regions:
-            with _stage(result, "regions"):
-                lesions, result.regions = regions.locate_lesions(stack, lesions,
-                                                                 regions.load_atlas(regions.atlas_folder()))
-            log.log(logging.WARNING if "error" in result.regions else logging.INFO, "%s: %s", case.case_id,
-                    regions.describe(result.regions))
-        with _stage(result, "write"):
-            result.outputs = write_case_outputs(case, stack, probabilities, lesions, run.output_dir,
-                                                replace(run.settings, lesions=rule), sidecars(case, rule))
-        result.microbleed_count, result.total_volume_mm3 = lesions.count, lesions.total_volume_mm3
-    except CaseError as exc:
-        result.error_messages.append(str(exc))
-    except (ModelError, regions.AtlasError):
-        raise  # no case can be predicted: not this case's error
-    except Exception as exc:  # one case's unexpected failure must not stop the cohort
-        log.exception("%s: unexpected error", case.case_id)
-        result.error_messages.append(f"{type(exc).__name__}: {exc}")
-    result.seconds = time.perf_counter() - started
+        predicted.stack, predicted.probabilities = stack, probabilities
+    return predicted
+
+
+def _finish_case(case: Case, predicted: _Predicted, run: CaseRun) -> CaseResult:
+    """The rest of a case once the network is done (while it runs on the next case): lesions, regions,
+    outputs; then its record and the merged reports."""
+    result, stack, probabilities = predicted.result, predicted.stack, predicted.probabilities
+    if probabilities is not None:
+        with _case_errors(case, result):
+            _outputs(case, result, stack, probabilities, run)
+    result.seconds = time.perf_counter() - predicted.started
     if result.error_messages:
         log.error("%s: failed: %s", case.case_id, "; ".join(result.error_messages))
     else:
         log.info("%s: %d microbleed(s), %.1f mm³ in all; %s written (%.1f s)", case.case_id,
                  result.microbleed_count, result.total_volume_mm3, result.outputs["mask"], result.seconds)
+    if run.records:
+        records.write_record(run.output_dir, case, _record(case, result, run, predicted.fingerprint,
+                                                            run.predictor.device(case.model)))
+        if run.merge_each:
+            records.merge(run.output_dir)
     return result
+
+
+def _outputs(case: Case, result: CaseResult, stack: ChannelStack, probabilities: np.ndarray, run: CaseRun) -> None:
+    rule = run.settings.lesions.for_brain(stack.brain.extracted, case.model.extracted_brain_edge_margin_mm)
+    check = case.model.mimic_check
+    with _stage(result, "lesions"):
+        brain = stack.brain_region() if rule.margin_mm or check else None
+        judge = check and MarkJudge.on_scan(check, stack.reference, brain)
+        lesions = extract_lesions(probabilities, stack.reference, rule, brain, judge)
+    # What the edge rule and the mimic check set aside stays on record, where a reader can look at it.
+    result.edge_rule = {"edge_margin_mm": rule.margin_mm, "near_edge": lesions.with_world(lesions.near_edge)[
+        NEAR_EDGE_COLUMNS].round(2).to_dict("records")}
+    result.mimic_check = {"cut": check and check.cut, "mimics": lesions.with_world(lesions.mimics)[
+        MIMIC_COLUMNS].round(2).to_dict("records")}
+    if len(lesions.near_edge):
+        log.info("%s: %d component(s) set aside, centre within %g mm of the brain mask's edge (in the record)",
+                 case.case_id, len(lesions.near_edge), rule.margin_mm)
+    if len(lesions.mimics):
+        log.info("%s: %d component(s) set aside as mimics, calibrated probability under %g (in the record)",
+                 case.case_id, len(lesions.mimics), check.cut)
+    if run.settings.regions:
+        with _stage(result, "regions"):
+            lesions, result.regions = regions.locate_lesions(stack, lesions,
+                                                             regions.load_atlas(regions.atlas_folder()))
+        log.log(logging.WARNING if "error" in result.regions else logging.INFO, "%s: %s", case.case_id,
+                regions.describe(result.regions))
+    with _stage(result, "write"):
+        result.outputs = write_case_outputs(case, stack, probabilities, lesions, run.output_dir,
+                                            replace(run.settings, lesions=rule), sidecars(case, rule))
+    result.microbleed_count, result.total_volume_mm3 = lesions.count, lesions.total_volume_mm3
 
 
 def _record(case: Case, result: CaseResult, run: CaseRun, fingerprint: list[dict], device: str) -> records.CaseRecord:
@@ -355,19 +394,22 @@ def run_cases(cases: list[Case], run: CaseRun) -> list[CaseResult]:
     results = dict(done)
     for model in {case.model.path: case.model for case in todo}.values():
         run.predictor.start(model)  # each loads (once) while the first case is read and preprocessed
-    with ThreadPoolExecutor(1, thread_name_prefix="reader") as reader:
+    # Three cases at most in memory: one read ahead, one in the network, one finishing.
+    with ThreadPoolExecutor(1, thread_name_prefix="reader") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="finisher") as finisher:
         upcoming = reader.submit(_load_timed, todo[0], run) if todo else None
+        finishing: Future | None = None
         for number, case in enumerate(todo, 1):
             loaded = upcoming
             upcoming = reader.submit(_load_timed, todo[number], run) if number < len(todo) else None
             log.info("case %d/%d: %s, %s", number, len(todo), case.case_id, case.model.describe())
-            fingerprint = records.input_fingerprint(case)
-            result = results[case.case_id] = _run_case(case, loaded, run)
-            if run.records:
-                records.write_record(run.output_dir, case, _record(case, result, run, fingerprint,
-                                                                    run.predictor.device(case.model)))
-                if run.merge_each:
-                    records.merge(run.output_dir)
+            predicted = _predict_case(case, loaded, run)
+            if finishing is not None:
+                finishing.result()  # the previous case's outputs, or what stops the run
+            finishing = finisher.submit(_finish_case, case, predicted, run)
+            results[case.case_id] = predicted.result
+        if finishing is not None:
+            finishing.result()
     if run.records and run.merge_each and not todo:
         records.merge(run.output_dir)
     ordered = [results[case.case_id] for case in cases]
