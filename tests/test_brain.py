@@ -11,8 +11,8 @@ import SimpleITK as sitk
 from conftest import brain_volume, make_image, predict, write_case
 
 from mixmicrobleednet import layout
-from mixmicrobleednet.brain import (BrainMasking, BrainSettings, extract_brain, find_brain_mask, is_skull_stripped,
-                                    onto_grid)
+from mixmicrobleednet.brain import (BrainMasking, BrainSettings, extract_brain, find_brain_mask, interior_count,
+                                    is_skull_stripped, onto_grid)
 from mixmicrobleednet.cases import CaseError, seed_cases
 from mixmicrobleednet.cli import build_parser
 from mixmicrobleednet.runner import options_from
@@ -68,6 +68,16 @@ def _corpus() -> dict[str, tuple[sitk.Image, bool]]:
         "head, noise, defaced": (_defaced(_head(noise=5)), False),
         "head, noise, padded": (make_image(np.pad(sitk.GetArrayFromImage(_head(noise=5)), 8), (2.0, 2.0, 2.0)), False),
     }
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 1), (7, 9, 11), (30, 40, 50)])
+def test_interior_count_is_scipys_erosion_with_the_border_set(shape):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(sum(shape))
+    for share in (0.0, 0.5, 0.9, 1.0):
+        voxels = rng.random(shape) < share
+        assert interior_count(voxels) == int(ndimage.binary_erosion(voxels, border_value=1).sum())
 
 
 def test_skull_stripped_scans_are_told_from_raw_ones_whatever_the_background_share():

@@ -88,6 +88,19 @@ class BrainMask:
                 "extracted": self.extracted}
 
 
+def interior_count(voxels: np.ndarray) -> int:
+    """Voxels whose six neighbours are set too, beyond the grid counting as set: the count of
+    ndimage.binary_erosion(voxels, border_value=1), by shifted ANDs: scipy's erosion took a
+    tenth of a second per million voxels, on every case read."""
+    inner = voxels.copy()
+    for axis in range(voxels.ndim):
+        later, earlier = ([slice(None)] * voxels.ndim for _ in range(2))
+        later[axis], earlier[axis] = slice(1, None), slice(None, -1)
+        inner[tuple(later)] &= voxels[tuple(earlier)]
+        inner[tuple(earlier)] &= voxels[tuple(later)]
+    return int(np.count_nonzero(inner))
+
+
 class Background:
     """A T2* scan's background candidate: the commonest value on the grid's six faces (zero, negative
     or any other: a z-scored scan's background need not be its minimum). Each measure is computed
@@ -114,7 +127,7 @@ class Background:
     @functools.cached_property
     def cohesion(self) -> float:
         """Share of its voxels whose six neighbours are background too (the grid's faces do not cut it)."""
-        return int(ndimage.binary_erosion(self.voxels, border_value=1).sum()) / max(self.count, 1)
+        return interior_count(self.voxels) / max(self.count, 1)
 
     @property
     def volume_ml(self) -> float:
