@@ -90,8 +90,8 @@ class BrainMask:
 
 def interior_count(voxels: np.ndarray) -> int:
     """Voxels whose six neighbours are set too, beyond the grid counting as set: the count of
-    ndimage.binary_erosion(voxels, border_value=1), by shifted ANDs: scipy's erosion took a
-    tenth of a second per million voxels, on every case read."""
+    ndimage.binary_erosion(voxels, border_value=1), by shifted ANDs, as scipy's erosion was the
+    slow step of reading a case (docs/benchmarks.md)."""
     inner = voxels.copy()
     for axis in range(voxels.ndim):
         later, earlier = ([slice(None)] * voxels.ndim for _ in range(2))
