@@ -118,6 +118,21 @@ def test_a_killed_training_resumes_from_its_latest_checkpoint_on_the_data_alread
         training.train(data, tmp_path / "m2", "compact", device="cpu", work_dir=work, resume=tmp_path / "none.pth")
 
 
+def test_a_training_carried_from_another_machine_exports_its_final_weights_when_the_best_stayed_behind(tmp_path):
+    import torch
+
+    from mixmicrobleednet.train import export_model, write_random_model
+
+    results = write_random_model(tmp_path / "results")  # nnU-Net's layout: plans, dataset, fold_all/
+    checkpoint = torch.load(results / layout.CHECKPOINT, weights_only=False) | {"current_epoch": 100}
+    torch.save(checkpoint, results / layout.CHECKPOINT)  # checkpoint_final.pth, and no checkpoint_best.pth
+    assert export_model(results, tmp_path / "model") == {"checkpoint": "final", "epoch": 100}
+    torch.save(checkpoint | {"current_epoch": 80}, results / "fold_all" / "checkpoint_best.pth")
+    assert export_model(results, tmp_path / "model2") == {"checkpoint": "best", "epoch": 80}
+    exported = torch.load(tmp_path / "model2" / layout.CHECKPOINT, weights_only=False)
+    assert exported["current_epoch"] == 80 and "optimizer_state" not in exported
+
+
 @pytest.mark.model
 def test_a_time_limited_training_stops_at_an_epoch_end_and_resume_goes_on(tmp_path):
     """--stop-after-minutes 0: the first epoch's checkpoint written, no model; --resume finishes it."""

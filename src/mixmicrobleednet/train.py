@@ -383,10 +383,10 @@ def train(data_dir: Path, out_dir: Path, config_name: str = "compact", device: s
                  trainer.current_epoch, trainer.num_epochs, Path(trainer.output_folder) / "checkpoint_latest.pth")
         return None
 
-    export_model(Path(trainer.output_folder_base), out_dir)
+    exported = export_model(Path(trainer.output_folder_base), out_dir)
     hours = (time.time() - started) / 3600
     _write_training_record(out_dir, config, trainer, data_dir, hours, torch_device, channels, init_from,
-                           foreground_sampling)
+                           foreground_sampling, exported)
     log.info("model written to %s (%.2f h)", out_dir, hours)
     return out_dir
 
@@ -511,22 +511,30 @@ def _start_from(trainer, model: ModelFolder) -> None:
     log.info("training starts from the weights of %s", model.describe())
 
 
-def export_model(results_dir: Path, out_dir: Path) -> None:
-    """Copy an nnU-Net results folder's fold `all` as a lean model folder (weights only).
+def export_model(results_dir: Path, out_dir: Path) -> dict:
+    """Copy an nnU-Net results folder's fold `all` as a lean model folder (weights only); which
+    checkpoint it took and its epoch, for training.json.
 
     The exported weights are nnU-Net's checkpoint_best (highest moving-average pseudo Dice on
     its validation batches, which for fold `all` are training cases): a guard against a late
-    collapse of training, not a selection on held-out data."""
+    collapse of training, not a selection on held-out data. A training carried to this machine
+    has none when its best epoch came before (that file stayed behind): then the final one."""
     import torch
 
-    checkpoint = torch.load(results_dir / "fold_all" / "checkpoint_best.pth", map_location="cpu", weights_only=False)
+    fold = results_dir / "fold_all"
+    kind = "best" if (fold / "checkpoint_best.pth").is_file() else "final"
+    if kind == "final":
+        log.warning("no checkpoint_best.pth in %s (the best epoch was trained on another machine): exporting the "
+                    "final epoch's weights", fold)
+    checkpoint = torch.load(fold / f"checkpoint_{kind}.pth", map_location="cpu", weights_only=False)
     lean = {k: checkpoint[k] for k in ("network_weights", "init_args", "trainer_name",
                                        "inference_allowed_mirroring_axes", "current_epoch")}
     write_model_folder(out_dir, *(json.loads((results_dir / name).read_text())
                                   for name in (layout.PLANS_JSON, layout.DATASET_JSON)), lean)
     for extra in ("progress.png",):
-        if (results_dir / "fold_all" / extra).is_file():
-            shutil.copy(results_dir / "fold_all" / extra, out_dir / "fold_all" / extra)
+        if (fold / extra).is_file():
+            shutil.copy(fold / extra, out_dir / "fold_all" / extra)
+    return {"checkpoint": kind, "epoch": checkpoint["current_epoch"]}
 
 
 def write_random_model(out_dir: Path, config_name: str = "compact", seed: int = 0,
@@ -547,7 +555,8 @@ def write_random_model(out_dir: Path, config_name: str = "compact", seed: int = 
 
 
 def _write_training_record(out_dir: Path, config: TrainingConfig, trainer, data_dir: Path, hours: float, device,
-                           channels: tuple[str, ...], init_from: Path | None, foreground_sampling: str) -> None:
+                           channels: tuple[str, ...], init_from: Path | None, foreground_sampling: str,
+                           exported: dict) -> None:
     import platform
 
     import torch
@@ -574,5 +583,6 @@ def _write_training_record(out_dir: Path, config: TrainingConfig, trainer, data_
         "final_train_loss": float(logged["train_losses"][-1]),
         "final_val_loss": float(logged["val_losses"][-1]),
         "final_pseudo_dice": float(logged["mean_fg_dice"][-1]),
+        "exported": exported,  # checkpoint_best's weights, or the final epoch's where the best stayed behind
     }
     (out_dir / "training.json").write_text(json.dumps(record, indent=2))
