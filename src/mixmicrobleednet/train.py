@@ -521,19 +521,20 @@ def export_model(results_dir: Path, out_dir: Path) -> dict:
     has none when its best epoch came before (that file stayed behind): then the final one."""
     import torch
 
-    fold = results_dir / "fold_all"
-    kind = "best" if (fold / "checkpoint_best.pth").is_file() else "final"
+    final = results_dir / layout.CHECKPOINT
+    fold, best = final.parent, final.parent / "checkpoint_best.pth"
+    kind = "best" if best.is_file() else "final"
     if kind == "final":
         log.warning("no checkpoint_best.pth in %s (the best epoch was trained on another machine): exporting the "
                     "final epoch's weights", fold)
-    checkpoint = torch.load(fold / f"checkpoint_{kind}.pth", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(best if kind == "best" else final, map_location="cpu", weights_only=False)
     lean = {k: checkpoint[k] for k in ("network_weights", "init_args", "trainer_name",
                                        "inference_allowed_mirroring_axes", "current_epoch")}
     write_model_folder(out_dir, *(json.loads((results_dir / name).read_text())
                                   for name in (layout.PLANS_JSON, layout.DATASET_JSON)), lean)
     for extra in ("progress.png",):
         if (fold / extra).is_file():
-            shutil.copy(fold / extra, out_dir / "fold_all" / extra)
+            shutil.copy(fold / extra, (out_dir / layout.CHECKPOINT).parent / extra)
     return {"checkpoint": kind, "epoch": checkpoint["current_epoch"]}
 
 
