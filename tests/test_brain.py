@@ -11,8 +11,8 @@ import SimpleITK as sitk
 from conftest import brain_volume, make_image, predict, write_case
 
 from mixmicrobleednet import layout
-from mixmicrobleednet.brain import (BrainMasking, BrainSettings, extract_brain, find_brain_mask, interior_count,
-                                    is_skull_stripped, onto_grid)
+from mixmicrobleednet.brain import (BrainMasking, BrainSettings, extract_brain, fill_holes, find_brain_mask,
+                                    interior_count, is_skull_stripped, onto_grid)
 from mixmicrobleednet.cases import CaseError, seed_cases
 from mixmicrobleednet.cli import build_parser
 from mixmicrobleednet.runner import options_from
@@ -27,6 +27,25 @@ def _head(shape=(100, 120, 120), spacing=(2.0, 2.0, 2.0), noise=0.0, seed=0) -> 
     inside = ((zz - c[0]) / 45) ** 2 + ((yy - c[1]) / 55) ** 2 + ((xx - c[2]) / 45) ** 2 < 1
     array = (100.0 * inside + noise * np.abs(rng.standard_normal(shape))).astype(np.float32)
     return make_image(array, spacing)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fill_holes_is_scipys(seed):
+    """Enclosed holes filled, background open to any face (or only touching it) kept, pinholes too."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((30, 40, 35), bool)
+    mask[2:28, 3:37, 0:33] = True              # touches the x = 0 face
+    mask[8:14, 10:20, 10:20] = False           # enclosed: a hole
+    mask[15:20, 25:30, 0:6] = False            # open to the x = 0 face: outside
+    mask[20:24, 5:9, 5:9] = False
+    mask[21:23, 6:8, 5:30] = False             # a tunnel to the hole above
+    mask &= rng.random(mask.shape) > 0.05      # pinholes everywhere
+    expected = ndimage.binary_fill_holes(mask)
+    assert 0 < np.sum(expected & ~mask) and np.sum(~expected) > 0  # both holes and outside
+    np.testing.assert_array_equal(fill_holes(mask), expected)
+    assert not fill_holes(np.zeros((3, 4, 5), bool)).any()
 
 
 def _tight_brain(shape=(28, 60, 52), seed=0) -> np.ndarray:

@@ -101,6 +101,25 @@ def interior_count(voxels: np.ndarray) -> int:
     return int(np.count_nonzero(inner))
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """scipy's binary_fill_holes (a hole: background not 6-connected to the grid's border), found by
+    labelling the background once, and only in the box around the mask (beyond it all is
+    background, so what touches the box's faces reaches the border), instead of dilating the whole
+    grid until nothing changes: the same voxels, in a fraction of the time on a whole-head grid."""
+    filled = np.zeros(mask.shape, bool)
+    box = ndimage.find_objects(mask.view(np.uint8))
+    if not box:
+        return filled
+    background, _ = ndimage.label(~mask[box[0]])
+    outside = np.zeros(background.max() + 1, bool)
+    for axis in range(background.ndim):
+        for end in (0, -1):
+            outside[np.take(background, end, axis=axis)] = True
+    outside[0] = False  # label 0 is the mask itself
+    filled[box[0]] = ~outside[background]
+    return filled
+
+
 class Background:
     """A T2* scan's background candidate: the commonest value on the grid's six faces (zero, negative
     or any other: a z-scored scan's background need not be its minimum). Each measure is computed
@@ -149,7 +168,7 @@ class Background:
 
     def brain(self) -> np.ndarray:
         """What is not background, holes filled (a microbleed's darkest voxels can reach its value)."""
-        return ndimage.binary_fill_holes(~self.voxels)
+        return fill_holes(~self.voxels)
 
 
 def stripped_brain(t2s: sitk.Image) -> np.ndarray:
