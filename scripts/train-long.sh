@@ -13,7 +13,8 @@
 # training/compact-t1-t2-t2s/model on both sets (the cortex-only fine-tune unlearned the rest);
 # compact-t1-t2-t2s-small, the same with 60 phantoms of small microbleeds on thick slices too and
 # patches centred on each microbleed as often (train --foreground-sampling lesion); compact-t2s-small,
-# the same fine-tune of training/compact-t2s/model (T2* only).
+# the same fine-tune of training/compact-t2s/model (T2* only), shipped as phantom-t2s v2.0.0;
+# compact-t2s-raw, that model fine-tuned again with 24 more raw heads (the raw-head misses of #32).
 # Data and nnU-Net folders: work/train-long/. Environment: PYTHON (default .venv/bin/python),
 # PROCESSES (phantoms and train --processes; default 1 and 2), DEADLINE (epoch seconds: train
 # stops at the first epoch end after it, --stop-after-minutes; a lent GPU's time, scripts/gpu-train.sh).
@@ -33,6 +34,8 @@ cortex_specs=("cortex-varied 311 24 --varied --superficial" "cortex-raw 312 6 --
 # Small microbleeds (2-4 mm) on thick slices and coarse grids: the ones every model missed (#32).
 small_specs=("small-varied 321 36 --varied --small --superficial --cohort thickslice --cohort lowres"
              "small-loose 322 24 --loose-masks --varied --small --superficial --cohort thickslice --cohort lowres")
+# Raw heads with superficial cortical microbleeds, where the T2*-only v2.0.0 misses most (#32).
+raw_more_specs=("raw-more 331 24 --raw --varied --superficial")
 epochs=300
 iterations=100
 tuning=()
@@ -61,6 +64,12 @@ case $name in
     specs+=("${cortex_specs[@]}" "${small_specs[@]}")
     epochs=100
     tuning=(--init training/compact-t2s/model --initial-lr 1e-3 --foreground-sampling lesion) ;;
+  compact-t2s-raw)
+    channels=(T2S)
+    data=work/train-long/raw-data
+    specs+=("${cortex_specs[@]}" "${small_specs[@]}" "${raw_more_specs[@]}")
+    epochs=100
+    tuning=(--init models/phantom-t2s --initial-lr 1e-3 --foreground-sampling lesion) ;;
   compact-t1-t2-t2s-cortex)
     channels=(T1 T2 T2S)
     data=work/train-long/cortex-data

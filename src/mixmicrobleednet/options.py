@@ -168,7 +168,7 @@ OPTIONS: tuple[Option, ...] = (
                          "where it does not say), else 0",
            help="set aside microbleeds whose centre lies within this distance of the brain mask's edge (left out of "
                 "the mask and the counts, listed in the record); an extracted brain's mask reaches onto dura and "
-                "bone; 3 is measured in the T2*-only model's card and recommended for it"),
+                "bone"),
     Option(flag="--save-probabilities", action="store_true", commands=_RUN, environment=True,
            fills=_fills("output.save_probabilities"), help="also write the microbleed probability map (float32, T2* grid)"),
     Option(flag="--no-qc", action="store_true", commands=_RUN, environment=True,
