@@ -14,7 +14,8 @@
 # compact-t1-t2-t2s-small, the same with 60 phantoms of small microbleeds on thick slices too and
 # patches centred on each microbleed as often (train --foreground-sampling lesion); compact-t2s-small,
 # the same fine-tune of training/compact-t2s/model (T2* only), shipped as phantom-t2s v2.0.0;
-# compact-t2s-raw, that model fine-tuned again with 24 more raw heads (the raw-head misses of #32).
+# compact-t2s-raw, that model fine-tuned again with 24 more raw heads (the raw-head misses of #32);
+# compact-t1-t2-t2s-raw, the same fine-tune of the three-channel v3.0.0 (models/phantom-t1-t2-t2s).
 # Data and nnU-Net folders: work/train-long/. Environment: PYTHON (default .venv/bin/python),
 # PROCESSES (phantoms and train --processes; default 1 and 2), DEADLINE (epoch seconds: train
 # stops at the first epoch end after it, --stop-after-minutes; a lent GPU's time, scripts/gpu-train.sh).
@@ -70,6 +71,12 @@ case $name in
     specs+=("${cortex_specs[@]}" "${small_specs[@]}" "${raw_more_specs[@]}")
     epochs=100
     tuning=(--init models/phantom-t2s --initial-lr 1e-3 --foreground-sampling lesion) ;;
+  compact-t1-t2-t2s-raw)
+    channels=(T1 T2 T2S)
+    data=work/train-long/raw-data
+    specs+=("${cortex_specs[@]}" "${small_specs[@]}" "${raw_more_specs[@]}")
+    epochs=100
+    tuning=(--init models/phantom-t1-t2-t2s --initial-lr 1e-3 --foreground-sampling lesion) ;;
   compact-t1-t2-t2s-cortex)
     channels=(T1 T2 T2S)
     data=work/train-long/cortex-data

@@ -126,6 +126,43 @@ def test_mirrored_passes_in_one_call_give_nnunets_logits_and_a_full_gpu_asks_sma
     assert (ours.tiles_per_batch, ours.mirror_in_batch) == (1, False)  # one pass a call did not fit either
 
 
+def test_a_fast_network_is_rechecked_where_microbleeds_may_be(random_model):
+    """openvino-checked's sliding window with stand-in networks: an exact one whose microbleed log-odds
+    follow the input voxel by voxel, and a fast one off by up to 0.5 (as bfloat16). Every voxel whose
+    log-odds exceed the recheck level, and each neighbour, gets the exact window's float16 sums bit
+    for bit; only the tiles near them run again; elsewhere the fast network's numbers stay."""
+    import torch
+
+    from mixmicrobleednet.nnunet_glue import PlansPreprocessing, open_predictor
+
+    class Pointwise(torch.nn.Module):
+        def __init__(self, error: float):
+            super().__init__()
+            self.error, self.generator = error, torch.Generator().manual_seed(1)
+
+        def forward(self, tiles):
+            microbleed = 40 * tiles[:, :1] - 30  # above -10 where the input exceeds 0.5
+            off = self.error * (2 * torch.rand(microbleed.shape, generator=self.generator) - 1)
+            return torch.cat([torch.zeros_like(microbleed), microbleed + off], dim=1)
+
+    plans = PlansPreprocessing(random_model)
+    predictor = open_predictor(random_model, plans, torch.device("cpu"), 2, 0.5, False)
+    patch = np.array(predictor.configuration_manager.patch_size)
+    shape = (len(plans.dataset_json["channel_names"]), *(patch * [5, 5, 4] // 2).tolist())  # 4 x 4 x 3 tiles
+    data = torch.zeros(shape)
+    data[:, 13:16, 3:7, 4:8] = 1.0  # a microbleed in one corner, next to a tile that starts at z 16
+    predictor.network = Pointwise(0.0)
+    exact = predictor.predict_sliding_window_return_logits(data)
+    predictor.network, predictor.recheck_network, predictor.recheck_above = Pointwise(0.5), Pointwise(0.0), -10.0
+    checked = predictor.predict_sliding_window_return_logits(data)
+    assert 0 < predictor.tiles_rechecked_last_case < predictor.tiles_last_case == 48
+    near = torch.zeros(shape[1:], dtype=torch.bool)
+    near[12:17, 2:8, 3:9] = True  # the voxels above -10 and their neighbours
+    assert torch.equal(checked[:, near], exact[:, near])
+    assert not torch.equal(checked[:, ~near], exact[:, ~near])
+    assert torch.equal(checked[1] > checked[0], exact[1] > exact[0])
+
+
 @pytest.mark.shipped
 def test_batched_tiles_and_single_map_resampling_keep_nnunets_mask(tmp_path):
     stack = _crop_of_the_test_case(tmp_path)
@@ -259,6 +296,20 @@ def test_cpu_runtime_is_checked_and_openvino_missing_is_a_clear_error(random_mod
     assert Model(random_model, "cpu", PredictionSettings(cpu_runtime="torch")).cpu_runtime == "torch"
 
 
+@pytest.mark.parametrize("bfloat16", [True, False])
+def test_openvino_checked_runs_bfloat16_only_where_the_cpu_has_it(random_model, monkeypatch, bfloat16):
+    """Where the CPU lacks bfloat16 instructions, OpenVINO would emulate them, slower than float32:
+    openvino-checked is then openvino-accurate alone."""
+    from mixmicrobleednet import model as model_module
+    from mixmicrobleednet.cpu_network import RECHECK_ABOVE_LOGODDS
+
+    monkeypatch.setattr(model_module, "cpu_has_bfloat16", lambda: bfloat16)
+    checked = Model(random_model, "cpu", PredictionSettings(use_mirroring=False, cpu_runtime="openvino-checked"))
+    assert checked.cpu_runtime == ("openvino-checked" if bfloat16 else "openvino-accurate")
+    assert (checked.predictor.recheck_network is not None) is bfloat16
+    assert checked.predictor.recheck_above == (RECHECK_ABOVE_LOGODDS if bfloat16 else -np.inf)
+
+
 def test_cpu_runtime_option(monkeypatch):
     import argparse
 
@@ -281,12 +332,15 @@ def test_cpu_runtime_option(monkeypatch):
 def test_both_cpu_runtimes_give_the_same_mask(tmp_path):
     """A crop of the shipped test case, with mirroring (the default: 8 passes per tile, flipped tiles
     through the network), predicted with each CPU runtime: the same mask, probabilities within 1e-3
-    of PyTorch's (measured 4.6e-4 for openvino, 4.0e-5 for openvino-accurate; 157 mask voxels)."""
+    of PyTorch's (measured 4.6e-4 for openvino, 4.0e-5 for openvino-accurate; 157 mask voxels);
+    openvino-checked gives openvino-accurate's probabilities from 0.01 up."""
     stack = _crop_of_the_test_case(tmp_path)
     probabilities = {runtime: Model(WEIGHTS, "cpu", PredictionSettings(cpu_runtime=runtime)).predict_probabilities(
         stack.array, stack.spacing_zyx) for runtime in CPU_RUNTIMES}
     mask = probabilities["torch"] > 0.5
     assert 20 < mask.sum() < mask.size / 10
-    for runtime in ("openvino", "openvino-accurate"):
+    for runtime in ("openvino", "openvino-accurate", "openvino-checked"):
         np.testing.assert_array_equal(probabilities[runtime] > 0.5, mask)
         assert np.abs(probabilities[runtime] - probabilities["torch"]).max() < 1e-3
+    possible = probabilities["openvino-accurate"] >= 0.01
+    np.testing.assert_array_equal(probabilities["openvino-checked"][possible], probabilities["openvino-accurate"][possible])

@@ -36,8 +36,11 @@ class PredictionSettings:
     #: What runs the network on the CPU in float32: openvino (cpu_network.openvino_network: OpenVINO's
     #: compiled network, the fastest; logits within about 1e-3 of PyTorch's, the same masks where
     #: measured, docs/benchmarks.md), openvino-accurate (the same with the instance normalisations on
-    #: a plain layout: PyTorch's accuracy, slower than openvino) or torch (cpu_network.cpu_network).
-    #: bfloat16 and a GPU run PyTorch.
+    #: a plain layout: PyTorch's accuracy, slower than openvino), openvino-checked (openvino-accurate's
+    #: network in bfloat16 where the CPU has bfloat16 instructions, and every tile near a voxel that may
+    #: be a microbleed's again in float32: openvino-accurate's masks and probabilities from 0.01 up,
+    #: cpu_network.RECHECK_ABOVE_LOGODDS) or torch (cpu_network.cpu_network). --precision bfloat16 and
+    #: a GPU run PyTorch.
     cpu_runtime: str = CPU_RUNTIMES[0]
 
 
@@ -100,7 +103,7 @@ class Model:
     def _load(self, device: str, settings: PredictionSettings, preprocessing: Preprocessing | None) -> None:
         import torch
 
-        from .cpu_network import cpu_network, openvino_network
+        from .cpu_network import RECHECK_ABOVE_LOGODDS, cpu_network, openvino_network, openvino_networks
         from .nnunet_glue import open_predictor
 
         if settings.precision not in PRECISIONS:  # before the weights are read
@@ -117,12 +120,21 @@ class Model:
         self.predictor = open_predictor(self.folder.path, self.preprocessing.nnunet, self.device, tiles_per_batch,
                                         settings.tile_step_size, settings.use_mirroring,
                                         mirror_in_batch=self.device.type == "cuda")
+        if self.cpu_runtime == "openvino-checked" and not cpu_has_bfloat16():
+            log.info("this CPU has no bfloat16 instructions (AMX or AVX-512 BF16): openvino-checked runs as "
+                     "openvino-accurate, float32 alone")
+            self.cpu_runtime = "openvino-accurate"
         if self.cpu_runtime.startswith("openvino"):
             tile_shape = (len(self.folder.channels), *self.predictor.configuration_manager.patch_size)
-            self.predictor.network = openvino_network(self.predictor.network, tile_shape,
-                                                      min(usable_cpus(), torch.get_num_threads()),
-                                                      accurate=self.cpu_runtime == "openvino-accurate",
-                                                      streams=tiles_per_batch)
+            threads = min(usable_cpus(), torch.get_num_threads())
+            if self.cpu_runtime == "openvino-checked":
+                self.predictor.network, self.predictor.recheck_network = openvino_networks(
+                    self.predictor.network, tile_shape, threads, True, tiles_per_batch, ("bf16", "f32"))
+                self.predictor.recheck_above = RECHECK_ABOVE_LOGODDS
+            else:
+                self.predictor.network = openvino_network(self.predictor.network, tile_shape, threads,
+                                                          accurate=self.cpu_runtime == "openvino-accurate",
+                                                          streams=tiles_per_batch)
             self.predictor.tile_memory_format = torch.contiguous_format
         elif self.cpu_runtime == "torch":
             if settings.precision == "bfloat16" and not cpu_has_bfloat16():
@@ -169,10 +181,12 @@ class Model:
         seconds["resample"] = time.perf_counter() - started
         self.last_case = {"preprocess_s": case.seconds, "preprocessed_ahead": case.ahead, "network_s": seconds["network"],
                           "resample_s": seconds["resample"], "tiles": predictor.tiles_last_case,
+                          "tiles_rechecked": predictor.tiles_rechecked_last_case,
                           "passes_per_tile": predictor.passes_per_tile()}
-        log.info("preprocess %.1f s%s, network %.1f s (%d tiles x %d passes), resample to the input grid %.1f s",
+        log.info("preprocess %.1f s%s, network %.1f s (%d tiles x %d passes%s), resample to the input grid %.1f s",
                  case.seconds, " (ahead)" if case.ahead else "", seconds["network"], predictor.tiles_last_case,
-                 predictor.passes_per_tile(), seconds["resample"])
+                 predictor.passes_per_tile(), f", {predictor.tiles_rechecked_last_case} again in float32"
+                 if predictor.recheck_network is not None else "", seconds["resample"])
         return probability
 
 

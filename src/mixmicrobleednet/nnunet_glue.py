@@ -10,7 +10,7 @@ import itertools
 import json
 import logging
 import math
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,6 @@ if importlib.metadata.version("nnunetv2") != NNUNET_VERSION:
                       f"the internals of nnU-Net {NNUNET_VERSION}: pip install nnunetv2=={NNUNET_VERSION}")
 
 from nnunetv2.configuration import ANISO_THRESHOLD  # noqa: E402
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: E402
 from nnunetv2.inference.sliding_window_prediction import (  # noqa: E402
     compute_gaussian, compute_steps_for_sliding_window)
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor  # noqa: E402
@@ -135,11 +134,11 @@ def resample_to_shape(data: np.ndarray, new_shape, current_spacing, new_spacing,
     return resample_separable(data, new_shape, lowres_axis if separate_z else None, order, order_z, workers)
 
 
-class BatchedTilePredictor(nnUNetPredictor):
-    """nnUNetPredictor whose sliding window sends several tiles through the network at once and
-    (mirror_in_batch) a tile's mirrored passes too; the tiles, Gaussian weights, float16 sums and
-    their order are nnU-Net 2.8.1's own. A GPU that runs out of memory for a call gets smaller calls
-    from then on (fewer tiles, then the mirrored passes one by one)."""
+class BatchedTiles:
+    """What BatchedTilePredictor adds to nnUNetPredictor: its sliding window sends several tiles through
+    the network at once and (mirror_in_batch) a tile's mirrored passes too; the tiles, Gaussian
+    weights, float16 sums and their order are nnU-Net 2.8.1's own. A GPU that runs out of memory for
+    a call gets smaller calls from then on (fewer tiles, then the mirrored passes one by one)."""
 
     def __init__(self, tiles_per_batch: int, mirror_in_batch: bool = False, **kwargs):
         super().__init__(**kwargs)
@@ -147,6 +146,12 @@ class BatchedTilePredictor(nnUNetPredictor):
         self.mirror_in_batch = mirror_in_batch
         self.tile_memory_format = torch.contiguous_format
         self.tiles_last_case = 0  # tiles of the last sliding window, for the log's GFLOP/s
+        #: A second, exact network for the tiles near microbleeds where `network` is fast and less exact
+        #: (bfloat16): every tile that touches a voxel whose microbleed log-odds came out above
+        #: `recheck_above`, or a neighbour of one, runs again through it (recheck_where_uncertain).
+        self.recheck_network: torch.nn.Module | None = None
+        self.recheck_above = -math.inf
+        self.tiles_rechecked_last_case = 0
 
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.mirror_in_batch and self.use_mirroring and self.allowed_mirroring_axes):
@@ -179,6 +184,18 @@ class BatchedTilePredictor(nnUNetPredictor):
         # mirrors nnunetv2.inference.predict_from_raw_data.nnUNetPredictor._internal_predict_sliding_window_return_logits
         results_device = self.device if do_on_device else torch.device("cpu")
         data = data.to(results_device)
+        logits = self._weighted_sums(data, slicers, results_device)
+        self.tiles_last_case = len(slicers)
+        self.tiles_rechecked_last_case = 0
+        if self.recheck_network is not None:
+            self._recheck_where_uncertain(data, slicers, logits, results_device)
+        if torch.any(torch.isinf(logits)):
+            raise RuntimeError("infinite logits in the sliding window (float16 overflow)")
+        return logits
+
+    def _weighted_sums(self, data: torch.Tensor, slicers: list, results_device: torch.device) -> torch.Tensor:
+        """The tiles' Gaussian-weighted logits summed in float16 in the tiles' order, divided by the
+        summed weights: nnU-Net's numbers, several tiles per network call."""
         logits = torch.zeros((self.label_manager.num_segmentation_heads, *data.shape[1:]), dtype=torch.half,
                              device=results_device)
         weights = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
@@ -201,11 +218,36 @@ class BatchedTilePredictor(nnUNetPredictor):
                 logits[tile] += prediction
                 weights[tile[1:]] += gaussian
             start += len(batch)
-        self.tiles_last_case = len(slicers)
         torch.div(logits, weights, out=logits)
-        if torch.any(torch.isinf(logits)):
-            raise RuntimeError("infinite logits in the sliding window (float16 overflow)")
         return logits
+
+    def _recheck_where_uncertain(self, data: torch.Tensor, slicers: list, logits: torch.Tensor,
+                                 results_device: torch.device) -> None:
+        """Replace, in `logits`, each voxel whose microbleed log-odds (label 1 against 0) exceed
+        recheck_above, and its 26 neighbours, by recheck_network's sums. Every tile that covers such
+        a voxel runs again, in the same order, so those voxels get the sums an exact pass alone would
+        give; the neighbours make the linear resampling to the input grid exact wherever a voxel
+        there could lie near the threshold."""
+        above = torch.nonzero(logits[1].float() - logits[0].float() > self.recheck_above).cpu()
+        if not len(above):
+            return
+        # Few voxels (microbleeds and mimics): handled as indices, not as volumes. A tile reaches a
+        # voxel's neighbours when the tile grown by one voxel holds the voxel.
+        corners = torch.tensor([[(axis.start, axis.stop) for axis in tile[1:]] for tile in slicers])
+        reached = torch.zeros(len(slicers), dtype=torch.bool)
+        for part in above.split(4096):
+            inside = (part >= corners[:, None, :, 0] - 1) & (part < corners[:, None, :, 1] + 1)
+            reached |= inside.all(2).any(1)
+        chosen = [tile for tile, rechecked in zip(slicers, reached.tolist()) if rechecked]
+        near = (above[:, None] + torch.cartesian_prod(*[torch.arange(-1, 2)] * 3)).reshape(-1, 3)
+        near = tuple(near[((near >= 0) & (near < torch.tensor(logits.shape[1:]))).all(1)].T.to(logits.device))
+        self.tiles_rechecked_last_case = len(chosen)
+        fast, self.network = self.network, self.recheck_network
+        try:
+            exact = self._weighted_sums(data, chosen, results_device)
+        finally:
+            self.network = fast
+        logits[(slice(None), *near)] = exact[(slice(None), *near)]
 
     def passes_per_tile(self) -> int:
         """Network passes per tile: one per mirroring."""
@@ -239,15 +281,25 @@ class BatchedTilePredictor(nnUNetPredictor):
         return (total / weights)[(slice(None), *revert_padding[1:])]
 
 
+@cache
+def batched_tile_predictor() -> type:
+    """BatchedTiles on nnUNetPredictor. nnU-Net's predictor module imports torch._dynamo (about 1.2 s
+    of a process's start): imported here, when the model loads, and not with the preprocessing, so
+    that the first case is preprocessed meanwhile."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    return type("BatchedTilePredictor", (BatchedTiles, nnUNetPredictor), {})
+
+
 def open_predictor(folder: Path, plans: PlansPreprocessing, device: torch.device, tiles_per_batch: int,
-                   tile_step_size: float, use_mirroring: bool, mirror_in_batch: bool = False) -> BatchedTilePredictor:
+                   tile_step_size: float, use_mirroring: bool, mirror_in_batch: bool = False) -> BatchedTiles:
     """The predictor with fold `all`'s weights in its network, on `device`; `plans`: the folder's, as read
     for its preprocessing."""
     # mirrors nnunetv2.inference.predict_from_raw_data.predict_entry_point_modelfolder (predictor made,
     # then initialize_from_trained_model_folder). That puts the one fold's weights into the network,
     # and the sliding window is called directly, so they are not loaded again for every case as in
     # nnUNetPredictor.predict_logits_from_preprocessed_data.
-    predictor = BatchedTilePredictor(
+    predictor = batched_tile_predictor()(
         tiles_per_batch, mirror_in_batch, tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
         perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
         verbose_preprocessing=False, allow_tqdm=False)
