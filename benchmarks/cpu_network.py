@@ -7,7 +7,8 @@ plain matrix multiply (torch, all threads), then times one network call per sett
 tiles of the model's patch size, 1/2/4/8 tiles per call: nnU-Net's network as nnU-Net runs it
 (default memory layout), the same in channels-last 3D layout, ours on PyTorch (cpu_network.py's
 cpu_network: channels-last and a leaner instance normalisation), ours on OpenVINO (cpu_network.py's
-openvino_network: --cpu-runtime openvino, the default, and openvino-accurate) and, when installed (with onnx),
+openvino_network: --cpu-runtime openvino, openvino-accurate, the default, and openvino-checked's bfloat16
+pass where the CPU has bfloat16 instructions) and, when installed (with onnx),
 ONNX Runtime on the same weights (exported to a temporary folder, never shipped). Prints ms per
 tile, GFLOP/s, the share of the peak and the largest logit difference from nnU-Net's network on one
 tile. Model.predict_probabilities runs ours with PredictionSettings.tiles_per_batch tiles per call.
@@ -118,10 +119,11 @@ def main() -> int:
     try:
         import openvino
 
-        for runtime in ("openvino", "openvino-accurate"):
+        for runtime in ("openvino", "openvino-accurate", "openvino-checked"):
             on_openvino = Model(args.model, "cpu", PredictionSettings(use_mirroring=False, cpu_runtime=runtime))
-            time_torch(f"ours, {runtime} {openvino.__version__.split('-')[0]}", on_openvino.predictor.network,
-                       on_openvino.predictor.tile_memory_format)
+            bfloat16 = " bf16 pass" if on_openvino.predictor.recheck_network is not None else ""
+            time_torch(f"ours, {on_openvino.cpu_runtime}{bfloat16} {openvino.__version__.split('-')[0]}",
+                       on_openvino.predictor.network, on_openvino.predictor.tile_memory_format)
     except ImportError:
         print("openvino not installed: skipped")
     with tempfile.TemporaryDirectory() as folder:

@@ -250,7 +250,7 @@ def test_openvino_gives_pytorchs_logits(random_model):
     pytorch = Model(random_model, "cpu", PredictionSettings(use_mirroring=False, cpu_runtime="torch"))
     assert (openvino.cpu_runtime, accurate.cpu_runtime, pytorch.cpu_runtime) == ("openvino", "openvino-accurate",
                                                                                  "torch")
-    assert PredictionSettings().cpu_runtime == "openvino-accurate"  # the fastest with torch's masks
+    assert PredictionSettings().cpu_runtime == "openvino-checked"  # the fastest with torch's masks
     tiles = _tiles(4, pytorch, seed=3)
     with torch.inference_mode():
         expected = pytorch.predictor.network(tiles.contiguous(memory_format=pytorch.predictor.tile_memory_format))
@@ -321,7 +321,7 @@ def test_cpu_runtime_option(monkeypatch):
         add_options(parser, "predict")
         return parser.parse_args(["-i", "in", "-o", "out", *argv])
 
-    assert parse().cpu_runtime == "openvino-accurate"
+    assert parse().cpu_runtime == "openvino-checked"
     assert settings_values(parse("--cpu-runtime", "torch"), "predict")["prediction.cpu_runtime"] == "torch"
     monkeypatch.setenv("MIXMICROBLEEDNET_CPU_RUNTIME", "torch")
     assert parse().cpu_runtime == "torch" and parse("--cpu-runtime", "openvino").cpu_runtime == "openvino"

@@ -36,7 +36,7 @@ def test_imported_network_gives_the_v1_network_output(v1_run, imported_v1):
     assert np.abs(output - expected).max() < 1e-4
 
 
-@pytest.mark.parametrize("cpu_runtime", ["torch", "openvino-accurate", "openvino"])
+@pytest.mark.parametrize("cpu_runtime", ["torch", "openvino-checked", "openvino-accurate", "openvino"])
 def test_predict_with_the_imported_model_gives_v1s_mask(v1_run, imported_v1, tmp_path, cpu_runtime):
     out = tmp_path / "out"
     assert main(["predict", "-i", str(v1_run / "seed"), "-o", str(out), "--model", str(imported_v1), "--device", "cpu",

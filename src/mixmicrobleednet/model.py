@@ -33,14 +33,14 @@ class PredictionSettings:
     #: moves logits and can change masks, measured in models/phantom-t1-t2-t2s/MODEL_CARD.md). On a GPU nnU-Net's
     #: float16 autocast runs whatever this says.
     precision: str = "float32"
-    #: What runs the network on the CPU in float32: openvino (cpu_network.openvino_network: OpenVINO's
-    #: compiled network, the fastest; logits within about 1e-3 of PyTorch's, the same masks where
-    #: measured, docs/benchmarks.md), openvino-accurate (the same with the instance normalisations on
-    #: a plain layout: PyTorch's accuracy, slower than openvino), openvino-checked (openvino-accurate's
-    #: network in bfloat16 where the CPU has bfloat16 instructions, and every tile near a voxel that may
-    #: be a microbleed's again in float32: openvino-accurate's masks and probabilities from 0.01 up,
-    #: cpu_network.RECHECK_ABOVE_LOGODDS) or torch (cpu_network.cpu_network). --precision bfloat16 and
-    #: a GPU run PyTorch.
+    #: What runs the network on the CPU: openvino-checked (the default: openvino-accurate's network in
+    #: bfloat16 where the CPU has bfloat16 instructions, and every tile near a voxel that may be a
+    #: microbleed's again in float32, giving openvino-accurate's masks and probabilities from 0.01 up,
+    #: cpu_network.RECHECK_ABOVE_LOGODDS; elsewhere openvino-accurate), openvino-accurate
+    #: (cpu_network.openvino_network in float32 with the instance normalisations on a plain layout:
+    #: PyTorch's accuracy), openvino (the same with OpenVINO's own normalisation: faster, logits within
+    #: about 1e-3 of PyTorch's) or torch (cpu_network.cpu_network); docs/benchmarks.md measures each.
+    #: --precision bfloat16 and a GPU run PyTorch.
     cpu_runtime: str = CPU_RUNTIMES[0]
 
 
@@ -120,9 +120,11 @@ class Model:
         self.predictor = open_predictor(self.folder.path, self.preprocessing.nnunet, self.device, tiles_per_batch,
                                         settings.tile_step_size, settings.use_mirroring,
                                         mirror_in_batch=self.device.type == "cuda")
-        if self.cpu_runtime == "openvino-checked" and not cpu_has_bfloat16():
-            log.info("this CPU has no bfloat16 instructions (AMX or AVX-512 BF16): openvino-checked runs as "
-                     "openvino-accurate, float32 alone")
+        if self.cpu_runtime == "openvino-checked" and (self.folder.imported_from_v1 or not cpu_has_bfloat16()):
+            # v1's sliding window (probabilities, not log-odds) has no recheck
+            log.info("openvino-checked runs as openvino-accurate, float32 alone: %s", "a model imported from "
+                     "nnU-Net v1" if self.folder.imported_from_v1 else "this CPU has no bfloat16 instructions "
+                     "(AMX or AVX-512 BF16)")
             self.cpu_runtime = "openvino-accurate"
         if self.cpu_runtime.startswith("openvino"):
             tile_shape = (len(self.folder.channels), *self.predictor.configuration_manager.patch_size)

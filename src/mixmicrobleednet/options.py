@@ -26,7 +26,7 @@ DEVICES = ("auto", "cuda", "cpu")
 #: The values PredictionSettings.precision takes.
 PRECISIONS = ("float32", "bfloat16")
 #: The values PredictionSettings.cpu_runtime takes: what runs the network on the CPU, default first.
-CPU_RUNTIMES = ("openvino-accurate", "openvino-checked", "openvino", "torch")
+CPU_RUNTIMES = ("openvino-checked", "openvino-accurate", "openvino", "torch")
 #: How train's foreground-centred patches pick their centre: "voxel" (nnU-Net's: any labelled voxel,
 #: so a 10 mm microbleed is centred 125 times as often as a 2 mm one) or "lesion" (each microbleed of
 #: a case as often: the small ones, which every model missed, as often as the large).
@@ -153,11 +153,12 @@ OPTIONS: tuple[Option, ...] = (
                 "changes masks a little: see the model card)"),
     Option(flag="--cpu-runtime", choices=CPU_RUNTIMES, default=CPU_RUNTIMES[0], commands=_RUN, environment=True,
            fills=_fills("prediction.cpu_runtime"),
-           help="what runs the network on the CPU in float32: openvino-accurate (OpenVINO with torch's accuracy: "
-                "the same masks as torch on the benchmark's and held-out phantoms), openvino-checked (bfloat16 where the CPU "
-                "has it, each tile near a possible microbleed again in float32: openvino-accurate's masks), openvino (a few per cent faster; "
-                "logits within about 1e-3 of torch's: one voxel of 18 held-out phantoms differs) or torch (PyTorch); "
-                "a GPU and --precision bfloat16 always run PyTorch"),
+           help="what runs the network on the CPU: openvino-checked (OpenVINO in bfloat16 where the CPU has AMX or "
+                "AVX-512 BF16, each tile near a possible microbleed again in float32: openvino-accurate's masks and "
+                "probabilities from 0.01 up; elsewhere openvino-accurate itself), openvino-accurate (OpenVINO in float32 "
+                "with torch's accuracy: the same masks as torch on the benchmark's and held-out phantoms), openvino (a "
+                "few per cent faster; logits within about 1e-3 of torch's: one voxel of 18 held-out phantoms differs) or "
+                "torch (PyTorch); a GPU and --precision bfloat16 always run PyTorch"),
     Option(flag="--threshold", type=_probability, default=DEFAULT_THRESHOLD, commands=_RUN, environment=True,
            fills=_fills("output.lesions.threshold"),
            help="microbleed probability above which a voxel is a microbleed voxel (0.5: nnU-Net's argmax, as the seed)"),
