@@ -148,7 +148,7 @@ class BatchedTiles:
         self.tiles_last_case = 0  # tiles of the last sliding window, for the log's GFLOP/s
         #: A second, exact network for the tiles near microbleeds where `network` is fast and less exact
         #: (bfloat16): every tile that touches a voxel whose microbleed log-odds came out above
-        #: `recheck_above`, or a neighbour of one, runs again through it (recheck_where_uncertain).
+        #: `recheck_above`, or a neighbour of one, runs again through it (_recheck_where_uncertain).
         self.recheck_network: torch.nn.Module | None = None
         self.recheck_above = -math.inf
         self.tiles_rechecked_last_case = 0
@@ -239,15 +239,17 @@ class BatchedTiles:
             inside = (part >= corners[:, None, :, 0] - 1) & (part < corners[:, None, :, 1] + 1)
             reached |= inside.all(2).any(1)
         chosen = [tile for tile, rechecked in zip(slicers, reached.tolist()) if rechecked]
-        near = (above[:, None] + torch.cartesian_prod(*[torch.arange(-1, 2)] * 3)).reshape(-1, 3)
-        near = tuple(near[((near >= 0) & (near < torch.tensor(logits.shape[1:]))).all(1)].T.to(logits.device))
         self.tiles_rechecked_last_case = len(chosen)
         fast, self.network = self.network, self.recheck_network
         try:
             exact = self._weighted_sums(data, chosen, results_device)
         finally:
             self.network = fast
-        logits[(slice(None), *near)] = exact[(slice(None), *near)]
+        offsets, shape = torch.cartesian_prod(*[torch.arange(-1, 2)] * 3), torch.tensor(logits.shape[1:])
+        for part in above.split(65536):  # 27 neighbours each: bounded memory where many voxels are above
+            near = (part[:, None] + offsets).reshape(-1, 3)
+            near = (slice(None), *near[((near >= 0) & (near < shape)).all(1)].T.to(logits.device))
+            logits[near] = exact[near]
 
     def passes_per_tile(self) -> int:
         """Network passes per tile: one per mirroring."""
