@@ -109,6 +109,18 @@ def test_nnunet_is_the_release_the_glue_mirrors():
     assert requirement in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
 
 
+def test_the_preprocessing_starts_without_nnunets_predictor_module():
+    """nnU-Net's predictor module imports torch._dynamo (about 1.2 s): the preprocessing's imports
+    leave it to the model's loading thread, so the first case is preprocessed meanwhile."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", "import sys; import mixmicrobleednet.nnunet_glue; "
+                             "print(sorted(m for m in ('torch._dynamo', 'nnunetv2.inference.predict_from_raw_data') "
+                             "if m in sys.modules))"], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
 def _argument_calls(path: Path) -> list[int]:
     """Lines where `path` calls add_argument (an option defined outside the table)."""
     return [node.lineno for node in ast.walk(ast.parse(path.read_text()))
