@@ -167,8 +167,7 @@ def openvino_networks(network: torch.nn.Module, tile_shape: tuple[int, ...], thr
     graph.set_partial_shape(graph.get_inputs()[0], openvino.PartialShape([-1, *tile_shape]))
     streams = max(1, min(streams, threads))  # one per core at most, up to one per tile of a call
     converted, core = frontend.convert(graph), openvino.Core()
-    networks = tuple(OpenVINONetwork(core.compile_model(converted, "CPU", {
+    return tuple(OpenVINONetwork(core.compile_model(converted, "CPU", {
         "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": streams,
         "PERFORMANCE_HINT": "THROUGHPUT" if streams > 1 else "LATENCY"}), tuple(tile_shape), streams)
         for precision in precisions)
-    return networks

@@ -131,7 +131,8 @@ class Model:
             threads = min(usable_cpus(), torch.get_num_threads())
             if self.cpu_runtime == "openvino-checked":
                 self.predictor.network, self.predictor.recheck_network = openvino_networks(
-                    self.predictor.network, tile_shape, threads, True, tiles_per_batch, ("bf16", "f32"))
+                    self.predictor.network, tile_shape, threads, accurate=True, streams=tiles_per_batch,
+                    precisions=("bf16", "f32"))
                 self.predictor.recheck_above = RECHECK_ABOVE_LOGODDS
             else:
                 self.predictor.network = openvino_network(self.predictor.network, tile_shape, threads,
