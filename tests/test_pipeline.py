@@ -303,10 +303,11 @@ def test_records_hold_each_stage_with_its_time_as_the_benchmark_reads_it(cohort,
     assert list(stages) == [stem(s) for s in ("hr1", "lr3", "ts2")]
     for seconds in stages.values():
         assert {"read", "preprocess", "prediction", "network", "resample", "lesions", "write", "regions",
-                "preprocessed_ahead", "tiles", "passes_per_tile"} <= set(seconds)
+                "preprocessed_ahead", "tiles", "passes_per_tile", "tiles_rechecked"} <= set(seconds)
         assert all(value >= 0 for value in seconds.values())
         assert seconds["preprocessed_ahead"] is True  # in the reader thread, beside the model's loading or the network
         assert seconds["tiles"] >= 1 and seconds["passes_per_tile"] == 1  # --fast: no mirrored passes
+        assert seconds["tiles_rechecked"] <= seconds["tiles"]
         assert seconds["network"] + seconds["resample"] <= seconds["prediction"] + 0.02  # each rounded to 0.01 s
 
 

@@ -302,7 +302,8 @@ def _predict_case(case: Case, loaded: Future, run: CaseRun) -> _Predicted:
         if network:
             result.stage_seconds |= {"preprocess": network["preprocess_s"], "network": network["network_s"],
                                      "resample": network["resample_s"]}
-            result.network = {key: network[key] for key in ("preprocessed_ahead", "tiles", "passes_per_tile")}
+            result.network = {key: network[key] for key in ("preprocessed_ahead", "tiles", "passes_per_tile",
+                                                             "tiles_rechecked")}
         predicted.stack, predicted.probabilities = stack, probabilities
     return predicted
 

@@ -30,12 +30,17 @@ def crop_to_nonzero(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list
     """nnU-Net's crop_to_nonzero for a (channel, z, y, x) image without segmentation: the box
     around voxels nonzero in any channel, and within it (int8) 0 for the brain (nonzero voxels
     with holes filled) and -1 outside, which z-score normalisation with a mask reads."""
-    from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice, get_bbox_from_mask
-
-    nonzero = np.any(data != 0, axis=0)
-    bbox = get_bbox_from_mask(nonzero)  # holes lie inside the box, so filling them cannot widen it
-    box = bounding_box_to_slice(bbox)
-    # Outside the box is all background, so a hole of the box is one of the volume.
+    nonzero = data[0] != 0
+    for channel in data[1:]:
+        nonzero |= channel != 0
+    # acvl_utils' get_bbox_from_mask, from one projection per axis (its box of an empty mask: all)
+    bbox = []
+    for axis, size in enumerate(nonzero.shape):
+        found = np.flatnonzero(np.any(nonzero, axis=tuple(a for a in range(nonzero.ndim) if a != axis)))
+        bbox.append([int(found[0]), int(found[-1]) + 1] if len(found) else [0, size])
+    box = tuple(slice(start, stop) for start, stop in bbox)
+    # Holes lie inside the box, so filling them cannot widen it; outside the box is all
+    # background, so a hole of the box is one of the volume.
     seg = np.where(fill_holes(nonzero[box]), np.int8(0), np.int8(-1))[None]
     return data[(slice(None), *box)], seg, bbox
 

@@ -54,7 +54,8 @@ class CaseRecord(TypedDict):
     mimic_check: NotRequired[dict]
     regions: dict | None  # the atlas placement and the counts (regions.locate_lesions); None with --no-regions
     outputs: dict[str, str]  # kind -> path relative to the output folder
-    network: dict  # preprocessed_ahead, and the sliding window's tiles and passes_per_tile (empty: not measured)
+    network: dict  # preprocessed_ahead, and the sliding window's tiles, passes_per_tile and tiles_rechecked
+    # (openvino-checked's float32 reruns; absent from records written before it; empty: not measured)
     microbleed_count: int | None
     total_volume_mm3: float | None
     device: str
