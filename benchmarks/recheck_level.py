@@ -26,19 +26,11 @@ from mixmicrobleednet.cases import seed_cases
 from mixmicrobleednet.device import cpu_has_bfloat16
 from mixmicrobleednet.imaging import load_case
 from mixmicrobleednet.model import Model, PredictionSettings
+from mixmicrobleednet.nnunet_glue import tiles_near
 
 REPO = Path(__file__).resolve().parents[1]
 BANDS = [(-100, -20), (-20, -10), (-10, -5), (-5, 0), (0, 100)]
 LOGODDS_AT_0_01 = -4.595
-
-
-def tiles_reached(above: torch.Tensor, slicers: list) -> int:
-    """Tiles that, grown by one voxel, hold one of the `above` voxels (nnunet_glue's recheck rule)."""
-    corners = torch.tensor([[(axis.start, axis.stop) for axis in tile[1:]] for tile in slicers])
-    reached = torch.zeros(len(slicers), dtype=torch.bool)
-    for part in above.split(4096):
-        reached |= ((part >= corners[:, None, :, 0] - 1) & (part < corners[:, None, :, 1] + 1)).all(2).any(1)
-    return int(reached.sum())
 
 
 @torch.inference_mode()
@@ -68,7 +60,8 @@ def main() -> int:
         predictor.network = bfloat16
         fast, exact = logodds
         error = (fast - exact).abs()
-        levels = " ".join(f"{level:g}:{tiles_reached(torch.nonzero(fast > level), slicers)}" for level in args.levels)
+        levels = " ".join(f"{level:g}:{int(tiles_near(torch.nonzero(fast > level), slicers).sum())}"
+                          for level in args.levels)
         bands = " ".join(f"[{low},{high}):{float(error[(exact >= low) & (exact < high)].max()):.2f}"
                          for low, high in BANDS if ((exact >= low) & (exact < high)).any())
         likely = exact >= LOGODDS_AT_0_01

@@ -231,14 +231,7 @@ class BatchedTiles:
         above = torch.nonzero(logits[1].float() - logits[0].float() > self.recheck_above).cpu()
         if not len(above):
             return
-        # Few voxels (microbleeds and mimics): handled as indices, not as volumes. A tile reaches a
-        # voxel's neighbours when the tile grown by one voxel holds the voxel.
-        corners = torch.tensor([[(axis.start, axis.stop) for axis in tile[1:]] for tile in slicers])
-        reached = torch.zeros(len(slicers), dtype=torch.bool)
-        for part in above.split(4096):
-            inside = (part >= corners[:, None, :, 0] - 1) & (part < corners[:, None, :, 1] + 1)
-            reached |= inside.all(2).any(1)
-        chosen = [tile for tile, rechecked in zip(slicers, reached.tolist()) if rechecked]
+        chosen = [tile for tile, rechecked in zip(slicers, tiles_near(above, slicers).tolist()) if rechecked]
         self.tiles_rechecked_last_case = len(chosen)
         fast, self.network = self.network, self.recheck_network
         try:
@@ -281,6 +274,19 @@ class BatchedTiles:
                         total[(slice(None), *tile)] += probabilities * weight
                         weights[tile] += weight
         return (total / weights)[(slice(None), *revert_padding[1:])]
+
+
+def tiles_near(voxels: torch.Tensor, slicers: list) -> torch.Tensor:
+    """Which tiles (bool, one per slicer) cover one of `voxels` ((n, 3) indices) or a neighbour of
+    one: those the recheck runs again."""
+    # Few voxels (microbleeds and mimics): handled as indices, not as volumes. A tile reaches a
+    # voxel's neighbours when the tile grown by one voxel holds the voxel.
+    corners = torch.tensor([[(axis.start, axis.stop) for axis in tile[1:]] for tile in slicers])
+    reached = torch.zeros(len(slicers), dtype=torch.bool)
+    for part in voxels.split(4096):
+        inside = (part >= corners[:, None, :, 0] - 1) & (part < corners[:, None, :, 1] + 1)
+        reached |= inside.all(2).any(1)
+    return reached
 
 
 @cache
