@@ -104,8 +104,17 @@ weights_only_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]))" "$latest" "$kept/
   fi
   printf 'resume (any machine, from the checkout):\n  nohup scripts/train-long.sh run %s > work/train-long/%s.log 2>&1 &\n' \
     "$name" "$name" > "$kept/RESUME.txt"
-  cp "$(ls -t "$(dirname "$latest")"/training_log_*.txt | head -1)" "$kept/training_log.txt"
-  cp "$work.log" "$kept/run.log" 2>/dev/null || true
+  # Each session's logs follow those of the sessions before (committed, perhaps on another machine)
+  # under a line naming the session; saving again in a session replaces its part.
+  nnunet_log=$(ls -t "$(dirname "$latest")"/training_log_*.txt | head -1)
+  header="=== session $(basename "$nnunet_log" .txt) ==="
+  for pair in "$nnunet_log:$kept/training_log.txt" "$work.log:$kept/run.log"; do
+    source_log=${pair%%:*} kept_log=${pair#*:}
+    [ -f "$source_log" ] || continue
+    line=$(grep -nxF -- "$header" "$kept_log" 2>/dev/null | head -1 | cut -d: -f1 || true)
+    [ -z "$line" ] || sed -i "$line,\$d" "$kept_log"
+    { echo "$header"; cat "$source_log"; } >> "$kept_log"
+  done
   exit 0
 fi
 [ "$action" = run ] || { echo "run or save" >&2; exit 2; }
