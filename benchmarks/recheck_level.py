@@ -16,6 +16,7 @@ such voxel float32's. Needs a CPU with bfloat16 instructions (AMX or AVX-512 BF1
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from mixmicrobleednet.nnunet_glue import tiles_near
 
 REPO = Path(__file__).resolve().parents[1]
 BANDS = [(-100, -20), (-20, -10), (-10, -5), (-5, 0), (0, 100)]
-LOGODDS_AT_0_01 = -4.595
+LOGODDS_AT_0_01 = math.log(0.01 / 0.99)  # the log-odds of probability 0.01
 
 
 @torch.inference_mode()
